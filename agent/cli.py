@@ -1,0 +1,275 @@
+"""The ``edge-agent`` command: run, check, plugins, read, version.
+
+Exit codes: 0 success, 1 a runtime failure (a sensor that cannot be read),
+2 a configuration that cannot be used (each problem on one line as
+``FILE: key: message``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from agent import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, __version__
+from agent.config import DEFAULT_CONFIG, Config, ConfigError, load_settings, resolve_plugins
+from agent.plugin import PluginInfo, PluginRegistry, load_registry
+from agent.scheduler import describe_error
+
+log = logging.getLogger("agent.cli")
+
+
+def setup_logging(level: str = "info") -> None:
+    """One line per event on stderr; journald adds its own timestamps."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+
+
+def _config_path(args: argparse.Namespace) -> Path:
+    return Path(args.config or os.environ.get("EDGE_AGENT_CONFIG") or DEFAULT_CONFIG)
+
+
+def _print_config_error(exc: ConfigError) -> int:
+    for line in exc.lines:
+        print(line, file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def _load(args: argparse.Namespace, skip_broken: bool = False) -> Config:
+    path = _config_path(args)
+    settings = load_settings(path)
+    types = {e.type for e in [*settings.sensors, *settings.actuators]}
+    registry = load_registry([*settings.agent.plugin_dirs, *getattr(args, "plugin_dir", [])], names=types)
+    return resolve_plugins(path, settings, registry, skip_broken=skip_broken)
+
+
+# -- run -------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run the agent in the foreground until SIGTERM or SIGINT.
+
+    Unlike ``check``, an entry whose plugin failed to load is skipped (with an
+    error line) so one broken drop-in file cannot keep the device offline."""
+    setup_logging(args.log_level or "info")
+    try:
+        config = _load(args, skip_broken=True)
+    except ConfigError as exc:
+        return _print_config_error(exc)
+    setup_logging(args.log_level or config.settings.agent.log_level)
+    return asyncio.run(_run(config, print_readings=args.print_readings))
+
+
+async def _run(config: Config, print_readings: bool = False) -> int:
+    from agent.links import build_links
+    from agent.runtime import Agent
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    agent = Agent(config, links=build_links(config))
+    if print_readings:
+        agent.router.add_tap(_print_reading)
+    try:
+        await agent.start()
+        await stop.wait()
+        log.info("agent %s: stop requested", config.settings.agent.name)
+    finally:
+        await agent.stop()
+    return EXIT_OK
+
+
+def _print_reading(reading: Any) -> None:
+    value = "unavailable" if reading.value is None else reading.value
+    unit = f" {reading.unit}" if reading.unit and reading.value is not None else ""
+    print(f"{reading.ts:.3f} {reading.sensor}.{reading.quantity} = {value}{unit}", flush=True)
+
+
+# -- check -----------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate a configuration without touching hardware."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return _print_config_error(exc)
+    s = config.settings
+    links = [name for name in ("blynk", "thingspeak") if getattr(s, name) is not None]
+    print(
+        f"{config.path}: ok: {len(config.sensors)} sensors, {len(config.actuators)} actuators, "
+        f"links: {', '.join(links) or 'none'}"
+    )
+    return EXIT_OK
+
+
+# -- plugins ---------------------------------------------------------------
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    """List every plugin the agent can find, where it came from, its options."""
+    dirs: list[Path] = list(args.plugin_dir)
+    path = _config_path(args)
+    if args.config or path.exists():
+        try:
+            dirs = [*load_settings(path).agent.plugin_dirs, *dirs]
+        except ConfigError as exc:
+            return _print_config_error(exc)
+    registry = load_registry(dirs)
+    if args.json:
+        print(json.dumps(_plugins_json(registry), indent=2, ensure_ascii=False))
+        return EXIT_OK
+    for info in [*registry.sensors.values(), *registry.actuators.values()]:
+        print(f"{info.kind:8} {info.type:16} {info.origin}")
+        quantities = _quantities(info)
+        if quantities:
+            print(f"{'':25} quantities: {', '.join(f'{q} [{u}]' if u else q for q, u in quantities.items())}")
+        for line in _option_lines(info):
+            print(f"{'':25} {line}")
+    for failure in registry.failures:
+        print(f"{'failed':8} {failure.name:16} {failure.origin}: {failure.error}")
+    return EXIT_OK
+
+
+def _quantities(info: PluginInfo) -> Mapping[str, str]:
+    return dict(getattr(info.cls, "quantities", {}) or {})
+
+
+def _option_lines(info: PluginInfo) -> list[str]:
+    lines = []
+    for name, field in info.cls.Options.model_fields.items():
+        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
+        default = "required" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
+        lines.append(f"option {name}: {annotation.replace('typing.', '')} {default}")
+    return lines
+
+
+def _plugins_json(registry: PluginRegistry) -> dict[str, Any]:
+    def one(info: PluginInfo) -> dict[str, Any]:
+        return {
+            "kind": info.kind,
+            "type": info.type,
+            "origin": info.origin,
+            "quantities": _quantities(info),
+            "options": info.cls.Options.model_json_schema(),
+        }
+
+    return {
+        "sensors": [one(i) for i in registry.sensors.values()],
+        "actuators": [one(i) for i in registry.actuators.values()],
+        "failures": [f.__dict__ for f in registry.failures],
+    }
+
+
+# -- read ------------------------------------------------------------------
+
+
+def cmd_read(args: argparse.Namespace) -> int:
+    """One read of one configured sensor: the wiring check users run first."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return _print_config_error(exc)
+    spec = config.sensor(args.sensor_id)
+    if spec is None:
+        known = ", ".join(s.entry.id for s in config.sensors) or "none"
+        print(f"{config.path}: sensors: no enabled sensor with id {args.sensor_id!r} (configured: {known})",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    from agent.runtime import clean_value, make_hardware
+
+    hardware = make_hardware(Config(config.path, config.settings, [spec], []))
+    sensor = spec.plugin.cls(spec.entry.id, spec.options, hardware)
+    timeout = spec.entry.timeout or max(config.settings.agent.read_timeout, 1.0)
+    try:
+        values = _call_with_timeout(lambda: (sensor.open(), sensor.read())[1], timeout)
+    except Exception as exc:  # noqa: BLE001 - reported to the user, exit 1
+        print(f"sensor {spec.entry.id} ({spec.entry.type}): {describe_error(exc)}", file=sys.stderr)
+        return EXIT_FAILURE
+    finally:
+        try:
+            _call_with_timeout(sensor.close, 2.0)
+        except Exception:  # noqa: BLE001, S110 - best effort on the way out
+            pass
+        hardware.close()
+    for quantity, unit in spec.quantities.items():
+        value = clean_value(values.get(quantity)) if isinstance(values, Mapping) else None
+        shown = "unavailable" if value is None else value
+        print(f"{quantity}: {shown}{' ' + unit if unit and value is not None else ''}")
+    return EXIT_OK
+
+
+def _call_with_timeout(fn: Any, timeout: float) -> Any:
+    """Run a blocking call in a daemon thread; TimeoutError if it hangs."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer within {timeout:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+# -- version ---------------------------------------------------------------
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    """Print the installed version."""
+    print(f"edge-agent {__version__}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-c", "--config", help=f"config file (default: $EDGE_AGENT_CONFIG or {DEFAULT_CONFIG})")
+    common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override agent.log_level")
+    common.add_argument("--plugin-dir", action="append", type=Path, default=[],
+                        help="extra directory of drop-in plugin files (repeatable)")
+
+    parser = argparse.ArgumentParser(prog="edge-agent", description="Pi Edge Agent")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", parents=[common], help="run the agent in the foreground")
+    run.add_argument("--print-readings", action="store_true", help="print every reading on stdout")
+    run.set_defaults(func=cmd_run)
+    sub.add_parser("check", parents=[common], help="validate a config (exit 0 or 2)").set_defaults(func=cmd_check)
+    plugins = sub.add_parser("plugins", parents=[common], help="list plugins, their origin and options")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.set_defaults(func=cmd_plugins)
+    read = sub.add_parser("read", parents=[common], help="read one configured sensor once")
+    read.add_argument("sensor_id")
+    read.set_defaults(func=cmd_read)
+    sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edge-agent`` console script."""
+    args = build_parser().parse_args(argv)
+    if args.command not in ("run",):
+        setup_logging(getattr(args, "log_level", None) or "warning")
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

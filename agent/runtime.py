@@ -1,0 +1,305 @@
+"""Builds the agent from a validated config, runs it, and shuts it down safely.
+
+Start-up order: hardware context, actuators (to their initial state, before
+any link is up), sensors (each opened in a worker; a sensor that fails to open
+is reported by name and retried on its schedule while the rest runs), links,
+one reading task per sensor. Shut-down runs the other way and always ends with
+every actuator in its safe state and every plugin closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from agent.config import ActuatorSpec, Config, SensorSpec
+from agent.hardware import Hardware
+from agent.pipeline import FilterChain, Reading, ReadingSink, Router
+from agent.plugin import Actuator, Sensor, SensorError
+from agent.scheduler import SensorRunner, SensorState, WorkerPool, describe_error
+
+log = logging.getLogger("agent.runtime")
+
+
+class Link(ReadingSink, Protocol):
+    """A cloud connection (Blynk, ThingSpeak) as the runtime sees it."""
+
+    async def start(self) -> None:
+        """Begin connecting; return without waiting for the connection."""
+
+    async def stop(self) -> None:
+        """Disconnect cleanly."""
+
+
+@dataclass
+class SensorHandle:
+    """A running sensor with its runner and per-quantity filter chains."""
+
+    spec: SensorSpec
+    sensor: Sensor[Any]
+    runner: SensorRunner
+    chains: dict[str, FilterChain]
+    task: asyncio.Task[None] | None = None
+
+
+def make_hardware(config: Config) -> Hardware:
+    """The hardware context the config asks for (real or simulated)."""
+    agent = config.settings.agent
+    if agent.hardware == "simulated":
+        from agent.sim.hardware import SimulatedHardware
+
+        sim = SimulatedHardware()
+        for spec in config.sensors:
+            spec.plugin.cls.simulate(spec.options, sim)
+        return sim
+    return Hardware(pin_factory=agent.pin_factory)
+
+
+def clean_value(value: Any) -> Any:
+    """A value fit for a Reading, or None (unavailable) for garbage.
+
+    NaN and infinities are a sensor's way of saying it has no value; types a
+    cloud cannot store are refused rather than stringified by accident.
+    """
+    if isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, tuple | list) and all(isinstance(v, int | float | str) for v in value):
+        return tuple(value)
+    return None
+
+
+class Agent:
+    """One running agent: sensors, filters, router, actuators and links."""
+
+    def __init__(
+        self,
+        config: Config,
+        hardware: Hardware | None = None,
+        links: Iterable[Link] = (),
+    ) -> None:
+        self.config = config
+        self.hardware = hardware or make_hardware(config)
+        self.pool = WorkerPool(config.settings.agent.workers, name="sensor-io")
+        self.router = Router(
+            {
+                (s.entry.id, q): route.targets()
+                for s in config.sensors
+                for q, route in s.entry.readings.items()
+            }
+        )
+        self.links = list(links)
+        for link in self.links:
+            self.router.add_sink(link)
+        self.sensors: dict[str, SensorHandle] = {}
+        self.actuators: dict[str, Actuator[Any]] = {}
+        self._warned: set[tuple[str, str]] = set()
+        self._stopped = False
+        #: set when the first real values arrive (cold-start measurements)
+        self.first_reading: asyncio.Event | None = None
+
+    # -- start -----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bring up actuators, sensors, links and the reading tasks."""
+        self.first_reading = asyncio.Event()
+        for spec in self.config.actuators:
+            self._open_actuator(spec)
+        for spec in self.config.sensors:
+            self._add_sensor(spec)
+        for link in self.links:
+            await link.start()
+        for handle in self.sensors.values():
+            handle.task = asyncio.create_task(handle.runner.run(), name=f"sensor:{handle.spec.entry.id}")
+        log.info(
+            "agent %s: started with %d sensors, %d actuators, %d links",
+            self.config.settings.agent.name,
+            len(self.sensors),
+            len(self.actuators),
+            len(self.links),
+        )
+
+    def _open_actuator(self, spec: ActuatorSpec) -> None:
+        entry = spec.entry
+        try:
+            actuator = spec.plugin.cls(entry.id, spec.options, self.hardware)
+            actuator.open()
+        except Exception as exc:  # noqa: BLE001 - reported by name, the rest runs on
+            log.error("actuator %s (%s): failed to open: %s", entry.id, entry.type, describe_error(exc))
+            return
+        self.actuators[entry.id] = actuator
+
+    def _add_sensor(self, spec: SensorSpec) -> None:
+        entry = spec.entry
+        cls = spec.plugin.cls
+        try:
+            sensor: Sensor[Any] = cls(entry.id, spec.options, self.hardware)
+        except Exception as exc:  # noqa: BLE001
+            log.error("sensor %s (%s): failed to create: %s", entry.id, entry.type, describe_error(exc))
+            return
+        interval = entry.interval or cls.default_interval
+        timeout = entry.timeout or min(self.config.settings.agent.read_timeout, max(interval, 0.05))
+        runner = SensorRunner(
+            _OpeningSensor(sensor),
+            interval=interval,
+            timeout=timeout,
+            pool=self.pool,
+            deliver=self._deliver,
+        )
+        chains = {q: FilterChain.from_specs(route.filters) for q, route in entry.readings.items() if route.filters}
+        handle = SensorHandle(spec, sensor, runner, chains)
+        runner.on_tick = lambda now, h=handle: self._tick(h, now)
+        self.sensors[entry.id] = handle
+        loop = asyncio.get_running_loop()
+
+        def sink(values: Mapping[str, Any]) -> None:
+            ts, mono = time.time(), time.monotonic()
+            try:
+                loop.call_soon_threadsafe(self._emitted, entry.id, values, ts, mono)
+            except RuntimeError:
+                pass  # the loop has closed: the agent is shutting down
+
+        sensor.bind_sink(sink)
+
+    # -- readings --------------------------------------------------------
+
+    def _emitted(self, sensor_id: str, values: Mapping[str, Any], ts: float, mono: float) -> None:
+        handle = self.sensors.get(sensor_id)
+        if handle is not None and not self._stopped:
+            self._publish(handle, values, ts, mono, partial=True)
+
+    def _deliver(self, sensor: Sensor[Any], values: Mapping[str, Any] | None, ts: float, mono: float) -> None:
+        handle = self.sensors.get(sensor.id)
+        if handle is not None and not self._stopped:
+            self._publish(handle, values, ts, mono, partial=False)
+
+    def _publish(
+        self,
+        handle: SensorHandle,
+        values: Mapping[str, Any] | None,
+        ts: float,
+        mono: float,
+        partial: bool,
+    ) -> None:
+        sensor_id = handle.spec.entry.id
+        quantities = handle.spec.quantities
+        if values is not None:
+            for key in values:
+                if key not in quantities and (sensor_id, key) not in self._warned:
+                    self._warned.add((sensor_id, key))
+                    log.warning("sensor %s: read() returned unknown quantity %r; ignored", sensor_id, key)
+        for quantity, unit in quantities.items():
+            if values is None:
+                value = None
+            elif quantity in values:
+                raw = values[quantity]
+                value = clean_value(raw)
+                if value is None and raw is not None and (sensor_id, f"bad:{quantity}") not in self._warned:
+                    self._warned.add((sensor_id, f"bad:{quantity}"))
+                    log.warning("sensor %s: %s value %r is not a usable number; unavailable", sensor_id, quantity, raw)
+            elif partial:
+                continue
+            else:
+                value = None
+            reading = Reading(sensor_id, quantity, value, unit, ts, mono)
+            chain = handle.chains.get(quantity)
+            for out in chain.process(reading) if chain else (reading,):
+                self.router.route(out)
+        if values is not None and self.first_reading is not None and not self.first_reading.is_set():
+            self.first_reading.set()
+
+    def _tick(self, handle: SensorHandle, now: float) -> None:
+        for chain in handle.chains.values():
+            for out in chain.tick(now):
+                self.router.route(out)
+
+    # -- status and stop -------------------------------------------------
+
+    def sensor_states(self) -> dict[str, SensorState]:
+        """Each sensor's health, for the status line and the CLI."""
+        return {sid: h.runner.state for sid, h in self.sensors.items()}
+
+    async def stop(self) -> None:
+        """Stop reading, put actuators in their safe state, close everything.
+
+        Safe to call more than once; never raises.
+        """
+        if self._stopped:
+            return
+        self._stopped = True
+        tasks = [h.task for h in self.sensors.values() if h.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.make_safe()
+        for link in self.links:
+            try:
+                await asyncio.wait_for(link.stop(), 5)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("link %s: stop failed: %s", link.name, describe_error(exc))
+        await self._close_sensors()
+        for actuator_id, actuator in self.actuators.items():
+            try:
+                actuator.close()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("actuator %s: close failed: %s", actuator_id, describe_error(exc))
+        self.hardware.close()
+        self.pool.shutdown()
+        log.info("agent %s: stopped", self.config.settings.agent.name)
+
+    def make_safe(self) -> None:
+        """Drive every actuator to its safe state (shutdown, crash path)."""
+        for actuator_id, actuator in self.actuators.items():
+            try:
+                state = actuator.apply(actuator.safe())
+                log.info("actuator %s: safe state %s", actuator_id, state)
+            except Exception as exc:  # noqa: BLE001
+                log.error("actuator %s: could not reach its safe state: %s", actuator_id, describe_error(exc))
+
+    async def _close_sensors(self) -> None:
+        for sensor_id, handle in self.sensors.items():
+            handle.sensor.bind_sink(None)
+            try:
+                await asyncio.wait_for(self.pool.run(handle.sensor.close), 2.0)
+            except asyncio.TimeoutError:
+                log.warning("sensor %s: close did not return within 2 s; abandoned", sensor_id)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("sensor %s: close failed: %s", sensor_id, describe_error(exc))
+
+
+class _OpeningSensor:
+    """Wraps a sensor so its first successful ``read`` is preceded by ``open``.
+
+    Opening inside the schedule means a sensor that is unplugged at boot is
+    reported by name, keeps its slot, and starts reading once it answers.
+    """
+
+    def __init__(self, sensor: Sensor[Any]) -> None:
+        self._sensor = sensor
+        self._opened = False
+        self.id = sensor.id
+
+    def recover(self) -> None:
+        if self._opened:
+            self._sensor.recover()
+
+    def read(self) -> Mapping[str, Any]:
+        if not self._opened:
+            try:
+                self._sensor.open()
+            except Exception as exc:
+                try:
+                    self._sensor.close()
+                except Exception:  # noqa: BLE001, S110 - closing a half-open sensor
+                    pass
+                raise SensorError(f"open failed: {describe_error(exc)}") from exc
+            self._opened = True
+        return self._sensor.read()

@@ -1,0 +1,182 @@
+"""Configuration: sources, precedence, secrets, and errors as FILE: key: message."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from agent.config import ConfigError, load_config, load_settings
+from tests.helpers import EXAMPLES, agent_env, edge_agent
+
+GOOD = """
+[agent]
+name = "t"
+plugin_dirs = []
+
+[blynk]
+token = "file-token"
+template_id = "TMPL1"
+
+[[sensors]]
+id = "a"
+type = "simulated"
+interval = 1
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "agent.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLES.glob("*.toml")), ids=lambda p: p.name)
+def test_check_accepts_every_example(example):
+    result = edge_agent("check", "--config", str(example))
+    assert result.returncode == 0, result.stderr
+    assert ": ok:" in result.stdout
+
+
+BROKEN = {
+    "toml_syntax": ("[agent]\nname = \"x\nplugin_dirs = []\n", "", "TOML syntax error", "line 2"),
+    "unknown_key": ("[agent]\nnmae = \"x\"\n", "agent.nmae", "unknown key", None),
+    "wrong_type": (
+        "[[sensors]]\nid = \"a\"\ntype = \"simulated\"\ninterval = \"often\"\n",
+        "sensors[0].interval",
+        "valid number",
+        None,
+    ),
+    "missing_required": ("[blynk]\ntoken = \"x\"\n", "blynk.template_id", "required key is missing", None),
+    "duplicate_id": (
+        "[[sensors]]\nid = \"a\"\ntype = \"simulated\"\n[[sensors]]\nid = \"a\"\ntype = \"simulated\"\n",
+        "sensors",
+        "duplicate id 'a'",
+        None,
+    ),
+    "unknown_plugin": ("[[sensors]]\nid = \"a\"\ntype = \"bme281\"\n", "sensors[0].type", "unknown sensor type 'bme281'", None),
+    "plugin_option_type": (
+        "[[sensors]]\nid = \"a\"\ntype = \"bme280\"\naddress = \"left\"\n",
+        "sensors[0].address",
+        "valid integer",
+        None,
+    ),
+    "plugin_option_range": (
+        "[[sensors]]\nid = \"a\"\ntype = \"bme280\"\naddress = 0x99\n",
+        "sensors[0].address",
+        "(got 153)",
+        None,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_check_rejects_broken_config_with_one_line(tmp_path, case):
+    text, key, message, extra = BROKEN[case]
+    path = write(tmp_path, "[agent]\nplugin_dirs = []\n" + text if not text.startswith("[agent]") else text)
+    result = edge_agent("check", "--config", str(path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith(f"{path}: "), line
+    assert f": {key}: " in line or (key == "" and "TOML" in line), line
+    assert message in line
+    if extra:
+        assert extra in line
+
+
+def test_missing_file_and_not_utf8(tmp_path):
+    result = edge_agent("check", "--config", str(tmp_path / "nope.toml"))
+    assert result.returncode == 2 and "file not found" in result.stderr
+    bad = tmp_path / "bin.toml"
+    bad.write_bytes(b"name = \"\xff\"\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad)
+    assert str(bad) in str(info.value)
+
+
+def test_environment_overrides_file_and_errors_name_the_variable(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD)
+    monkeypatch.setenv("EDGE_AGENT_BLYNK__TOKEN", "env-token")
+    monkeypatch.setenv("EDGE_AGENT_AGENT__WORKERS", "7")
+    settings = load_settings(path)
+    assert settings.blynk.token.get_secret_value() == "env-token"
+    assert settings.agent.workers == 7
+    monkeypatch.setenv("EDGE_AGENT_AGENT__WORKERS", "lots")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.lines == [
+        "environment EDGE_AGENT_AGENT__WORKERS: agent.workers: "
+        "Input should be a valid integer, unable to parse string as an integer (got 'lots')"
+    ]
+
+
+def test_systemd_credentials_fill_secrets(tmp_path, monkeypatch):
+    path = write(tmp_path, GOOD.replace('token = "file-token"\n', ""))
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "blynk.token").write_text("cred-token\n")
+    (creds / "unrelated-credential").write_text("ignored")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    settings = load_settings(path)
+    assert settings.blynk.token.get_secret_value() == "cred-token"
+    # the environment is stronger than a credential
+    monkeypatch.setenv("EDGE_AGENT_BLYNK__TOKEN", "env-token")
+    assert load_settings(path).blynk.token.get_secret_value() == "env-token"
+
+
+def test_secrets_never_in_repr_logs_or_errors(tmp_path, caplog):
+    path = write(tmp_path, GOOD.replace("file-token", "s3cr3t-t0ken"))
+    settings = load_settings(path)
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger("test").info("settings: %s %r", settings, settings.blynk)
+    assert "s3cr3t-t0ken" not in repr(settings) + str(settings) + caplog.text
+    # a wrong-typed token is reported without echoing the value
+    bad = write(tmp_path, GOOD.replace('token = "file-token"', "token = 12345678"), "bad.toml")
+    with pytest.raises(ConfigError) as info:
+        load_settings(bad)
+    assert "12345678" not in str(info.value)
+    assert "blynk.token" in str(info.value)
+
+
+def test_readings_must_name_quantities_the_plugin_yields(tmp_path):
+    path = write(
+        tmp_path,
+        GOOD + 'quantities.temperature = { unit = "°C" }\nreadings.temprature = { blynk = "T" }\n',
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    (line,) = info.value.lines
+    assert "sensors[0].readings.temprature" in line
+    assert "yields no quantity 'temprature' (it yields temperature)" in line
+
+
+def test_datastream_names_with_mqtt_wildcards_are_refused(tmp_path):
+    path = write(tmp_path, GOOD + 'readings.value = { blynk = "a/b" }\n')
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert "sensors[0].readings.value.blynk" in info.value.lines[0]
+
+
+def test_all_errors_reported_together(tmp_path):
+    path = write(tmp_path, "[agent]\nworkers = 0\nplugin_dirs = []\n[[sensors]]\nid = \"bad id!\"\ntype = \"simulated\"\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert len(info.value.lines) == 2
+    assert any("agent.workers" in x for x in info.value.lines)
+    assert any("sensors[0].id" in x for x in info.value.lines)
+
+
+def test_relative_plugin_dirs_are_relative_to_the_file(tmp_path):
+    path = write(tmp_path, "[agent]\nplugin_dirs = [\"plugins.d\"]\nstate_dir = \"state\"\n")
+    agent = load_settings(path).agent
+    assert agent.plugin_dirs == [tmp_path / "plugins.d"]
+    assert agent.state_dir == tmp_path / "state"
+
+
+def test_check_uses_environment_config_path(tmp_path):
+    path = write(tmp_path, GOOD)
+    result = edge_agent("check", env=agent_env(EDGE_AGENT_CONFIG=str(path)))
+    assert result.returncode == 0 and str(path) in result.stdout
