@@ -69,7 +69,9 @@ class I2CSensor(Sensor[Any]):
                 f"/dev/i2c-{self.options.bus} does not exist (is I2C enabled?)"
             ) from exc
         except OSError as exc:
-            if exc.errno in (errno.EREMOTEIO, errno.ENXIO, errno.EIO):
+            # a NACK (no device acknowledged the address); EIO is usually a
+            # glitch on a bus that does have the chip, so it stays an I/O error
+            if exc.errno in (errno.EREMOTEIO, errno.ENXIO):
                 raise ChipAbsent(f"no chip answers at {where} ({errno.errorcode.get(exc.errno, exc.errno)})") from exc
             raise SensorError(f"I/O error at {where}: {exc}") from exc
 
