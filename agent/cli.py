@@ -33,6 +33,8 @@ def setup_logging(level: str = "info") -> None:
     if "JOURNAL_STREAM" not in os.environ:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    # gmqtt logs every packet at INFO; our session layer logs the events that matter
+    logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -71,23 +73,27 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(config: Config, print_readings: bool = False) -> int:
-    from agent.links import build_links
     from agent.runtime import Agent
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(config, links=build_links(config))
+    agent = Agent(config)
     if print_readings:
         agent.router.add_tap(_print_reading)
     try:
         await agent.start()
-        await stop.wait()
-        log.info("agent %s: stop requested", config.settings.agent.name)
+        stop_wait = asyncio.create_task(stop.wait(), name="signal-wait")
+        exit_wait = asyncio.create_task(agent.exit_requested.wait(), name="exit-wait")
+        await asyncio.wait({stop_wait, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        exit_wait.cancel()
+        if stop.is_set():
+            log.info("agent %s: stop requested", config.settings.agent.name)
     finally:
         await agent.stop()
-    return EXIT_OK
+    return agent.exit_code if agent.exit_code is not None else EXIT_OK
 
 
 def _print_reading(reading: Any) -> None:

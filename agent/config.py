@@ -74,13 +74,42 @@ class BlynkSection(_Section):
     server: str = "mqtts://blynk.cloud:8883"
     token: SecretStr
     template_id: str = Field(min_length=1, max_length=64)
+    #: datastreams re-read with get/ds after every connect; ["*"] = get/ds/all
     sync: list[Annotated[str, Field(pattern=_DATASTREAM)]] = []
+    #: CA bundle for mqtts/wss; default: the system trust store
+    ca_file: Path | None = None
+    client_id: str = Field(default="", max_length=64)
+    keepalive: Annotated[int, Field(ge=10, le=600)] = 45
+    protocol: Literal["3.1.1", "5"] = "3.1.1"
+    #: largest message (topic + payload) sent; Blynk.Cloud's limit is 1024
+    max_message_bytes: Annotated[int, Field(ge=128, le=268435455)] = 1024
+    #: receive buffer announced in info/mcu; larger inbound messages are dropped
+    rx_buffer: Annotated[int, Field(ge=256, le=1048576)] = 1024
+    #: messages per second, sustained (any one-second window)
+    rate_limit: Annotated[float, Field(gt=0, le=100)] = 10.0
+    backoff_initial: Annotated[float, Field(gt=0, le=60)] = 0.5
+    backoff_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    #: wait after the server refuses the token (default 15 minutes)
+    refused_wait: Annotated[float, Field(ge=0, le=86400)] = 900.0
+    #: the OTA package type this device accepts (info/mcu "type"); default template_id
+    firmware_type: str | None = Field(default=None, min_length=1, max_length=64)
+    #: what downlink/reboot does: restart the agent, reboot the host, or nothing
+    reboot: Literal["agent", "host", "ignore"] = "agent"
+
+    @field_validator("server")
+    @classmethod
+    def _server_url(cls, value: str) -> str:
+        from agent.mqtt.url import parse_server_url
+
+        parse_server_url(value)
+        return value
 
 
 class ThingSpeakSection(_Section):
     """``[thingspeak]``: the ThingSpeak MQTT device connection."""
 
     server: str = "mqtts://mqtt3.thingspeak.com:8883"
+    ca_file: Path | None = None
     channel_id: Annotated[int, Field(gt=0)]
     client_id: str = Field(min_length=1)
     username: str = Field(min_length=1)

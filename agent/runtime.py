@@ -84,7 +84,7 @@ class Agent:
         self,
         config: Config,
         hardware: Hardware | None = None,
-        links: Iterable[Link] = (),
+        links: Iterable[Link] | None = None,
     ) -> None:
         self.config = config
         self.hardware = hardware or make_hardware(config)
@@ -96,11 +96,20 @@ class Agent:
                 for q, route in s.entry.readings.items()
             }
         )
+        self.sensors: dict[str, SensorHandle] = {}
+        self.actuators: dict[str, Actuator[Any]] = {}
+        #: Blynk datastream name -> actuator id
+        self.datastreams = {a.entry.blynk: a.entry.id for a in config.actuators if a.entry.blynk}
+        #: set with an exit code when something asks the agent to stop (reboot, update)
+        self.exit_code: int | None = None
+        self.exit_requested = asyncio.Event()
+        if links is None:
+            from agent.links import build_links
+
+            links = build_links(self)
         self.links = list(links)
         for link in self.links:
             self.router.add_sink(link)
-        self.sensors: dict[str, SensorHandle] = {}
-        self.actuators: dict[str, Actuator[Any]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._stopped = False
         #: set when the first real values arrive (cold-start measurements)
@@ -220,6 +229,65 @@ class Agent:
         for chain in handle.chains.values():
             for out in chain.tick(now):
                 self.router.route(out)
+
+    # -- commands --------------------------------------------------------
+
+    def link(self, name: str) -> Link | None:
+        """The configured link called ``name`` (``blynk``, ``thingspeak``)."""
+        return next((link for link in self.links if link.name == name), None)
+
+    def handle_command(self, datastream: str, text: str) -> None:
+        """A cloud command for a datastream: drive the actuator mapped to it,
+        then echo the state the hardware is really in."""
+        actuator_id = self.datastreams.get(datastream)
+        actuator = self.actuators.get(actuator_id) if actuator_id else None
+        if actuator is None:
+            log.debug("command for datastream %r ignored: no actuator mapped to it", datastream)
+            return
+        try:
+            state = actuator.apply(text)
+            log.info("actuator %s: %r -> %s", actuator_id, text[:64], state)
+        except ValueError as exc:
+            state = actuator.state
+            log.warning("actuator %s: command %r refused: %s; output unchanged", actuator_id, text[:64], exc)
+        except Exception as exc:  # noqa: BLE001 - a driver failure must not kill the link
+            state = actuator.state
+            log.error("actuator %s: command %r failed: %s", actuator_id, text[:64], describe_error(exc))
+        self._echo(datastream, state)
+
+    def _echo(self, datastream: str, state: Any) -> None:
+        blynk = self.link("blynk")
+        if blynk is not None and hasattr(blynk, "send_value"):
+            blynk.send_value(datastream, state)
+
+    def request_restart(self, action: str = "agent") -> None:
+        """Stop the agent with the restart exit code (the service manager
+        starts it again), or with ``action == "host"`` reboot the machine
+        (falling back to an agent restart if the reboot is refused)."""
+        if action == "host":
+            self._reboot_task = asyncio.get_running_loop().create_task(self._reboot_host(), name="reboot-host")
+            return
+        from agent import EXIT_RESTART
+
+        log.warning("agent %s: restart requested", self.config.settings.agent.name)
+        self.exit_code = EXIT_RESTART
+        self.exit_requested.set()
+
+    async def _reboot_host(self) -> None:
+        log.warning("agent %s: rebooting the host (systemctl reboot)", self.config.settings.agent.name)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                "systemctl", "reboot", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE
+            )
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+            if proc.returncode == 0:
+                return
+            reason = err.decode(errors="replace").strip()[:200] or f"exit code {proc.returncode}"
+        except (OSError, asyncio.TimeoutError) as exc:
+            reason = describe_error(exc)
+        log.error("agent %s: host reboot refused (%s); restarting the agent instead",
+                  self.config.settings.agent.name, reason)
+        self.request_restart("agent")
 
     # -- status and stop -------------------------------------------------
 

@@ -1,0 +1,12 @@
+# Thin aliases for ./dev, which does its own set-up (venv, apt packages).
+.PHONY: demo test bench check clean
+demo:
+	./dev demo
+test:
+	./dev test
+bench:
+	./dev bench
+check:
+	./dev check
+clean:
+	rm -rf .venv build *.egg-info .pytest_cache bench/results
