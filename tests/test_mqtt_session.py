@@ -185,7 +185,8 @@ def test_refused_session_can_be_fixed_without_waiting(broker: Any) -> None:
     async def scenario() -> None:
         await session.start()
         await until(lambda: session.status.state is LinkState.REFUSED, what="refused")
-        assert session.status.retry_at is not None and session.status.retry_at - session.status.since == pytest.approx(600, abs=1)
+        status = session.status
+        assert status.retry_at is not None and status.retry_at - status.since == pytest.approx(600, abs=1)
         session.set_credentials("device", broker.token)
         await session.wait_connected(3)
         await session.stop()
@@ -417,7 +418,9 @@ def test_set_endpoint_moves_from_tcp_to_wss_and_back(broker: Any, make_cloud: An
     assert session.counters.connects == 3
 
 
-def test_callbacks_that_raise_do_not_break_the_session(broker: Any, make_cloud: Any, caplog: pytest.LogCaptureFixture) -> None:
+def test_callbacks_that_raise_do_not_break_the_session(
+    broker: Any, make_cloud: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     p = uid()
     cloud = make_cloud(broker)
     handled: list[str] = []

@@ -26,7 +26,7 @@ from agent.mqtt import (
     NotConnected,
     parse_server_url,
 )
-from agent.mqtt.session import _redact_topic
+from agent.mqtt.topics import redact_topic as _redact_topic
 
 
 def run(coro: Any, timeout: float = 10.0) -> Any:
@@ -148,7 +148,9 @@ def test_connection_refused_backs_off_and_logs_each_change_once(caplog: pytest.L
     seen: list[LinkStatus] = []
 
     async def scenario() -> None:
-        s = MqttSession("probe", f"mqtt://127.0.0.1:{port}", backoff_initial=0.02, backoff_max=0.08, rng=random.Random(3))
+        s = MqttSession(
+            "probe", f"mqtt://127.0.0.1:{port}", backoff_initial=0.02, backoff_max=0.08, rng=random.Random(3)
+        )
         remove = s.add_status_listener(seen.append)
         await s.start()
         await until(lambda: s.counters.connect_failures >= 4)
@@ -238,6 +240,21 @@ def test_reconnect_now_cuts_a_long_backoff_short() -> None:
         s.set_endpoint(f"mqtt://127.0.0.1:{closed_port()}")
         await until(lambda: s.counters.connect_failures == 3)
         await s.stop()
+
+    run(scenario())
+
+
+def test_wait_connected_ends_when_the_session_stops() -> None:
+    async def scenario() -> None:
+        s = MqttSession("probe", f"mqtt://127.0.0.1:{closed_port()}", backoff_initial=0.05, backoff_max=0.1)
+        await s.start()
+        with pytest.raises(TimeoutError, match="not connected within 0.1 s"):
+            await s.wait_connected(0.1)
+        waiting = asyncio.create_task(s.wait_connected())
+        await asyncio.sleep(0.05)
+        await s.stop()
+        with pytest.raises(NotConnected, match="stopped"):
+            await waiting
 
     run(scenario())
 

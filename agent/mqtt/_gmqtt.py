@@ -143,7 +143,9 @@ class GmqttClient(gmqtt.Client):
         #: from this side (None if it was not): tells a keepalive timeout apart.
         self.idle_at_local_close: float | None = None
 
-    async def _create_connection(self, host: str, port: int, ssl: Any, clean_session: bool, keepalive: int) -> MQTTConnection:
+    async def _create_connection(
+        self, host: str, port: int, ssl: Any, clean_session: bool, keepalive: int
+    ) -> MQTTConnection:
         if self._opener is None:
             connection = await super()._create_connection(host, port, ssl, clean_session, keepalive)
         else:

@@ -23,7 +23,6 @@ import contextvars
 import dataclasses
 import inspect
 import logging
-import re
 import socket
 import ssl
 import time
@@ -38,8 +37,10 @@ from pydantic import SecretStr
 from ._gmqtt import GmqttClient, GmqttLogAdapter, close_client, connect_error_code
 from .backoff import Backoff, Jitter
 from .errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected, SubscribeRefused
+from .inbound import InboundDispatcher
 from .status import LinkState, LinkStatus, SessionCounters
 from .tls import build_ssl_context, describe_tls_error
+from .topics import check_topic_filter, check_topic_name, payload_bytes, redact_topic
 from .url import Endpoint, parse_server_url
 from .websocket import open_websocket
 
@@ -92,14 +93,6 @@ _T = TypeVar("_T")
 # does not report itself connected yet.
 _HOOK_ATTEMPT: contextvars.ContextVar[_Attempt | None] = contextvars.ContextVar("mqtt_hook_attempt", default=None)
 
-# A topic level that looks like a key or token (16+ letters/digits with both
-# kinds): hidden in logs, since legacy ThingSpeak topics carry API keys.
-_KEYLIKE = re.compile(r"^(?=[^/]*\d)(?=[^/]*[A-Za-z])[A-Za-z0-9_-]{16,}$")
-
-
-def _redact_topic(topic: str) -> str:
-    return "/".join("***" if _KEYLIKE.match(level) else level for level in topic.split("/"))
-
 
 def _normalise_protocol(protocol: int | str) -> int:
     if protocol in (MQTT_V311, "3.1.1", "311"):
@@ -109,29 +102,8 @@ def _normalise_protocol(protocol: int | str) -> int:
     raise ValueError(f"unsupported MQTT protocol {protocol!r}: use '3.1.1' (4) or '5' (5)")
 
 
-def _check_topic_filter(topic_filter: str) -> None:
-    if not isinstance(topic_filter, str) or not topic_filter:
-        raise ValueError("a topic filter must be a non-empty string")
-    if "\x00" in topic_filter:
-        raise ValueError(f"topic filter {topic_filter!r} contains NUL")
-    levels = topic_filter.split("/")
-    for i, level in enumerate(levels):
-        if "#" in level and (level != "#" or i != len(levels) - 1):
-            raise ValueError(f"topic filter {topic_filter!r}: '#' must be a whole, last level")
-        if "+" in level and level != "+":
-            raise ValueError(f"topic filter {topic_filter!r}: '+' must be a whole level")
-
-
 def _seconds(delay: float) -> str:
     return f"{delay:.1f} s" if delay >= 1 else f"{delay:.2f} s"
-
-
-def _payload_bytes(payload: bytes | bytearray | memoryview | str) -> bytes:
-    if isinstance(payload, str):
-        return payload.encode("utf-8")
-    if isinstance(payload, (bytes, bytearray, memoryview)):
-        return bytes(payload)
-    raise TypeError(f"payload must be bytes or str, not {type(payload).__name__}")
 
 
 class _Interrupted(Exception):
@@ -259,7 +231,7 @@ class MqttSession:
         self._subscriptions: dict[str, int] = {}
         for item in subscriptions:
             topic_filter, qos = (item, 0) if isinstance(item, str) else item
-            _check_topic_filter(topic_filter)
+            check_topic_filter(topic_filter)
             if qos not in (0, 1, 2):
                 raise ValueError(f"subscription {topic_filter!r}: QoS must be 0, 1 or 2")
             self._subscriptions[topic_filter] = qos
@@ -269,8 +241,7 @@ class MqttSession:
         self._counters = SessionCounters()
         self._ssl_context: ssl.SSLContext | None = None
         self._task: asyncio.Task[None] | None = None
-        self._inbound_task: asyncio.Task[None] | None = None
-        self._inbound: asyncio.Queue[Awaitable[Any]] | None = None
+        self._inbound = InboundDispatcher(name, _INBOUND_QUEUE)
         self._current: _Attempt | None = None
         self._connected = asyncio.Event()
         self._stopping = False
@@ -397,15 +368,10 @@ class MqttSession:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             except asyncio.CancelledError:
-                if task.done():
-                    pass
-                else:
-                    task.cancel()
-                    raise
-            except Exception:
-                pass  # _run logs its own failures
+                if not task.done():
+                    raise  # our caller was cancelled; the session still stops on its own
             self._task = None
-        await self._stop_inbound()
+        await self._inbound.close()
         self._current = None
         self._set_status(LinkState.STOPPED, "stop() called")
 
@@ -450,15 +416,26 @@ class MqttSession:
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Return once the session is connected; ``TimeoutError`` after ``timeout`` seconds.
 
-        Raises :class:`NotConnected` if the session is not running. Do not call
-        it from the on_connect hook (the session is not connected before the
-        hook returns).
+        Raises :class:`NotConnected` if the session is not running or stops
+        meanwhile. Do not call it from the on_connect hook (the session is not
+        connected before the hook returns).
         """
         if self.connected:
             return
-        if self._task is None or self._task.done():
+        task = self._task
+        if task is None or task.done():
             raise NotConnected(f"{self._name}: session is not running ({self._status.state.value})")
-        await asyncio.wait_for(self._connected.wait(), timeout)
+        waiter = asyncio.ensure_future(self._connected.wait())
+        try:
+            await asyncio.wait({waiter, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if self.connected:
+            return
+        if task.done() or self._stopping:
+            raise NotConnected(f"{self._name}: session stopped")
+        status = self._status
+        raise TimeoutError(f"{self._name}: not connected within {timeout} s ({status.state.value}: {status.reason})")
 
     # -- messages -------------------------------------------------------------------
 
@@ -485,17 +462,13 @@ class MqttSession:
         :class:`AckTimeout` after ``ack_timeout`` (default: connect_timeout)
         seconds; in both cases delivery is unknown.
         """
-        data = _payload_bytes(payload)
+        data = payload_bytes(payload)
         if not isinstance(topic, str) or not topic:
             raise ValueError("topic must be a non-empty string")
-        topic_bytes = topic.encode("utf-8")
-        size = len(topic_bytes) + len(data)
+        size = len(topic.encode("utf-8")) + len(data)
         if size > self._max_outgoing:
             raise MessageTooLarge(topic, size, self._max_outgoing)
-        if "+" in topic or "#" in topic or "\x00" in topic:
-            raise ValueError(f"topic {topic!r} must not contain '+', '#' or NUL")
-        if len(topic_bytes) > 65535:
-            raise ValueError("topic longer than 65535 bytes")
+        check_topic_name(topic)
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2 (got {qos!r})")
         attempt = await self._writable_attempt()
@@ -528,7 +501,7 @@ class MqttSession:
         connect. Raises :class:`SubscribeRefused` (and forgets the filter) if
         the broker refuses it, ``ValueError`` for an invalid filter.
         """
-        _check_topic_filter(topic_filter)
+        check_topic_filter(topic_filter)
         if qos not in (0, 1, 2):
             raise ValueError(f"QoS must be 0, 1 or 2 (got {qos!r})")
         self._subscriptions[topic_filter] = qos
@@ -561,7 +534,8 @@ class MqttSession:
         attempt = self._live_attempt()
         while attempt is not None:
             transport = attempt.client.transport()
-            if transport is None or transport.get_write_buffer_size() <= _WRITE_HIGH_WATER:  # type: ignore[attr-defined]
+            buffered = transport.get_write_buffer_size() if transport is not None else 0  # type: ignore[attr-defined]
+            if buffered <= _WRITE_HIGH_WATER:
                 return attempt
             await asyncio.sleep(0.01)
             attempt = self._live_attempt()
@@ -581,7 +555,7 @@ class MqttSession:
                 log.warning(
                     "%s: broker refused the subscription to %s (SUBACK 0x%02x)",
                     self._name,
-                    _redact_topic(topic_filter),
+                    redact_topic(topic_filter),
                     code,
                     extra={"link": self._name},
                 )
@@ -599,7 +573,9 @@ class MqttSession:
                 return
             if not isinstance(topic, str):
                 self._counters.dropped_inbound += 1
-                log.warning("%s: dropped inbound message with a topic that is not UTF-8", self._name, extra={"link": self._name})
+                log.warning(
+                    "%s: dropped inbound message with a topic that is not UTF-8", self._name, extra={"link": self._name}
+                )
                 return
             size = len(topic.encode("utf-8")) + len(payload)
             if size > self._max_incoming:
@@ -607,7 +583,7 @@ class MqttSession:
                 log.warning(
                     "%s: dropped inbound message on %s: %d bytes (topic + payload) exceed max_incoming %d",
                     self._name,
-                    _redact_topic(topic),
+                    redact_topic(topic),
                     size,
                     self._max_incoming,
                     extra={"link": self._name},
@@ -618,8 +594,15 @@ class MqttSession:
             if handler is None:
                 return
             result = handler(topic, bytes(payload), qos, properties)
-            if inspect.isawaitable(result):
-                self._enqueue_inbound(result, topic)
+            if inspect.isawaitable(result) and not self._inbound.submit(result):
+                self._counters.dropped_inbound += 1
+                log.warning(
+                    "%s: dropped inbound message on %s: %d handler calls already waiting",
+                    self._name,
+                    redact_topic(topic),
+                    self._inbound.limit,
+                    extra={"link": self._name},
+                )
         except Exception:
             log.exception("%s: on_message failed", self._name, extra={"link": self._name})
 
@@ -632,7 +615,9 @@ class MqttSession:
             log.exception("%s: error handling a disconnect", self._name, extra={"link": self._name})
             attempt.mark_lost("connection lost")
 
-    def _on_gmqtt_suback(self, attempt: _Attempt, client: Any, mid: int, granted: tuple[int, ...], properties: Any) -> None:
+    def _on_gmqtt_suback(
+        self, attempt: _Attempt, client: Any, mid: int, granted: tuple[int, ...], properties: Any
+    ) -> None:
         future = attempt.subacks.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(tuple(granted))
@@ -649,48 +634,6 @@ class MqttSession:
         if self._keepalive and idle is not None and idle >= 2 * self._keepalive:
             return f"nothing received for {idle:.0f} s (keepalive {self._keepalive} s)"
         return client.lost_reason() or "closed by the broker"
-
-    # -- internals: async on_message dispatch -------------------------------------------
-
-    def _enqueue_inbound(self, awaitable: Awaitable[Any], topic: str) -> None:
-        if self._inbound is None:
-            self._inbound = asyncio.Queue(maxsize=_INBOUND_QUEUE)
-        if self._inbound_task is None or self._inbound_task.done():
-            self._inbound_task = asyncio.create_task(self._dispatch_inbound(self._inbound), name=f"mqtt:{self._name}:inbound")
-        try:
-            self._inbound.put_nowait(awaitable)
-        except asyncio.QueueFull:
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()
-            self._counters.dropped_inbound += 1
-            log.warning(
-                "%s: dropped inbound message on %s: %d handler calls already waiting",
-                self._name,
-                _redact_topic(topic),
-                _INBOUND_QUEUE,
-                extra={"link": self._name},
-            )
-
-    async def _dispatch_inbound(self, queue: asyncio.Queue[Awaitable[Any]]) -> None:
-        while True:
-            awaitable = await queue.get()
-            try:
-                await awaitable
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("%s: on_message failed", self._name, extra={"link": self._name})
-
-    async def _stop_inbound(self) -> None:
-        task, self._inbound_task = self._inbound_task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        queue, self._inbound = self._inbound, None
-        while queue is not None and not queue.empty():
-            awaitable = queue.get_nowait()
-            if inspect.iscoroutine(awaitable):
-                awaitable.close()
 
     # -- internals: the connection loop --------------------------------------------------
 

@@ -233,7 +233,9 @@ def parse_server_url(text: str) -> Endpoint:
             raise ValueError(f"server URL {shown!r}: bad port {port}: must be between 1 and 65535")
 
     if scheme not in _WS_SCHEMES and tail not in ("", "/"):
-        raise ValueError(f"server URL {shown!r}: {scheme}:// takes no path (got {tail!r}); only ws:// and wss:// have one")
+        raise ValueError(
+            f"server URL {shown!r}: {scheme}:// takes no path (got {tail!r}); only ws:// and wss:// have one"
+        )
     try:
         return Endpoint(scheme=scheme, host=host, port=port, path=tail or None)
     except ValueError as exc:

@@ -200,12 +200,9 @@ class WebSocketTransport(asyncio.Transport):
                 await self._wakeup.wait()
                 self._wakeup.clear()
                 while self._buffer:
-                    if len(self._buffer) == 1:
-                        chunk = self._buffer.popleft()
-                    else:
-                        chunk = b"".join(self._buffer)
-                        self._buffer.clear()
-                    self._buffered = sum(len(b) for b in self._buffer)
+                    chunk = self._buffer.popleft() if len(self._buffer) == 1 else b"".join(self._buffer)
+                    self._buffer.clear()
+                    self._buffered = 0
                     for start in range(0, len(chunk), _MAX_FRAME):
                         await self._ws.send(chunk[start : start + _MAX_FRAME])
                 if self._closing:
@@ -219,9 +216,8 @@ class WebSocketTransport(asyncio.Transport):
     async def _close(self) -> None:
         try:
             if self._writer is not None:
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._writer), timeout=self._ws.close_timeout)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
+                _, pending = await asyncio.wait({self._writer}, timeout=self._ws.close_timeout)
+                if pending:  # the peer stopped reading: give up on the queued data
                     self._writer.cancel()
             await self._ws.close()
         except Exception:  # noqa: BLE001 - closing must not raise; the reader reports the outcome
