@@ -34,7 +34,9 @@ def setup_logging(level: str = "info") -> None:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
     # gmqtt logs every packet at INFO; our session layer logs the events that matter
-    logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    from agent.mqtt._gmqtt import quiet_gmqtt_logging
+
+    quiet_gmqtt_logging(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
 def _config_path(args: argparse.Namespace) -> Path:
@@ -112,7 +114,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _print_config_error(exc)
     s = config.settings
-    links = [name for name in ("blynk", "thingspeak") if getattr(s, name) is not None]
+    links = ["blynk"] if s.blynk is not None else []
+    if s.thingspeak is not None:
+        links.append("thingspeak (validated; the link is not built yet)")
     print(
         f"{config.path}: ok: {len(config.sensors)} sensors, {len(config.actuators)} actuators, "
         f"links: {', '.join(links) or 'none'}"

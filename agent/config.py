@@ -34,8 +34,9 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from agent.pipeline import FilterSpec
 from agent.plugin import PluginInfo, PluginOptions, PluginRegistry
@@ -49,6 +50,14 @@ ENV_NESTING = "__"
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Datastream names may hold spaces but not MQTT's topic separators/wildcards.
 _DATASTREAM = r"^[^/+#\x00]{1,64}$"
+
+
+def _check_server_url(value: str) -> str:
+    """A broker URL the MQTT layer accepts (mqtt, mqtts, ws, wss)."""
+    from agent.mqtt.url import parse_server_url
+
+    parse_server_url(value)
+    return value
 
 
 class _Section(BaseModel):
@@ -86,7 +95,7 @@ class BlynkSection(_Section):
     #: receive buffer announced in info/mcu; larger inbound messages are dropped
     rx_buffer: Annotated[int, Field(ge=256, le=1048576)] = 1024
     #: messages per second, sustained (any one-second window)
-    rate_limit: Annotated[float, Field(gt=0, le=100)] = 10.0
+    rate_limit: Annotated[int, Field(ge=1, le=100)] = 10
     backoff_initial: Annotated[float, Field(gt=0, le=60)] = 0.5
     backoff_max: Annotated[float, Field(gt=0, le=3600)] = 30.0
     #: wait after the server refuses the token (default 15 minutes)
@@ -96,13 +105,22 @@ class BlynkSection(_Section):
     #: what downlink/reboot does: restart the agent, reboot the host, or nothing
     reboot: Literal["agent", "host", "ignore"] = "agent"
 
-    @field_validator("server")
-    @classmethod
-    def _server_url(cls, value: str) -> str:
-        from agent.mqtt.url import parse_server_url
+    _server_url = field_validator("server")(lambda cls, v: _check_server_url(v))
 
-        parse_server_url(value)
+    @field_validator("token")
+    @classmethod
+    def _token_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("the device token is empty")
         return value
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> BlynkSection:
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(
+                f"backoff_max ({self.backoff_max:g}) is smaller than backoff_initial ({self.backoff_initial:g})"
+            )
+        return self
 
 
 class ThingSpeakSection(_Section):
@@ -110,6 +128,8 @@ class ThingSpeakSection(_Section):
 
     server: str = "mqtts://mqtt3.thingspeak.com:8883"
     ca_file: Path | None = None
+
+    _server_url = field_validator("server")(lambda cls, v: _check_server_url(v))
     channel_id: Annotated[int, Field(gt=0)]
     client_id: str = Field(min_length=1)
     username: str = Field(min_length=1)
@@ -192,6 +212,20 @@ class Settings(BaseSettings):
         # The TOML data arrives as init kwargs and is the weakest source.
         return (env_settings, CredentialsSource(settings_cls), init_settings)
 
+    @field_validator("actuators")
+    @classmethod
+    def _one_actuator_per_datastream(cls, entries: list[ActuatorEntry]) -> list[ActuatorEntry]:
+        seen: dict[str, str] = {}
+        for entry in entries:
+            if entry.blynk is None:
+                continue
+            if entry.blynk in seen:
+                raise ValueError(
+                    f"actuators {seen[entry.blynk]!r} and {entry.id!r} both follow datastream {entry.blynk!r}"
+                )
+            seen[entry.blynk] = entry.id
+        return entries
+
     @field_validator("sensors", "actuators")
     @classmethod
     def _unique_ids(cls, entries: list[Any]) -> list[Any]:
@@ -271,13 +305,24 @@ def _format_loc(loc: Iterable[Any]) -> str:
     return out or "(top level)"
 
 
+_PATTERN_HINTS = {
+    _ID: "use letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)",
+    _DATASTREAM: "a datastream name of 1..64 characters without '/', '+', '#'",
+}
+
+
 def _message(err: Mapping[str, Any]) -> str:
     msg = _MESSAGES.get(err["type"]) or err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
+    if err["type"] == "string_pattern_mismatch":
+        msg = _PATTERN_HINTS.get(err.get("ctx", {}).get("pattern"), msg)
+    msg = msg.replace("Value error, ", "")
     if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
         value = err["input"]
-        if not isinstance(value, (dict, list)) and not _is_secret_loc(err.get("loc", ())):
+        if (
+            not isinstance(value, (dict, list))
+            and not _is_secret_loc(err.get("loc", ()))
+            and str(value) not in msg
+        ):
             msg += f" (got {value!r})"
     return msg
 
@@ -370,12 +415,17 @@ def load_settings(path: Path) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         raise ConfigError(_errors_to_lines(path, exc)) from None
+    except SettingsError as exc:  # an environment value that is not valid JSON for a list/table
+        raise ConfigError([f"environment: {exc} (lists and tables are JSON, e.g. '[\"Pump\"]')"]) from None
     # Relative paths in the file are relative to the file, not to the cwd.
     base = path.resolve().parent
     agent = settings.agent
     agent.plugin_dirs = [d if d.is_absolute() else base / d for d in agent.plugin_dirs]
     if not agent.state_dir.is_absolute():
         agent.state_dir = base / agent.state_dir
+    for section in (settings.blynk, settings.thingspeak):
+        if section is not None and section.ca_file is not None and not section.ca_file.is_absolute():
+            section.ca_file = base / section.ca_file
     return settings
 
 

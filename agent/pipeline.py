@@ -7,8 +7,9 @@ Each configured quantity has a :class:`FilterChain` (built from the config's
 
 Filters see time through the reading's monotonic stamp (``mono``), never the
 wall clock: a Pi has no RTC and its clock may jump when NTP syncs.
-Unavailable readings (``value is None``) pass through every filter untouched
-so the cloud learns about a failing sensor; numeric filters pass strings and
+Unavailable readings (``value is None``) are never averaged, scaled, throttled
+or clamped: they pass so the cloud learns about a failing sensor (``delta``
+passes them when availability changes). Numeric filters pass strings and
 booleans through unchanged.
 """
 
@@ -202,6 +203,8 @@ class Throttle(Filter):
         self.last_sent: float | None = None
 
     def process(self, reading: Reading) -> list[Reading]:
+        if reading.value is None:
+            return [reading]  # the one "unavailable" of a failure episode must not be lost
         if self.last_sent is not None and reading.mono - self.last_sent < self.period:
             return []
         self.last_sent = reading.mono

@@ -159,9 +159,11 @@ class ADS1115(I2CSensor):
     #: How the driver waits; tests replace it on the instance to record waits.
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
-    def describe_quantities(self) -> Mapping[str, str]:
+    @classmethod
+    def quantities_for(cls, options: PluginOptions) -> Mapping[str, str]:
         """The configured channels, name -> unit."""
-        return {name: ch.unit for name, ch in self.options.channels.items()}
+        assert isinstance(options, ADS1115Options)
+        return {name: ch.unit for name, ch in options.channels.items()}
 
     # -- bus helpers (16-bit registers, MSB first)
 

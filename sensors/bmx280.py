@@ -312,9 +312,11 @@ class BMP280(I2CSensor):
             getattr(o, "humidity_oversampling", 0) if self.has_humidity else 0,
         )
 
-    def describe_quantities(self) -> Mapping[str, str]:
+    @classmethod
+    def quantities_for(cls, options: PluginOptions) -> Mapping[str, str]:
         """Temperature always; pressure/humidity unless their oversampling is 0."""
-        t, p, h = self._osrs()
+        p = getattr(options, "pressure_oversampling", 1)
+        h = getattr(options, "humidity_oversampling", 0) if cls.has_humidity else 0
         q = {"temperature": "°C"}
         if p:
             q["pressure"] = "hPa"

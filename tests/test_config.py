@@ -180,3 +180,24 @@ def test_check_uses_environment_config_path(tmp_path):
     path = write(tmp_path, GOOD)
     result = edge_agent("check", env=agent_env(EDGE_AGENT_CONFIG=str(path)))
     assert result.returncode == 0 and str(path) in result.stdout
+
+
+def test_more_mistakes_are_one_line_each(tmp_path, monkeypatch):
+    base = '[agent]\nplugin_dirs = []\n[blynk]\ntemplate_id = "T"\n'
+    cases = {
+        'token = " "\n': "blynk.token: the device token is empty",
+        'token = "t"\nbackoff_initial = 10\nbackoff_max = 5\n': "backoff_max (5) is smaller than backoff_initial (10)",
+        'token = "t"\n[[actuators]]\nid = "a"\ntype = "relay"\npin = 5\nblynk = "P"\n'
+        '[[actuators]]\nid = "b"\ntype = "relay"\npin = 6\nblynk = "P"\n': "actuators 'a' and 'b' both follow datastream 'P'",
+    }
+    for body, message in cases.items():
+        path = write(tmp_path, base + body)
+        with pytest.raises(ConfigError) as info:
+            load_settings(path)
+        assert len(info.value.lines) == 1 and message in info.value.lines[0], info.value.lines
+    # a list in the environment that is not JSON is a config error, not a traceback
+    path = write(tmp_path, base + 'token = "t"\n')
+    monkeypatch.setenv("EDGE_AGENT_BLYNK__SYNC", "Pump")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert info.value.lines[0].startswith("environment: ") and "JSON" in info.value.lines[0]
