@@ -18,6 +18,7 @@ import pytest
 
 from agent.hardware import Hardware
 from agent.plugin import Sensor
+from agent.sim.i2c import FakeI2C
 
 
 class MockPinHardware(Hardware):
@@ -61,3 +62,15 @@ def open_sensor() -> Iterator[OpenSensor]:
     yield make
     for sensor in reversed(opened):
         sensor.close()
+
+
+@pytest.fixture
+def fake() -> FakeI2C:
+    """An empty fake I2C registry (test files may override it)."""
+    return FakeI2C()
+
+
+@pytest.fixture
+def hw(fake: FakeI2C) -> Hardware:
+    """Hardware whose I2C buses are the ``fake`` registry's."""
+    return Hardware(pin_factory="mock", smbus_factory=fake.open)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from typing import Any
 
 import pytest
@@ -23,6 +22,7 @@ from agent.sim.chips.ads1115 import ADS1115Chip
 from agent.sim.hardware import SimulatedHardware
 from agent.sim.i2c import FakeI2C
 from sensors.ads1115 import ADS1115, code_to_volts, config_word, conversion_time_s, to_signed16
+from tests.sensors.support import Waits
 
 # -- conversion math (no bus) ----------------------------------------------------
 
@@ -76,24 +76,6 @@ def test_conversion_time() -> None:
 
 
 # -- over the fake bus -------------------------------------------------------------
-
-
-class Waits(list[float]):
-    """Records the driver's sleeps and really sleeps (the model keeps time)."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-        time.sleep(seconds)
-
-
-@pytest.fixture
-def fake() -> FakeI2C:
-    return FakeI2C()
-
-
-@pytest.fixture
-def hw(fake: FakeI2C) -> Hardware:
-    return Hardware(pin_factory="mock", smbus_factory=fake.open)
 
 
 def make(hw: Hardware, **options: Any) -> tuple[ADS1115, Waits]:

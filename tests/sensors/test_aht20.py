@@ -32,6 +32,7 @@ from sensors.aht20 import (
     aht20_temperature,
     split_frame,
 )
+from tests.sensors.support import Waits
 
 # Frames read from real AHT20s and published with their CRC byte.
 REAL_FRAME_A = bytes.fromhex("1c269a7642e776")
@@ -104,16 +105,9 @@ def hw(fake: FakeI2C) -> Hardware:
     return Hardware(pin_factory="mock", smbus_factory=fake.open)
 
 
-class Waits(list[float]):
-    """Records the driver's sleeps instead of sleeping."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
 def make(hw: Hardware, **options: object) -> tuple[AHT20, Waits]:
     sensor = AHT20("room", AHT20.Options(**options), hw)
-    waits = Waits()
+    waits = Waits(really=False)
     sensor._sleep = waits  # type: ignore[method-assign]
     return sensor, waits
 

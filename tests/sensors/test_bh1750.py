@@ -22,6 +22,7 @@ from agent.sim.chips.bh1750 import BH1750Chip
 from agent.sim.hardware import SimulatedHardware
 from agent.sim.i2c import FakeI2C
 from sensors.bh1750 import BH1750, counts_to_lux, max_measurement_time_s, mtreg_commands
+from tests.sensors.support import Waits
 
 # -- conversion math (no bus) ----------------------------------------------------
 
@@ -68,24 +69,6 @@ def test_maximum_measurement_time_scales_with_mtreg() -> None:
 
 
 # -- over the fake bus -------------------------------------------------------------
-
-
-class Waits(list[float]):
-    """Records the driver's sleeps and really sleeps (the model keeps time)."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-        time.sleep(seconds)
-
-
-@pytest.fixture
-def fake() -> FakeI2C:
-    return FakeI2C()
-
-
-@pytest.fixture
-def hw(fake: FakeI2C) -> Hardware:
-    return Hardware(pin_factory="mock", smbus_factory=fake.open)
 
 
 def make(hw: Hardware, **options: Any) -> tuple[BH1750, Waits]:

@@ -45,6 +45,7 @@ from sensors.bmx280 import (
     max_measurement_time_s,
     unpack_data,
 )
+from tests.sensors.support import Waits
 
 # BST-BMP280-DS001 §3.11.3 worked example: trimming parameters and raw values.
 EXAMPLE = dict(t1=27504, t2=26435, t3=-1000, p1=36477, p2=-10685, p3=3024, p4=2855,
@@ -166,27 +167,6 @@ def test_maximum_measurement_time() -> None:
 
 
 # -- over the fake bus ---------------------------------------------------------
-
-
-class Waits(list[float]):
-    """Records the driver's sleeps (and really sleeps: the chip model runs on
-    the wall clock)."""
-
-    def __call__(self, seconds: float) -> None:
-        import time
-
-        self.append(seconds)
-        time.sleep(seconds)
-
-
-@pytest.fixture
-def fake() -> FakeI2C:
-    return FakeI2C()
-
-
-@pytest.fixture
-def hw(fake: FakeI2C) -> Hardware:
-    return Hardware(pin_factory="mock", smbus_factory=fake.open)
 
 
 def make(cls: type[BMP280], hw: Hardware, **options: Any) -> tuple[BMP280, Waits]:

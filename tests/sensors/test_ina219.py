@@ -13,7 +13,6 @@ device that is not an INA219).
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import pytest
@@ -34,6 +33,7 @@ from sensors.ina219 import (
     effective_current_lsb,
     to_signed16,
 )
+from tests.sensors.support import Waits
 
 # -- the data sheet's worked example (SBOS448 §8.5.1 table) -------------------------
 
@@ -113,24 +113,6 @@ def test_calibration_bit0_is_void() -> None:
 
 
 # -- over the fake bus --------------------------------------------------------------
-
-
-class Waits(list[float]):
-    """Records the driver's sleeps and really sleeps (the model keeps time)."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-        time.sleep(seconds)
-
-
-@pytest.fixture
-def fake() -> FakeI2C:
-    return FakeI2C()
-
-
-@pytest.fixture
-def hw(fake: FakeI2C) -> Hardware:
-    return Hardware(pin_factory="mock", smbus_factory=fake.open)
 
 
 def make(hw: Hardware, **options: Any) -> tuple[INA219, Waits]:

@@ -42,6 +42,7 @@ from sensors.sht import (
     sht4x_temperature,
     unpack_words,
 )
+from tests.sensors.support import Waits
 
 # -- conversion math (no bus) -----------------------------------------------
 
@@ -119,16 +120,9 @@ def hw(fake: FakeI2C) -> Hardware:
     return Hardware(pin_factory="mock", smbus_factory=fake.open)
 
 
-class Waits(list[float]):
-    """Records the driver's sleeps instead of sleeping."""
-
-    def __call__(self, seconds: float) -> None:
-        self.append(seconds)
-
-
 def make(cls: type, hw: Hardware, **options: object) -> tuple[object, Waits]:
     sensor = cls("air", cls.Options(**options), hw)
-    waits = Waits()
+    waits = Waits(really=False)
     sensor._sleep = waits  # type: ignore[attr-defined]
     return sensor, waits
 
