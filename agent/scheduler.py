@@ -226,8 +226,12 @@ class SensorRunner:
         self._pending = fut
         self.stats.reads += 1
         try:
-            values = await asyncio.wait_for(asyncio.shield(fut), self.timeout)
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a
+            # cancellation that lands just as the read completes (CPython
+            # gh-86296), and the agent's stop() would then wait for ever
+            async with asyncio.timeout(self.timeout):
+                values = await asyncio.shield(fut)
+        except TimeoutError:
             self.stats.timeouts += 1
             self._consecutive_failures += 1
             return None, f"read did not return within {self.timeout:g} s", True

@@ -186,3 +186,18 @@ def test_sensor_that_fails_to_open_is_reported_and_retried(tmp_path, caplog):
     assert f"sensor file: open failed: {marker} does not exist; readings unavailable" in caplog.text
     assert "sensor file: recovered" in caplog.text
     assert sum(1 for r in readings if r.sensor == "ok") >= 6
+
+
+def test_stop_always_returns_even_when_a_cancel_lands_on_a_finishing_read(tmp_path):
+    # On Python 3.11 asyncio.wait_for could swallow such a cancel (gh-86296):
+    # stop() then waited for ever and the actuators never reached safe states.
+    toml = "".join(f'[[sensors]]\nid = "s{i}"\ntype = "simulated"\ninterval = 0.02\n' for i in range(20))
+    for _ in range(25):
+        agent = make_agent(tmp_path, toml)
+
+        async def cycle(agent=agent) -> None:
+            await agent.start()
+            await asyncio.sleep(0.06)
+            await asyncio.wait_for(agent.stop(), 5)
+
+        asyncio.run(cycle())
