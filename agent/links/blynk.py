@@ -8,8 +8,11 @@ and receive buffer, ``get/ds`` re-reads the datastreams named in ``sync``, and
 Uplink: readings wait in a queue (values taken while offline included) and
 leave through one task, ``blynk:uplink``, no faster than ``rate_limit``
 messages in any second, packed into as few messages as the 1024-byte limit
-allows (see :mod:`agent.links.blynk_format`). Command echoes, events and
-widget properties jump the queue.
+allows (see :mod:`agent.links.blynk_format`); a value measured before the
+current connection came up always travels in a timestamped batch, even alone,
+so it keeps its own time. The messages sent right after a connect count
+against the rate limit too. Command echoes, events and widget properties jump
+the queue.
 
 Downlink: ``ds/NAME`` goes to the command handler (the actuators),
 ``redirect`` moves the session to another server (remembered in the state dir,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import BlynkSection
-from agent.links.blynk_format import Point, is_multi, pack_batch, pack_timestamped, text_value, truncate_utf8
+from agent.links.blynk_format import (
+    Point,
+    is_multi,
+    json_value,
+    pack_batch,
+    pack_timestamped,
+    text_value,
+    truncate_utf8,
+)
 from agent.links.ratelimit import SlidingWindowLimiter
 from agent.locks import InstanceLock, LockHeld
 from agent.mqtt import MqttSession, parse_server_url
@@ -112,6 +124,7 @@ class BlynkLink:
         self._events: dict[str, float] = {}
         self._event_day: tuple[int, int] = (0, 0)  # (day number, count)
         self._truncated_warned: set[str] = set()
+        self._bad_warned: set[str] = set()
         self._task: asyncio.Task[None] | None = None
         self._lock = InstanceLock.for_secret("blynk", settings.token.get_secret_value())
         self.session = MqttSession(
@@ -173,9 +186,20 @@ class BlynkLink:
 
     def submit(self, reading: Reading, target: Any) -> None:
         """Queue one reading for datastream ``target`` (called on the loop)."""
-        if reading.value is None:
-            # Blynk has no "unavailable" value: say nothing rather than a fake one
+        value = reading.value
+        if value is None or isinstance(value, float) and not math.isfinite(value):
+            # Blynk has no "unavailable" value (and JSON no NaN): say nothing rather than a fake one
             self.counters.unavailable_skipped += 1
+            return
+        try:  # refuse here what could never be encoded later (and would stop the uplink)
+            text_value(value).encode("utf-8")
+            if not is_multi(value):
+                json.dumps(json_value(value), ensure_ascii=False).encode("utf-8")
+        except (TypeError, ValueError) as exc:
+            self.counters.points_dropped += 1
+            if str(target) not in self._bad_warned:
+                self._bad_warned.add(str(target))
+                log.warning("blynk: %s: a %s value cannot be sent (%s); dropped", target, type(value).__name__, exc)
             return
         if len(self._queue) >= QUEUE_LIMIT:
             self._queue.popleft()
@@ -242,7 +266,14 @@ class BlynkLink:
                     await asyncio.sleep(1.0)
                     continue
             await self._limiter.acquire()
-            message = self._next_message()
+            try:
+                message = self._next_message()
+            except Exception:  # noqa: BLE001 - a bug must cost one reading, never the uplink
+                log.exception("blynk: could not pack the next reading; dropped")
+                if self._queue:
+                    self._queue.popleft()
+                    self.counters.points_dropped += 1
+                continue
             if message is None:
                 continue
             topic, payload, taken = message
@@ -280,12 +311,26 @@ class BlynkLink:
             return None
         limit = self.settings.max_message_bytes
         head = self._queue[0]
-        if is_multi(head.value) or isinstance(head.value, str) and len(self._queue) == 1:
+        # values measured before this connection came up (queued during an
+        # outage) are backlog: they must keep their own timestamps, which
+        # batch_ds and ds/NAME cannot carry
+        live_from = self._live_since_ms()
+        backlog = head.ts_ms < live_from
+        if is_multi(head.value) or isinstance(head.value, str) and len(self._queue) == 1 and not backlog:
             self._queue.popleft()
             topic = f"ds/{head.datastream}"
             return topic, self._fit(topic, text_value(head.value), head.datastream).encode(), [head]
-        same = [p for p in self._queue if p.datastream == head.datastream and not is_multi(p.value)]
-        if len(same) > 1:
+        # Only as many as one message could ever hold are needed (each item is
+        # at least "[0,0]" plus a comma): a long backlog is not scanned whole
+        # for every message.
+        cap = limit // 6 + 1
+        same: list[Point] = []
+        for p in self._queue:
+            if p.datastream == head.datastream and not is_multi(p.value):
+                same.append(p)
+                if len(same) >= cap:
+                    break
+        if len(same) > 1 or backlog:
             topic, payload, count = pack_timestamped(head.datastream, same, limit)
             if count:
                 taken = same[:count]
@@ -295,7 +340,9 @@ class BlynkLink:
         seen: dict[str, int] = {}
         for p in self._queue:
             seen[p.datastream] = seen.get(p.datastream, 0) + 1
-        singles = [p for p in self._queue if seen[p.datastream] == 1 and not is_multi(p.value)]
+        singles = [
+            p for p in self._queue if seen[p.datastream] == 1 and not is_multi(p.value) and p.ts_ms >= live_from
+        ]
         if len(singles) > 1:
             payload, taken = pack_batch(singles, limit)
             if taken:
@@ -305,9 +352,26 @@ class BlynkLink:
         topic = f"ds/{head.datastream}"
         return topic, self._fit(topic, text_value(head.value), head.datastream).encode(), [head]
 
+    def _live_since_ms(self) -> int:
+        """Epoch ms the current connection came up; readings taken earlier
+        are backlog. Not connected: everything waiting is backlog."""
+        status = self.session.status
+        if status.state is LinkState.CONNECTED:
+            return int(status.since * 1000)
+        return int(time.time() * 1000) + 1
+
     def _remove(self, taken: list[Point]) -> None:
+        """Take ``taken`` (all in the queue) out; only the part of the queue up
+        to the last of them is touched, not the whole backlog."""
         ids = {id(p) for p in taken}
-        self._queue = deque(p for p in self._queue if id(p) not in ids)
+        kept: list[Point] = []
+        while ids:
+            p = self._queue.popleft()
+            if id(p) in ids:
+                ids.discard(id(p))
+            else:
+                kept.append(p)
+        self._queue.extendleft(reversed(kept))
 
     def _drop_too_old(self) -> None:
         cutoff = int(time.time() * 1000) - MAX_AGE_MS
@@ -333,11 +397,18 @@ class BlynkLink:
         }
 
     async def _on_connect(self, session: MqttSession) -> None:
-        """After every connect: info/mcu, then re-read state, then the clock."""
-        await session.publish("info/mcu", json.dumps(self.info_mcu(), separators=(",", ":")))
-        for topic, payload in self._sync_requests():
+        """After every connect: info/mcu, then re-read state, then the clock.
+
+        These count against ``rate_limit`` like every other message: Blynk
+        counts them too, and right after a reconnect a backlog is waiting."""
+        requests = [
+            ("info/mcu", json.dumps(self.info_mcu(), separators=(",", ":"))),
+            *self._sync_requests(),
+            ("get/utc/all/json", ""),
+        ]
+        for topic, payload in requests:
+            await self._limiter.acquire()
             await session.publish(topic, payload)
-        await session.publish("get/utc/all/json", b"")
         self._redirects.failures_on_redirect = 0
         self._wake.set()
 
@@ -420,7 +491,9 @@ class BlynkLink:
             endpoint = parse_server_url(url)
         except ValueError as exc:
             self.counters.bad_downlinks += 1
-            log.warning("blynk: redirect to %r refused: %s", url[:200], exc)
+            # the exception's text shows the URL with any user info hidden; the
+            # raw payload is not logged, it may carry a password
+            log.warning("blynk: redirect refused: %s", str(exc)[:300])
             return
         now = time.monotonic()
         recent = [u for t, u in self._redirects.history if now - t < REDIRECT_WINDOW]

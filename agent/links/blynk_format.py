@@ -30,11 +30,15 @@ class Point:
 
 def json_value(value: Any) -> Any:
     """A value as the JSON Blynk expects: numbers stay numbers, booleans are
-    sent as 1/0 (switch widgets use integer datastreams), text stays text."""
+    sent as 1/0 (switch widgets use integer datastreams), text stays text.
+    NaN and infinities, which JSON cannot carry, become ``None`` (null)."""
     if isinstance(value, bool):
         return int(value)
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
-        return int(value) if math.isfinite(value) else None
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return None
+        if value.is_integer() and abs(value) < 2**53:
+            return int(value)
     return value
 
 

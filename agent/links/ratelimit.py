@@ -19,7 +19,9 @@ class SlidingWindowLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.slots = max(1, int(rate * window))
-        self.window = window
+        # below one message per window (rate 0.5/s over 1 s) the one slot
+        # must last longer than the window, or the rate would be exceeded
+        self.window = max(window, self.slots / rate)
         self._sent: deque[float] = deque()
 
     def delay(self, now: float | None = None) -> float:

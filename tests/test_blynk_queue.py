@@ -1,0 +1,147 @@
+"""The link's uplink queue: which message the next readings become, and that
+no value can stop the uplink."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.mqtt.status import LinkState, LinkStatus
+from tests.test_blynk_support import blynk_of, build_agent, device_messages, reading, run, running, until
+
+
+@pytest.fixture
+def link(tmp_path: Path, broker: Any) -> Any:
+    """A link that is never started; its status is set by hand."""
+    agent = build_agent(tmp_path, broker, sensor=False, relay=False)
+    return blynk_of(agent)
+
+
+def connected_since(link: Any, since: float) -> None:
+    link.session._status = LinkStatus(LinkState.CONNECTED, "test", since)
+
+
+def drain(link: Any) -> list[tuple[str, Any]]:
+    out = []
+    while (message := link._next_message()) is not None:
+        topic, payload, _ = message
+        out.append((topic, payload))
+    return out
+
+
+def test_live_singles_share_one_batch(link: Any) -> None:
+    connected_since(link, time.time() - 60)
+    now = time.time()
+    link.submit(reading(21.5, now), "Temperature")
+    link.submit(reading(40, now), "Humidity")
+    link.submit(reading(True, now), "Door")
+    assert drain(link) == [("batch_ds", b'{"Temperature":21.5,"Humidity":40,"Door":1}')]
+
+
+def test_several_values_of_one_datastream_keep_their_times(link: Any) -> None:
+    connected_since(link, time.time() - 60)
+    now = time.time()
+    for i in range(3):
+        link.submit(reading(20 + i, now + i / 10), "T")
+    link.submit(reading(5, now), "Other")
+    topic, payload = drain(link)[0]
+    assert topic == "ds/T/timestamped_batch"
+    assert json.loads(payload) == [[int((now + i / 10) * 1000), 20 + i] for i in range(3)]
+
+
+def test_backlog_value_alone_keeps_its_time(link: Any) -> None:
+    """A value measured before the connection came up is not sent as if it were new."""
+    connected_since(link, time.time())
+    old = time.time() - 120
+    link.submit(reading(7.25, old), "Lone")
+    link.submit(reading("text", old), "Label")
+    link.submit(reading(1, time.time() + 1), "Fresh")
+    out = drain(link)
+    assert ("ds/Lone/timestamped_batch", f"[[{int(old * 1000)},7.25]]".encode()) in out
+    assert ("ds/Label/timestamped_batch", f'[[{int(old * 1000)},"text"]]'.encode()) in out
+    assert all(b"Lone" not in p and b"Label" not in p for t, p in out if t == "batch_ds")
+
+
+def test_multi_values_go_as_plain_text(link: Any) -> None:
+    connected_since(link, time.time() - 60)
+    link.submit(reading((51.5, -0.12)), "Location")
+    assert drain(link) == [("ds/Location", b"51.5\x00-0.12")]
+
+
+def test_unavailable_and_non_finite_values_are_skipped(link: Any) -> None:
+    connected_since(link, time.time() - 60)
+    for bad in (None, math.nan, math.inf, -math.inf):
+        link.submit(reading(bad), "T")
+    assert link.pending == 0
+    assert link.counters.unavailable_skipped == 4
+
+
+def test_old_readings_beyond_a_month_are_dropped(link: Any) -> None:
+    connected_since(link, time.time())
+    link.submit(reading(1, time.time() - 31 * 86400), "T")
+    link.submit(reading(2, time.time() - 60), "T")
+    out = drain(link)
+    assert len(out) == 1 and json.loads(out[0][1])[0][1] == 2
+    assert link.counters.points_dropped == 1
+
+
+def test_sync_requests_are_split_to_fit(link: Any) -> None:
+    link.settings = link.settings.model_copy(update={"sync": [f"{i:02d}" + "x" * 62 for i in range(40)]})
+    requests = link._sync_requests()
+    assert len(requests) > 1
+    assert all(len(t) + len(p.encode()) <= 1024 for t, p in requests)
+    assert ",".join(p for _, p in requests).split(",") == link.settings.sync
+
+
+def test_a_value_that_cannot_be_encoded_does_not_stop_the_uplink(broker: Any, cloud: Any, tmp_path: Path) -> None:
+    """A string with a lone surrogate (e.g. a plugin that decoded bytes with
+    surrogateescape) cannot be UTF-8 encoded; it must cost that reading only."""
+    cloud.subscribe("#")
+    agent = build_agent(tmp_path, broker, sensor=False, relay=False)
+    link = blynk_of(agent)
+
+    async def scenario() -> None:
+        async with running(agent):
+            await cloud.aexpect("info/mcu", timeout=15)
+            link.submit(reading("bad \udcff"), "Label")
+            await until(lambda: link.pending == 0, 5, "queue drained")
+            link.submit(reading(3.5), "After")
+            await cloud.aexpect("ds/After", timeout=10)
+            link.submit(reading("also \udcff bad"), "Label")
+            link.submit(reading(1.5), "T")
+            link.submit(reading(2.5), "H")
+            await cloud.aexpect("batch_ds", timeout=10)
+            assert link._task is not None and not link._task.done()
+
+    run(scenario())
+    assert link.counters.points_dropped == 2
+    assert not any(b"bad" in m.payload for m in device_messages(cloud.messages))
+
+
+def test_long_backlog_drains_exactly_and_in_linear_time(link: Any) -> None:
+    """A full day of backlog (100k readings over 8 datastreams) leaves in
+    order, each reading once, without rescanning the whole queue for every
+    message (that took ~10 s of CPU here; a Pi is several times slower)."""
+    now = time.time()
+    connected_since(link, now)
+    n, k = 100_000, 8
+    for i in range(n):
+        link.submit(reading(i, now - 100 + i / 1000), f"DS{i % k}")
+    started = time.process_time()
+    got: dict[str, list[int]] = {f"DS{j}": [] for j in range(k)}
+    messages = 0
+    while (message := link._next_message()) is not None:
+        topic, payload, taken = message
+        assert topic.endswith("/timestamped_batch") and len(topic) + len(payload) <= 1024
+        got[topic[3:-18]].extend(v for _, v in json.loads(payload))
+        messages += 1
+    elapsed = time.process_time() - started
+    for j in range(k):
+        assert got[f"DS{j}"] == list(range(j, n, k))
+    assert messages < n / 30
+    assert elapsed < 4.0, f"{elapsed:.1f} s of CPU to pack {messages} messages"
