@@ -76,16 +76,22 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(config: Config, print_readings: bool = False) -> int:
     from agent.runtime import Agent
+    from agent.systemd import ServiceNotifier
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    agent = Agent(config)
-    if print_readings:
-        agent.router.add_tap(_print_reading)
+    # under systemd: watchdog keep-alives from this loop, READY=1, STATUS= lines
+    service = ServiceNotifier.from_environment()
+    service.start()
+    agent: Agent | None = None
     try:
+        agent = Agent(config)
+        if print_readings:
+            agent.router.add_tap(_print_reading)
         await agent.start()
+        service.started(agent)
         stop_wait = asyncio.create_task(stop.wait(), name="signal-wait")
         exit_wait = asyncio.create_task(agent.exit_requested.wait(), name="exit-wait")
         await asyncio.wait({stop_wait, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -94,8 +100,13 @@ async def _run(config: Config, print_readings: bool = False) -> int:
         if stop.is_set():
             log.info("agent %s: stop requested", config.settings.agent.name)
     finally:
-        await agent.stop()
-    return agent.exit_code if agent.exit_code is not None else EXIT_OK
+        service.stopping(agent.exit_code if agent is not None else None)
+        try:
+            if agent is not None:
+                await agent.stop()
+        finally:
+            await service.aclose()
+    return agent.exit_code if agent is not None and agent.exit_code is not None else EXIT_OK
 
 
 def _print_reading(reading: Any) -> None:
@@ -116,7 +127,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     s = config.settings
     links = ["blynk"] if s.blynk is not None else []
     if s.thingspeak is not None:
-        links.append("thingspeak (validated; the link is not built yet)")
+        links.append("thingspeak")
     print(
         f"{config.path}: ok: {len(config.sensors)} sensors, {len(config.actuators)} actuators, "
         f"links: {', '.join(links) or 'none'}"
@@ -240,6 +251,128 @@ def _call_with_timeout(fn: Any, timeout: float) -> Any:
     return box.get("value")
 
 
+# -- status ----------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """What a running agent has not sent yet: per link the readings waiting in
+    the outbox, the oldest one's age, the drops, the backfill progress and the
+    link's state.
+
+    Reads the status file the agent rewrites every few seconds next to the
+    outbox, and the outbox database itself (read-only, so it also works while
+    the agent is stopped). Exit 0 when either could be read, 1 otherwise."""
+    try:
+        settings = load_settings(_config_path(args))
+    except ConfigError as exc:
+        return _print_config_error(exc)
+    from agent.outbox import OUTBOX_FILE, STATUS_FILE, read_status
+
+    section = settings.outbox
+    db_path = section.path or settings.agent.state_dir / OUTBOX_FILE
+    status_path = db_path.with_name(STATUS_FILE)
+    live: dict[str, Any] | None = None
+    try:
+        live = json.loads(status_path.read_text())
+    except (OSError, ValueError):
+        live = None
+    stored: dict[str, Any] | None = None
+    db_error = None
+    if db_path.exists():
+        try:
+            stored = read_status(db_path)
+        except Exception as exc:  # noqa: BLE001 - reported, the status file may still answer
+            db_error = describe_error(exc)
+    if args.json:
+        print(json.dumps({"status_file": live, "outbox": stored, "outbox_path": str(db_path)}, indent=2, default=str))
+        return EXIT_OK if live is not None or stored is not None else EXIT_FAILURE
+    for line in _status_lines(db_path, live, stored, db_error):
+        print(line)
+    return EXIT_OK if live is not None or stored is not None else EXIT_FAILURE
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+    return f"{seconds // 86400:.0f}d{seconds % 86400 // 3600:02.0f}h"
+
+
+def _pid_alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    try:
+        number = int(pid)
+        if number <= 0:
+            return False  # 0 and negative numbers name process groups, not a process
+        os.kill(number, 0)
+    except PermissionError:
+        return True  # it exists, under another user
+    except (OSError, ValueError, TypeError):
+        return False
+    return True
+
+
+def _status_lines(
+    db_path: Path, live: dict[str, Any] | None, stored: dict[str, Any] | None, db_error: str | None
+) -> list[str]:
+    import time
+
+    now = time.time()
+    lines: list[str] = []
+    if live is not None:
+        written = live.get("written_at") or 0
+        running = _pid_alive(live.get("pid")) and now - written < 120
+        state = f"running (pid {live.get('pid')})" if running else "not running"
+        lines.append(f"agent: {state}; status written {_age(now - written)} ago")
+    else:
+        lines.append("agent: no status file (not running, or never started with this state dir)")
+    outbox = (live or {}).get("outbox") or {}
+    if stored is not None:
+        rows = sum(q["depth"] for q in stored.values())
+        lines.append(f"outbox: {db_path}: {rows} readings waiting"
+                     + (f" (bound {outbox['max_readings']}, max age {_age(outbox['max_age'])})" if outbox else ""))
+    elif db_error:
+        lines.append(f"outbox: {db_path}: cannot be read: {db_error}")
+    else:
+        lines.append(f"outbox: {db_path}: not there")
+    queues: dict[str, Any] = dict(outbox.get("queues") or {})
+    for name, q in (stored or {}).items():
+        queues[name] = {**queues.get(name, {}), **q}  # the database is the authority for what waits
+    links: dict[str, Any] = (live or {}).get("links") or {}
+    for name in sorted(set(queues) | set(links)):
+        q = queues.get(name, {})
+        info = links.get(name, {})
+        oldest = q.get("oldest_ts")
+        dropped = q.get("dropped") or {}
+        drops = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()) if v) or "none"
+        head = f"{name}: {q.get('depth', 0)} waiting, oldest {_age(None if oldest is None else now - oldest)}"
+        head += f", dropped: {drops}"
+        if info.get("state"):
+            head += f"; link {info['state']}"
+            if info.get("reason"):
+                head += f" ({str(info['reason'])[:80]})"
+        lines.append(head)
+        backfill = info.get("backfill")
+        if isinstance(backfill, dict) and backfill.get("active"):
+            lines.append(
+                f"  backfill: {backfill.get('sent', 0)} of {backfill.get('total', 0)} sent"
+                f" ({backfill.get('percent', 0):.0f}%), {backfill.get('rate', 0):.0f} points/s"
+            )
+        for cid, ch in sorted((info.get("channels") or {}).items()):
+            lines.append(
+                f"  channel {cid}: last update {_age(ch.get('last_update_ago'))} ago, backfill {ch.get('backfill')}, "
+                f"{ch.get('readings_sent', 0)} sent, {ch.get('coalesced', 0)} coalesced, "
+                f"{ch.get('skipped', 0)} skipped"
+            )
+    return lines
+
+
 # -- version ---------------------------------------------------------------
 
 
@@ -269,6 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     read = sub.add_parser("read", parents=[common], help="read one configured sensor once")
     read.add_argument("sensor_id")
     read.set_defaults(func=cmd_read)
+    status = sub.add_parser("status", parents=[common],
+                            help="readings waiting in the outbox, drops, backfill progress of a running agent")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(func=cmd_status)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     return parser
 

@@ -123,18 +123,123 @@ class BlynkSection(_Section):
         return self
 
 
+class ThingSpeakChannel(_Section):
+    """One ``[[thingspeak.channels]]`` table: a further channel, its fields
+    mapped to series (``sensor.quantity``) and its own write API key."""
+
+    id: Annotated[int, Field(gt=0)]
+    #: the channel's Write API Key: bulk backfill over HTTPS (and legacy-mode publishing)
+    write_api_key: SecretStr | None = None
+    #: field number (1..8) -> "sensor.quantity"
+    fields: dict[Annotated[int, Field(ge=1, le=8)], Annotated[str, Field(pattern=r"^[^.\s]+\.[^\s]+$")]] = {}
+
+
+class ThingSpeakCommand(_Section):
+    """One ``[[thingspeak.commands]]`` table: an actuator that follows a
+    channel field (ThingSpeak as a command source)."""
+
+    actuator: str = Field(pattern=_ID)
+    #: default: ``channel_id``
+    channel: Annotated[int, Field(gt=0)] | None = None
+    field: Annotated[int, Field(ge=1, le=8)]
+
+
 class ThingSpeakSection(_Section):
-    """``[thingspeak]``: the ThingSpeak MQTT device connection."""
+    """``[thingspeak]``: the ThingSpeak MQTT device connection, its channels,
+    the optional HTTPS bulk backfill and the channel fields actuators follow."""
 
     server: str = "mqtts://mqtt3.thingspeak.com:8883"
     ca_file: Path | None = None
 
-    _server_url = field_validator("server")(lambda cls, v: _check_server_url(v))
-    channel_id: Annotated[int, Field(gt=0)]
-    client_id: str = Field(min_length=1)
-    username: str = Field(min_length=1)
-    password: SecretStr
+    _server_url = field_validator("server", "api_url")(lambda cls, v: _check_thingspeak_url(v))
+    #: "device": an MQTT device's client id, user name and password (mqtt3.thingspeak.com);
+    #: "legacy": the channel's Write API Key in the publish topic (mqtt.thingspeak.com)
+    mode: Literal["device", "legacy"] = "device"
+    #: the channel ``readings.Q = { thingspeak = N }`` routes publish to
+    channel_id: Annotated[int, Field(gt=0)] | None = None
+    client_id: str = Field(default="", max_length=64)
+    username: str = ""
+    password: SecretStr | None = None
+    #: channel_id's Write API Key: enables the bulk backfill over HTTPS
+    write_api_key: SecretStr | None = None
     min_interval: Annotated[float, Field(ge=1)] = 15.0
+    #: put the current sensor faults in each update's status field
+    status: bool = True
+    latitude: Annotated[float, Field(ge=-90, le=90)] | None = None
+    longitude: Annotated[float, Field(ge=-180, le=180)] | None = None
+    elevation: float | None = None
+    #: base URL of the HTTP API (bulk_update.json)
+    api_url: str = "https://api.thingspeak.com"
+    api_ca_file: Path | None = None
+    keepalive: Annotated[int, Field(ge=10, le=600)] = 60
+    backoff_initial: Annotated[float, Field(gt=0, le=60)] = 1.0
+    backoff_max: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    #: wait after the broker refuses the credentials (default 15 minutes)
+    refused_wait: Annotated[float, Field(ge=0, le=86400)] = 900.0
+    channels: list[ThingSpeakChannel] = []
+    commands: list[ThingSpeakCommand] = []
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ThingSpeakSection:
+        ids = [c.id for c in self.channels]
+        if self.channel_id is not None:
+            ids.insert(0, self.channel_id)
+        if not ids:
+            raise ValueError("needs channel_id or at least one [[thingspeak.channels]] entry")
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise ValueError(f"channel {dupes[0]} is configured twice (channel_id and channels, or two channels)")
+        if self.mode == "device":
+            missing = [k for k in ("client_id", "username") if not getattr(self, k)]
+            if self.password is None or not self.password.get_secret_value():
+                missing.append("password")
+            if missing:
+                raise ValueError(f"mode \"device\" needs the MQTT device's {', '.join(missing)}")
+        else:
+            keyless = [c.id for c in self.channels if c.write_api_key is None]
+            if self.channel_id is not None and self.write_api_key is None:
+                keyless.insert(0, self.channel_id)
+            if keyless:
+                raise ValueError(f"mode \"legacy\" publishes with the channel's write_api_key; channel {keyless[0]} has none")
+        for command in self.commands:
+            if command.channel is None and self.channel_id is None:
+                raise ValueError(f"command for actuator {command.actuator!r} names no channel and there is no channel_id")
+        if self.backoff_max < self.backoff_initial:
+            raise ValueError(
+                f"backoff_max ({self.backoff_max:g}) is smaller than backoff_initial ({self.backoff_initial:g})"
+            )
+        return self
+
+
+def _check_thingspeak_url(value: str) -> str:
+    """The broker URL (mqtt/mqtts/ws/wss) or the HTTP API base (http/https)."""
+    if value.startswith(("http://", "https://")):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(value)
+        if not parts.hostname:
+            raise ValueError(f"{value!r} has no host")
+        return value.rstrip("/")
+    return _check_server_url(value)
+
+
+class OutboxSection(_Section):
+    """``[outbox]``: the durable store every reading goes through before a link sends it."""
+
+    #: default: STATE_DIR/outbox.sqlite
+    path: Path | None = None
+    #: rows kept at most (one per reading and link); beyond it the oldest are dropped
+    max_readings: Annotated[int, Field(ge=1000, le=100_000_000)] = 1_000_000
+    #: seconds a reading is kept at most (default 31 days)
+    max_age: Annotated[float, Field(ge=60, le=366 * 86400)] = 31 * 86400.0
+    #: seconds between two insert commits (the most a crash or power cut can lose)
+    commit_interval: Annotated[float, Field(ge=0, le=60)] = 1.0
+    #: "full": each insert commit is synced to the storage; "normal": only at checkpoints
+    synchronous: Literal["full", "normal"] = "full"
+    #: seconds between two writes of the status file edge-agent status reads
+    status_interval: Annotated[float, Field(ge=0.5, le=3600)] = 5.0
+    #: seconds between two outbox summary log lines (while readings wait)
+    log_interval: Annotated[float, Field(ge=1, le=86400)] = 60.0
 
 
 class Route(_Section):
@@ -168,8 +273,34 @@ class SensorEntry(BaseModel):
         return dict(self.model_extra or {})
 
 
+#: A state in an actuator's own value language (``"on"``, ``0.5``, ``"#FF8000"``,
+#: ``90``), or ``"safe"`` (the type's safe state); checked against the
+#: actuator's type when the agent opens it.
+StateValue = str | bool | int | float
+
+
+class LocalInput(_Section):
+    """``input = { ... }`` of an actuator: a button or switch on a GPIO pin that
+    drives the actuator locally, with or without the cloud."""
+
+    pin: Annotated[int, Field(ge=0, le=27)]
+    #: toggle: each press flips the actuator; switch: closed = on, open = off
+    mode: Literal["toggle", "switch"] = "toggle"
+    #: true: wired between the pin and ground (internal pull-up, active when low)
+    pull_up: bool = True
+    bounce_time: Annotated[float, Field(ge=0, le=5)] = 0.05
+
+
 class ActuatorEntry(BaseModel):
-    """One ``[[actuators]]`` table; plugin options as for sensors."""
+    """One ``[[actuators]]`` table; plugin options as for sensors.
+
+    Besides the id, type and datastream, every actuator has the same safety
+    keys (what state at start, on a lost cloud, on shutdown; how long it may
+    stay on; which others it must never be on with; how often it may switch;
+    whether the cloud's value is restored after a reconnect) and an optional
+    local input. Their values are in the actuator type's own language and are
+    checked against it when the agent opens the actuator.
+    """
 
     model_config = ConfigDict(extra="allow")
 
@@ -177,6 +308,43 @@ class ActuatorEntry(BaseModel):
     type: str = Field(min_length=1)
     enabled: bool = True
     blynk: Annotated[str, Field(pattern=_DATASTREAM)] | None = None
+    #: state from the instant the pin is claimed, before any link is up
+    initial: StateValue = "safe"
+    #: state once the cloud has been unreachable for failsafe_after seconds; "keep" = no change
+    on_disconnect: StateValue = "safe"
+    failsafe_after: Annotated[float, Field(gt=0, le=86400)] = 60.0
+    #: state on SIGTERM/SIGINT, restart requests and the crash paths Python still runs
+    on_shutdown: StateValue = "safe"
+    #: seconds an actuator may stay on without a break; then it is switched off
+    max_on: Annotated[float, Field(gt=0, le=604800)] | None = None
+    #: actuators that must never be on at the same time as this one
+    interlock: list[Annotated[str, Field(pattern=_ID)]] = []
+    #: seconds between two changes of the output (compressors, contactors)
+    min_switch_interval: Annotated[float, Field(ge=0, le=86400)] = 0.0
+    #: after a reconnect: "safe" keeps the safe state until a fresh command,
+    #: "cloud" applies the value the cloud answers to get/ds
+    restore: Literal["safe", "cloud"] = "safe"
+    input: LocalInput | None = None
+
+    @field_validator("initial", "on_disconnect", "on_shutdown", mode="before")
+    @classmethod
+    def _state_is_scalar(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError("a state value is empty")
+        return value
+
+    @model_validator(mode="after")
+    def _keep_only_on_disconnect(self) -> ActuatorEntry:
+        for key in ("initial", "on_shutdown"):
+            value = getattr(self, key)
+            if isinstance(value, str) and value.strip().lower() == "keep":
+                raise ValueError(
+                    f'{key} = "keep" is not possible: the pin has no state to keep '
+                    f"{'before the agent claims it' if key == 'initial' else 'once the agent releases it'}"
+                )
+        if self.id in self.interlock:
+            raise ValueError(f"interlock names the actuator itself ({self.id!r})")
+        return self
 
     @property
     def plugin_options(self) -> dict[str, Any]:
@@ -197,6 +365,7 @@ class Settings(BaseSettings):
     agent: AgentSection = AgentSection()
     blynk: BlynkSection | None = None
     thingspeak: ThingSpeakSection | None = None
+    outbox: OutboxSection = OutboxSection()
     sensors: list[SensorEntry] = []
     actuators: list[ActuatorEntry] = []
 
@@ -224,6 +393,20 @@ class Settings(BaseSettings):
                     f"actuators {seen[entry.blynk]!r} and {entry.id!r} both follow datastream {entry.blynk!r}"
                 )
             seen[entry.blynk] = entry.id
+        return entries
+
+    @field_validator("actuators")
+    @classmethod
+    def _interlocks_name_actuators(cls, entries: list[ActuatorEntry]) -> list[ActuatorEntry]:
+        ids = {entry.id for entry in entries}
+        for entry in entries:
+            unknown = [name for name in entry.interlock if name not in ids]
+            if unknown:
+                raise ValueError(
+                    f"actuator {entry.id!r}: interlock names {', '.join(map(repr, unknown))}, "
+                    f"which {'is' if len(unknown) == 1 else 'are'} not an actuator "
+                    f"(actuators: {', '.join(sorted(ids))})"
+                )
         return entries
 
     @field_validator("sensors", "actuators")

@@ -1,10 +1,11 @@
 """Builds the agent from a validated config, runs it, and shuts it down safely.
 
 Start-up order: hardware context, actuators (to their initial state, before
-any link is up), sensors (each opened in a worker; a sensor that fails to open
-is reported by name and retried on its schedule while the rest runs), links,
-one reading task per sensor. Shut-down runs the other way and always ends with
-every actuator in its safe state and every plugin closed.
+any link is up; :mod:`agent.actuation` has everything about them), sensors
+(each opened in a worker; a sensor that fails to open is reported by name and
+retried on its schedule while the rest runs), links, one reading task per
+sensor. Shut-down first puts every actuator in its ``on_shutdown`` state, then
+runs the other way and ends with every plugin closed.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from agent.config import ActuatorSpec, Config, SensorSpec
+from agent.actuation import ActuatorManager, Outcome
+from agent.config import Config, SensorSpec
 from agent.hardware import Hardware
+from agent.outbox import Outbox
 from agent.pipeline import FilterChain, Reading, ReadingSink, Router
 from agent.plugin import Actuator, Sensor, SensorError
 from agent.scheduler import SensorRunner, SensorState, WorkerPool, describe_error
@@ -97,12 +100,14 @@ class Agent:
             }
         )
         self.sensors: dict[str, SensorHandle] = {}
-        self.actuators: dict[str, Actuator[Any]] = {}
-        #: Blynk datastream name -> actuator id
-        self.datastreams = {a.entry.blynk: a.entry.id for a in config.actuators if a.entry.blynk}
+        #: the actuators, their commands, echoes and safety rules
+        self.actuation = ActuatorManager(config.actuators, self.hardware)
         #: set with an exit code when something asks the agent to stop (reboot, update)
         self.exit_code: int | None = None
         self.exit_requested = asyncio.Event()
+        #: the durable store every reading goes through before a link sends it;
+        #: made by build_links (the links open and close it), None without links
+        self.outbox: Outbox | None = None
         if links is None:
             from agent.links import build_links
 
@@ -110,6 +115,7 @@ class Agent:
         self.links = list(links)
         for link in self.links:
             self.router.add_sink(link)
+        self.actuation.attach(self.links)
         self._warned: set[tuple[str, str]] = set()
         self._stopped = False
         #: set when the first real values arrive (cold-start measurements)
@@ -120,10 +126,10 @@ class Agent:
     async def start(self) -> None:
         """Bring up actuators, sensors, links and the reading tasks."""
         self.first_reading = asyncio.Event()
-        for spec in self.config.actuators:
-            self._open_actuator(spec)
+        self.actuation.open()
         for spec in self.config.sensors:
             self._add_sensor(spec)
+        self.actuation.start()
         for link in self.links:
             await link.start()
         for handle in self.sensors.values():
@@ -136,15 +142,15 @@ class Agent:
             len(self.links),
         )
 
-    def _open_actuator(self, spec: ActuatorSpec) -> None:
-        entry = spec.entry
-        try:
-            actuator = spec.plugin.cls(entry.id, spec.options, self.hardware)
-            actuator.open()
-        except Exception as exc:  # noqa: BLE001 - reported by name, the rest runs on
-            log.error("actuator %s (%s): failed to open: %s", entry.id, entry.type, describe_error(exc))
-            return
-        self.actuators[entry.id] = actuator
+    @property
+    def actuators(self) -> dict[str, Actuator[Any]]:
+        """The opened actuators by id."""
+        return self.actuation.actuators
+
+    @property
+    def datastreams(self) -> dict[str, str]:
+        """Blynk datastream name -> the id of the actuator following it."""
+        return self.actuation.datastreams
 
     def _add_sensor(self, spec: SensorSpec) -> None:
         entry = spec.entry
@@ -236,29 +242,11 @@ class Agent:
         """The configured link called ``name`` (``blynk``, ``thingspeak``)."""
         return next((link for link in self.links if link.name == name), None)
 
-    def handle_command(self, datastream: str, text: str) -> None:
-        """A cloud command for a datastream: drive the actuator mapped to it,
-        then echo the state the hardware is really in."""
-        actuator_id = self.datastreams.get(datastream)
-        actuator = self.actuators.get(actuator_id) if actuator_id else None
-        if actuator is None:
-            log.debug("command for datastream %r ignored: no actuator mapped to it", datastream)
-            return
-        try:
-            state = actuator.apply(text)
-            log.info("actuator %s: %r -> %s", actuator_id, text[:64], state)
-        except ValueError as exc:
-            state = actuator.state
-            log.warning("actuator %s: command %r refused: %s; output unchanged", actuator_id, text[:64], exc)
-        except Exception as exc:  # noqa: BLE001 - a driver failure must not kill the link
-            state = actuator.state
-            log.error("actuator %s: command %r failed: %s", actuator_id, text[:64], describe_error(exc))
-        self._echo(datastream, state)
-
-    def _echo(self, datastream: str, state: Any) -> None:
-        blynk = self.link("blynk")
-        if blynk is not None and hasattr(blynk, "send_value"):
-            blynk.send_value(datastream, state)
+    def handle_command(self, datastream: str, text: str) -> Outcome | None:
+        """A cloud command for a datastream: the actuator manager checks it,
+        drives the actuator that follows the datastream (or refuses) and
+        echoes the state the hardware is really in."""
+        return self.actuation.handle_command(datastream, text)
 
     def request_restart(self, action: str = "agent") -> None:
         """Stop the agent with the restart exit code (the service manager
@@ -296,41 +284,35 @@ class Agent:
         return {sid: h.runner.state for sid, h in self.sensors.items()}
 
     async def stop(self) -> None:
-        """Stop reading, put actuators in their safe state, close everything.
+        """Put every actuator in its ``on_shutdown`` state (first), stop
+        reading, stop the links, close everything.
 
         Safe to call more than once; never raises.
         """
         if self._stopped:
             return
         self._stopped = True
-        tasks = [h.task for h in self.sensors.values() if h.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # outputs first: nothing that follows (a sensor task slow to cancel,
+        # a link slow to close) may keep an actuator in its last state
         self.make_safe()
+        tasks = [h.task for h in self.sensors.values() if h.task is not None]
+        await _cancel_all(tasks)
+        if self.actuation.slots and self.links:
+            await asyncio.sleep(0.05)  # let the links send the final state echoes
         for link in self.links:
             try:
                 await asyncio.wait_for(link.stop(), 5)
             except Exception as exc:  # noqa: BLE001
                 log.warning("link %s: stop failed: %s", link.name, describe_error(exc))
         await self._close_sensors()
-        for actuator_id, actuator in self.actuators.items():
-            try:
-                actuator.close()
-            except Exception as exc:  # noqa: BLE001
-                log.warning("actuator %s: close failed: %s", actuator_id, describe_error(exc))
+        self.actuation.close()
         self.hardware.close()
         self.pool.shutdown()
         log.info("agent %s: stopped", self.config.settings.agent.name)
 
     def make_safe(self) -> None:
-        """Drive every actuator to its safe state (shutdown, crash path)."""
-        for actuator_id, actuator in self.actuators.items():
-            try:
-                state = actuator.apply(actuator.safe())
-                log.info("actuator %s: safe state %s", actuator_id, state)
-            except Exception as exc:  # noqa: BLE001
-                log.error("actuator %s: could not reach its safe state: %s", actuator_id, describe_error(exc))
+        """Drive every actuator to its ``on_shutdown`` state (stop, crash path)."""
+        self.actuation.make_safe()
 
     async def _close_sensors(self) -> None:
         for sensor_id, handle in self.sensors.items():
@@ -371,3 +353,14 @@ class _OpeningSensor:
                 raise SensorError(f"open failed: {describe_error(exc)}") from exc
             self._opened = True
         return self._sensor.read()
+
+
+async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    """Cancel tasks and wait for them, cancelling again any that swallowed
+    the cancellation (a cancel can be lost inside library code), so a stop
+    always reaches the actuators' safe states."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)

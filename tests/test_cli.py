@@ -98,7 +98,7 @@ def test_run_shuts_down_cleanly_on_sigterm_and_sigint(tmp_path):
         proc.send_signal(sig)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
-        assert "actuator pump: safe state False" in err
+        assert "actuator pump: shutdown: on_shutdown off, now off [GPIO17=0]" in err
         assert "agent" in err and "stopped" in err
 
 

@@ -51,7 +51,7 @@ def test_good_sensors_keep_cadence_beside_raising_and_hanging_ones(tmp_path, cap
 
 
 def test_lateness_stays_small_and_slots_do_not_drift(tmp_path):
-    toml = '[[sensors]]\nid = "slow"\ntype = "simulated"\ninterval = 0.05\nread_delay = 0.02\n'
+    toml = '[[sensors]]\nid = "slow"\ntype = "simulated"\ninterval = 0.05\ntimeout = 1\nread_delay = 0.02\n'
     agent = make_agent(tmp_path, toml)
     t0 = time.monotonic()
     readings = run_agent(agent, 1.5)

@@ -5,14 +5,19 @@ before the hook), ``info/mcu`` announces template, version, build, OTA type
 and receive buffer, ``get/ds`` re-reads the datastreams named in ``sync``, and
 ``get/utc/all/json`` asks for the server's clock.
 
-Uplink: readings wait in a queue (values taken while offline included) and
-leave through one task, ``blynk:uplink``, no faster than ``rate_limit``
-messages in any second, packed into as few messages as the 1024-byte limit
-allows (see :mod:`agent.links.blynk_format`); a value measured before the
-current connection came up always travels in a timestamped batch, even alone,
-so it keeps its own time. The messages sent right after a connect count
-against the rate limit too. Command echoes, events and widget properties jump
-the queue.
+Uplink: readings are stored in the outbox (:mod:`agent.outbox`, on disk)
+and leave from there through one task, ``blynk:uplink``, oldest first, no
+faster than ``rate_limit`` messages in any second, packed into as few
+messages as the 1024-byte limit allows (see :mod:`agent.links.blynk_format`).
+A value measured before the current connection's attempt began, or waiting
+longer than 2 s, travels in a timestamped batch, even alone, so it keeps its
+own time. Readings go with QoS 1 and are deleted from the outbox only after the
+broker's PUBACK, one message at a time: a crash sends at most that one message
+again. A backlog so large that draining it would hold live values back for
+more than 10 s is drained every other message, live values going in between.
+Readings older than Blynk's one-month window are dropped and counted. The
+messages sent right after a connect count against the rate limit too. Command
+echoes, events and widget properties jump the queue (QoS 0, not stored).
 
 Downlink: ``ds/NAME`` goes to the command handler (the actuators),
 ``redirect`` moves the session to another server (remembered in the state dir,
@@ -47,19 +52,38 @@ from agent.links.blynk_format import (
 from agent.links.ratelimit import SlidingWindowLimiter
 from agent.locks import InstanceLock, LockHeld
 from agent.mqtt import MqttSession, parse_server_url
-from agent.mqtt.errors import MessageTooLarge, MqttSessionError, NotConnected
+from agent.mqtt.errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
 from agent.mqtt.url import Endpoint
+from agent.outbox import OUTBOX_FILE, Entry, Outbox, OutboxError, cancel_and_wait
 from agent.pipeline import Reading
 from agent.version import build_time, version
 
 log = logging.getLogger("agent.links.blynk")
 
 NAME = "blynk"
-#: readings kept in memory while the cloud is unreachable (oldest dropped beyond)
-QUEUE_LIMIT = 100_000
-#: Blynk accepts timestamps up to one month in the past
+#: Blynk accepts timestamps up to one month in the past (and in the future)
 MAX_AGE_MS = 30 * 24 * 3600 * 1000
+#: outbox drop reason for readings outside that window
+DROP_TOO_OLD = "too_old"
+#: a value that has waited longer than this goes in a timestamped batch (batch_ds
+#: and ds/NAME are stamped by Blynk on arrival)
+LIVE_MAX_DELAY_MS = 2000
+#: oldest rows looked at to choose the next message
+WINDOW = 64
+#: rows of one datastream read to fill a timestamped batch (~45 numbers fit 1024 bytes)
+SAME_LIMIT = 96
+#: waiting for a PUBACK longer than this: the connection is taken as dead
+ACK_TIMEOUT = 10.0
+#: a backlog that would hold live values back longer than this (at the rate
+#: limit) is drained every other message, live values going in between
+LIVE_HOLD_MAX = 10.0
+#: points a backlog message carries, for that estimate
+POINTS_PER_MESSAGE = 40
+#: seconds between two backfill progress lines
+PROGRESS_EVERY = 10.0
+#: smaller backlogs (a reconnect after a blip) are not announced in the log
+BACKFILL_LOG_MIN = 50
 #: Blynk's per-device event limits
 EVENT_MIN_GAP = 1.0
 EVENTS_PER_DAY = 100
@@ -75,17 +99,44 @@ OtaHandler = Callable[[dict[str, Any]], None]
 
 @dataclass
 class BlynkCounters:
-    """What the link did, for the status line and the tests."""
+    """What the link did, for the status line and the tests.
+
+    ``points_dropped``: readings outside Blynk's one-month window, or that can
+    never be encoded (the outbox counts its own drops, see ``Outbox.counts``);
+    ``resent_unknown``: messages sent again because no PUBACK came."""
 
     points_sent: int = 0
     messages_sent: int = 0
     points_dropped: int = 0
+    resent_unknown: int = 0
     truncated: int = 0
     unavailable_skipped: int = 0
     downlinks: int = 0
     bad_downlinks: int = 0
     redirects: int = 0
     events_refused: int = 0
+
+
+@dataclass
+class Backfill:
+    """Progress through a backlog (readings taken while the link was down)."""
+
+    active: bool = False
+    started: float = 0.0
+    total: int = 0
+    sent: int = 0
+    last_log: float = 0.0
+
+    def info(self) -> dict[str, Any]:
+        """For the status file: progress and drain rate."""
+        elapsed = max(1e-6, time.monotonic() - self.started) if self.active else 0.0
+        return {
+            "active": self.active,
+            "sent": self.sent,
+            "total": self.total,
+            "percent": 100.0 * self.sent / self.total if self.total else 0.0,
+            "rate": self.sent / elapsed if elapsed else 0.0,
+        }
 
 
 @dataclass
@@ -106,6 +157,7 @@ class BlynkLink:
         on_command: CommandHandler | None = None,
         on_reboot: Callable[[str], None] | None = None,
         on_ota: OtaHandler | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.settings = settings
         self.state_dir = Path(state_dir)
@@ -116,7 +168,17 @@ class BlynkLink:
         self.counters = BlynkCounters()
         self.utc: dict[str, Any] | None = None
         self._configured = parse_server_url(settings.server)
-        self._queue: deque[Point] = deque()
+        #: the readings' durable queue (shared with the other links; its own when none is given)
+        self.outbox = outbox if outbox is not None else Outbox(self.state_dir / OUTBOX_FILE)
+        self.backfill = Backfill()
+        self._outbox_open = False
+        self._rows = False  # the outbox may hold committed rows for this link
+        self._generation = 0  # counts the outbox's commits for this link
+        self._live_id = 0  # rows above this id were committed after the current connection came up
+        self._turn = False
+        self._attempt_since: float | None = None  # wall time the latest connect attempt began
+        self._unwatch: Callable[[], None] | None = None
+        self._too_old_logged = 0.0
         self._priority: deque[tuple[str, bytes]] = deque()
         self._wake = asyncio.Event()
         self._limiter = SlidingWindowLimiter(settings.rate_limit)
@@ -150,7 +212,7 @@ class BlynkLink:
     # -- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
-        """Take the token's lock and start connecting (does not wait)."""
+        """Take the token's lock, open the outbox and start connecting (does not wait)."""
         try:
             self._lock.acquire()
         except LockHeld as exc:
@@ -160,16 +222,31 @@ class BlynkLink:
                 exc.path,
             )
             return
+        try:
+            await self.outbox.open()
+        except OutboxError as exc:
+            log.error("blynk: %s; link disabled", exc)
+            self._lock.release()
+            return
+        self._outbox_open = True
+        self._rows = True
+        self._unwatch = self.outbox.watch(NAME, self._on_committed)
+        self.outbox.add_status_provider(NAME, self.status_info)
         await self.session.start()
         self._task = asyncio.create_task(self._uplink(), name="blynk:uplink")
 
     async def stop(self) -> None:
-        """Disconnect and stop the uplink task; queued readings stay unsent."""
+        """Disconnect and stop the uplink task; unsent readings stay in the outbox."""
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_and_wait(self._task)
             self._task = None
         await self.session.stop()
+        if self._unwatch is not None:
+            self._unwatch()
+            self._unwatch = None
+        if self._outbox_open:
+            self._outbox_open = False
+            await self.outbox.release()
         self._lock.release()
 
     @property
@@ -179,13 +256,25 @@ class BlynkLink:
 
     @property
     def pending(self) -> int:
-        """Readings waiting to be sent."""
-        return len(self._queue)
+        """Readings waiting in the outbox for this link (committed or not)."""
+        return self.outbox.depth(NAME)
+
+    def status_info(self) -> dict[str, Any]:
+        """What the link is doing, for the status file and ``edge-agent status``."""
+        s = self.session.status
+        return {
+            "state": s.state.value,
+            "reason": s.reason,
+            "since": s.since,
+            "waiting": self.pending,
+            "backfill": self.backfill.info(),
+            **{k: v for k, v in self.counters.__dict__.items()},
+        }
 
     # -- uplink --------------------------------------------------------------
 
     def submit(self, reading: Reading, target: Any) -> None:
-        """Queue one reading for datastream ``target`` (called on the loop)."""
+        """Store one reading for datastream ``target`` in the outbox (called on the loop)."""
         value = reading.value
         if value is None or isinstance(value, float) and not math.isfinite(value):
             # Blynk has no "unavailable" value (and JSON no NaN): say nothing rather than a fake one
@@ -201,12 +290,12 @@ class BlynkLink:
                 self._bad_warned.add(str(target))
                 log.warning("blynk: %s: a %s value cannot be sent (%s); dropped", target, type(value).__name__, exc)
             return
-        if len(self._queue) >= QUEUE_LIMIT:
-            self._queue.popleft()
-            self.counters.points_dropped += 1
-            if self.counters.points_dropped in (1, 10, 100, 1000) or self.counters.points_dropped % 10000 == 0:
-                log.warning("blynk: queue full; %d oldest readings dropped so far", self.counters.points_dropped)
-        self._queue.append(Point(str(target), reading.value, int(reading.ts * 1000)))
+        self.outbox.put(NAME, str(target), reading.ts, value)
+
+    def _on_committed(self) -> None:
+        """The outbox committed rows for this link."""
+        self._rows = True
+        self._generation += 1
         self._wake.set()
 
     def send_value(self, datastream: str, value: Any) -> None:
@@ -254,134 +343,230 @@ class BlynkLink:
         return cut
 
     async def _uplink(self) -> None:
-        """Send queued messages while connected, within the rate limit."""
+        """Send priority messages and the outbox's readings while connected,
+        within the rate limit; a reading leaves the outbox on its PUBACK."""
         while True:
-            if not self._priority and not self._queue:
-                self._wake.clear()
-                await self._wake.wait()
-            if not self.session.connected:
-                try:
-                    await self.session.wait_connected()
-                except NotConnected:
-                    await asyncio.sleep(1.0)
-                    continue
-            await self._limiter.acquire()
             try:
-                message = self._next_message()
-            except Exception:  # noqa: BLE001 - a bug must cost one reading, never the uplink
-                log.exception("blynk: could not pack the next reading; dropped")
-                if self._queue:
-                    self._queue.popleft()
-                    self.counters.points_dropped += 1
-                continue
-            if message is None:
-                continue
-            topic, payload, taken = message
+                await self._uplink_step()
+            except asyncio.CancelledError:
+                raise
+            except OutboxError:
+                return  # the outbox closed under us: the agent is stopping
+            except Exception:  # noqa: BLE001 - a bug must never end the uplink
+                log.exception("blynk: uplink error; going on in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def _uplink_step(self) -> None:
+        """Wait for something to send and a connection, then send one message."""
+        if not self._priority and not self._rows:
+            self._wake.clear()
+            await self._wake.wait()
+            return
+        if not self.session.connected:
             try:
-                await self.session.publish(topic, payload)
+                await self.session.wait_connected()
             except NotConnected:
-                self._requeue(topic, payload, taken)
-                continue
-            except MessageTooLarge as exc:  # cannot happen with our packing; never loop on it
-                log.error("blynk: %s; message dropped", exc)
-                self.counters.points_dropped += len(taken)
-                continue
-            except MqttSessionError as exc:
-                log.warning("blynk: publish failed: %s; will retry", exc)
-                self._requeue(topic, payload, taken)
-                await asyncio.sleep(0.5)
-                continue
-            self.counters.messages_sent += 1
-            self.counters.points_sent += len(taken)
-
-    def _requeue(self, topic: str, payload: bytes, taken: list[Point]) -> None:
+                await asyncio.sleep(1.0)
+            except TimeoutError:
+                # the connection is gone but the session has not said so yet
+                # (a PUBACK wait notices first): ask again in a moment
+                await asyncio.sleep(0.05)
+            return
+        generation = self._generation
+        try:
+            message = await self._next_message()
+        except OutboxError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug must cost one reading, never the uplink
+            log.exception("blynk: could not pack the next reading; dropped")
+            await self._drop_head()
+            return
+        if message is None:
+            if generation == self._generation:
+                self._rows = False  # nothing committed arrived meanwhile
+            return
+        topic, payload, taken = message
+        await self._limiter.acquire()
+        try:
+            if taken:
+                await self.session.publish(topic, payload, qos=1, wait_ack=True, ack_timeout=ACK_TIMEOUT)
+            else:
+                await self.session.publish(topic, payload)
+        except NotConnected:
+            if not taken:
+                self._priority.appendleft((topic, payload))
+            return  # a reading stays in the outbox: sent again after the reconnect
+        except AckTimeout:
+            self.counters.resent_unknown += 1
+            log.warning("blynk: no PUBACK within %g s; reconnecting (the message will be sent again)", ACK_TIMEOUT)
+            self.session.reconnect_now()
+            return
+        except MessageTooLarge as exc:  # cannot happen with our packing; never loop on it
+            log.error("blynk: %s; message dropped", exc)
+            if taken:
+                self.counters.points_dropped += await self.outbox.discard(NAME, [e.id for e in taken], "too_large")
+            return
+        except MqttSessionError as exc:
+            log.warning("blynk: publish failed: %s; will retry", exc)
+            if not taken:
+                self._priority.appendleft((topic, payload))
+            await asyncio.sleep(0.5)
+            return
+        self.counters.messages_sent += 1
         if taken:
-            self._queue.extendleft(reversed(taken))
-        else:
-            self._priority.appendleft((topic, payload))
+            await self.outbox.ack(NAME, [e.id for e in taken])
+            self.counters.points_sent += len(taken)
+            if self.backfill.active:
+                self.backfill.sent += len(taken)
 
-    def _next_message(self) -> tuple[str, bytes, list[Point]] | None:
-        """The next message to send: a priority message, or queued points
-        packed as tightly as the size limit allows."""
+    async def _next_message(self) -> tuple[str, bytes, list[Entry]] | None:
+        """The next message to send: a priority message, or readings from the
+        outbox packed as tightly as the size limit allows."""
         if self._priority:
             topic, payload = self._priority.popleft()
             return topic, payload, []
-        self._drop_too_old()
-        if not self._queue:
+        window = await self.outbox.fetch(NAME, WINDOW)
+        window = await self._drop_out_of_window(window)
+        if not window:
+            self._backfill_done()
             return None
-        limit = self.settings.max_message_bytes
-        head = self._queue[0]
-        # values measured before this connection came up (queued during an
-        # outage) are backlog: they must keep their own timestamps, which
-        # batch_ds and ds/NAME cannot carry
         live_from = self._live_since_ms()
-        backlog = head.ts_ms < live_from
-        if is_multi(head.value) or isinstance(head.value, str) and len(self._queue) == 1 and not backlog:
-            self._queue.popleft()
-            topic = f"ds/{head.datastream}"
-            return topic, self._fit(topic, text_value(head.value), head.datastream).encode(), [head]
-        # Only as many as one message could ever hold are needed (each item is
-        # at least "[0,0]" plus a comma): a long backlog is not scanned whole
-        # for every message.
-        cap = limit // 6 + 1
-        same: list[Point] = []
-        for p in self._queue:
-            if p.datastream == head.datastream and not is_multi(p.value):
-                same.append(p)
-                if len(same) >= cap:
-                    break
+        now_ms = int(time.time() * 1000)
+        head = window[0]
+        backlog = head.ts_ms < live_from or now_ms - head.ts_ms > LIVE_MAX_DELAY_MS
+        after_id = 0
+        if backlog:
+            self._backfill_progress(head)
+            # a backlog that would hold live values back too long: every other
+            # message carries live values (those of a datastream then arrive
+            # before its older ones; their timestamps say where they belong)
+            self._turn = not self._turn
+            hold = self.outbox.depth(NAME) / (self.settings.rate_limit * POINTS_PER_MESSAGE)
+            if self._turn and hold > LIVE_HOLD_MAX:
+                live = await self.outbox.fetch(NAME, WINDOW, after_id=self._live_id)
+                if live and now_ms - live[0].ts_ms <= LIVE_MAX_DELAY_MS:
+                    window, after_id = live, self._live_id
+        else:
+            self._backfill_done()
+        return await self._pack(window, live_from, now_ms, after_id)
+
+    async def _pack(
+        self, window: list[Entry], live_from: int, now_ms: int, after_id: int
+    ) -> tuple[str, bytes, list[Entry]]:
+        """One message from the oldest rows (``window``), oldest first per datastream."""
+        limit = self.settings.max_message_bytes
+        head = window[0]
+        backlog = head.ts_ms < live_from or now_ms - head.ts_ms > LIVE_MAX_DELAY_MS
+        if is_multi(head.value) or isinstance(head.value, str) and len(window) == 1 and not backlog:
+            return self._single(head)
+        same = [e for e in window if e.target == head.target]
         if len(same) > 1 or backlog:
-            topic, payload, count = pack_timestamped(head.datastream, same, limit)
+            # enough rows to fill one message (an item is at least 18 bytes: [13-digit ms,0],)
+            same_limit = min(5000, max(SAME_LIMIT, limit // 18 + 1))
+            if len(same) < same_limit:
+                same = await self.outbox.fetch(NAME, same_limit, target=head.target, after_id=after_id)
+            run: list[Entry] = []
+            for e in same:
+                if is_multi(e.value):
+                    break  # a multi-value cannot ride in a batch: it goes next, in order
+                run.append(e)
+            topic, payload, count = pack_timestamped(head.target, [_point(e) for e in run], limit)
             if count:
-                taken = same[:count]
-                self._remove(taken)
-                return topic, payload, taken
+                return topic, payload, run[:count]
         # every datastream with exactly one value waiting goes in one batch_ds
         seen: dict[str, int] = {}
-        for p in self._queue:
-            seen[p.datastream] = seen.get(p.datastream, 0) + 1
+        for e in window:
+            seen[e.target] = seen.get(e.target, 0) + 1
         singles = [
-            p for p in self._queue if seen[p.datastream] == 1 and not is_multi(p.value) and p.ts_ms >= live_from
+            e for e in window
+            if seen[e.target] == 1 and not is_multi(e.value) and e.ts_ms >= live_from
+            and now_ms - e.ts_ms <= LIVE_MAX_DELAY_MS
         ]
         if len(singles) > 1:
-            payload, taken = pack_batch(singles, limit)
-            if taken:
-                self._remove(taken)
-                return "batch_ds", payload, taken
-        self._queue.popleft()
-        topic = f"ds/{head.datastream}"
-        return topic, self._fit(topic, text_value(head.value), head.datastream).encode(), [head]
+            payload, taken_points = pack_batch([_point(e) for e in singles], limit)
+            if taken_points:
+                return "batch_ds", payload, singles[: len(taken_points)]
+        return self._single(head)
+
+    async def _drop_head(self) -> None:
+        """Drop the oldest waiting reading (it could not be packed), counted."""
+        head = await self.outbox.fetch(NAME, 1)
+        if head:
+            self.counters.points_dropped += await self.outbox.discard(NAME, [head[0].id], "unpackable")
+
+    def _single(self, entry: Entry) -> tuple[str, bytes, list[Entry]]:
+        topic = f"ds/{entry.target}"
+        return topic, self._fit(topic, text_value(entry.value), entry.target).encode(), [entry]
 
     def _live_since_ms(self) -> int:
-        """Epoch ms the current connection came up; readings taken earlier
-        are backlog. Not connected: everything waiting is backlog."""
+        """Epoch ms the current connection's attempt began; readings taken
+        earlier (while the link was down) are backlog. Readings taken during
+        the connect itself are not: they are as fresh as any live value. Not
+        connected: everything waiting is backlog."""
         status = self.session.status
         if status.state is LinkState.CONNECTED:
-            return int(status.since * 1000)
+            return int(min(status.since, self._attempt_since or status.since) * 1000)
         return int(time.time() * 1000) + 1
 
-    def _remove(self, taken: list[Point]) -> None:
-        """Take ``taken`` (all in the queue) out; only the part of the queue up
-        to the last of them is touched, not the whole backlog."""
-        ids = {id(p) for p in taken}
-        kept: list[Point] = []
-        while ids:
-            p = self._queue.popleft()
-            if id(p) in ids:
-                ids.discard(id(p))
-            else:
-                kept.append(p)
-        self._queue.extendleft(reversed(kept))
-
-    def _drop_too_old(self) -> None:
-        cutoff = int(time.time() * 1000) - MAX_AGE_MS
+    async def _drop_out_of_window(self, window: list[Entry]) -> list[Entry]:
+        """Drop (and count) readings Blynk would refuse: more than a month old
+        (or ahead: a clock that was wrong when they were taken). Returns what
+        is left of the window, fetching further while whole windows go."""
         dropped = 0
-        while self._queue and self._queue[0].ts_ms < cutoff:
-            self._queue.popleft()
-            dropped += 1
+        while True:
+            now_ms = int(time.time() * 1000)
+            stale = [e.id for e in window if abs(now_ms - e.ts_ms) > MAX_AGE_MS]
+            if not stale:
+                break
+            dropped += await self.outbox.discard(NAME, stale, DROP_TOO_OLD)
+            gone = set(stale)
+            rest = [e for e in window if e.id not in gone]
+            if rest or len(window) < WINDOW:
+                window = rest
+                break
+            window = await self.outbox.fetch(NAME, WINDOW)
         if dropped:
             self.counters.points_dropped += dropped
-            log.warning("blynk: %d readings older than Blynk's one-month window dropped", dropped)
+            now = time.monotonic()
+            if now - self._too_old_logged >= 60 or not self._too_old_logged:
+                self._too_old_logged = now
+                log.warning(
+                    "blynk: %d readings outside Blynk's one-month window dropped (%d so far)",
+                    dropped, self.counters.points_dropped,
+                )
+        return window
+
+    def _backfill_progress(self, head: Entry) -> None:
+        """A backlog message is next: start or report the backfill."""
+        b = self.backfill
+        now = time.monotonic()
+        if not b.active:
+            b.active, b.started, b.sent, b.last_log = True, now, 0, now
+            b.total = self.outbox.depth(NAME)
+            if b.total >= BACKFILL_LOG_MIN:
+                log.info(
+                    "blynk: backfill of %d readings started (oldest taken %s ago)",
+                    b.total, _ago(time.time() - head.ts_ms / 1000),
+                )
+            return
+        b.total = max(b.total, b.sent + self.outbox.depth(NAME))
+        if now - b.last_log >= PROGRESS_EVERY:
+            b.last_log = now
+            info = b.info()
+            log.info(
+                "blynk: backfill: %d of %d readings sent (%.0f%%), %.0f points/s; oldest waiting taken %s ago",
+                b.sent, b.total, info["percent"], info["rate"], _ago(time.time() - head.ts_ms / 1000),
+            )
+
+    def _backfill_done(self) -> None:
+        b = self.backfill
+        if not b.active:
+            return
+        took = time.monotonic() - b.started
+        b.active = False
+        if b.total >= BACKFILL_LOG_MIN:
+            log.info("blynk: backfill done: %d readings in %.1f s (%.0f points/s)",
+                     b.sent, took, b.sent / took if took > 0 else 0.0)
 
     # -- connect -------------------------------------------------------------
 
@@ -410,6 +595,11 @@ class BlynkLink:
             await self._limiter.acquire()
             await session.publish(topic, payload)
         self._redirects.failures_on_redirect = 0
+        try:
+            self._live_id = await self.outbox.max_id()
+        except OutboxError:
+            pass
+        self._rows = True
         self._wake.set()
 
     def _sync_requests(self) -> list[tuple[str, str]]:
@@ -430,6 +620,8 @@ class BlynkLink:
         return out
 
     def _on_status(self, status: LinkStatus) -> None:
+        if status.state is LinkState.CONNECTING:
+            self._attempt_since = status.since
         if status.state is LinkState.BACKING_OFF and self.session.endpoint != self._configured:
             self._redirects.failures_on_redirect += 1
             if self._redirects.failures_on_redirect >= REDIRECT_FAILURES_BEFORE_FALLBACK:
@@ -573,3 +765,17 @@ class BlynkLink:
             self._redirect_file.unlink(missing_ok=True)
         except OSError:
             pass
+
+def _point(entry: Entry) -> Point:
+    return Point(entry.target, entry.value, entry.ts_ms)
+
+
+def _ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

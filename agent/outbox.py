@@ -1,0 +1,992 @@
+"""The outbox: every reading is stored on disk before any link sends it.
+
+Field devices lose their network for minutes or days, and agents crash or lose
+power. The outbox keeps each reading a link has to send in an SQLite database
+in the state directory (``outbox.sqlite``, WAL mode) until that link has handed
+it to its broker. Each row belongs to one link (a reading routed to Blynk and
+ThingSpeak is two rows), so every link consumes its own queue at its own pace:
+a row that is present is unsent, a link "marks" what the cloud has taken by
+deleting those rows (:meth:`Outbox.ack`). The set of rows left for a link is its
+cursor; nothing else needs to be stored.
+
+Threads: SQLite calls block, so none of them runs on the event loop. One
+dedicated thread (``outbox-db``) owns the connection and does everything: it
+commits the readings :meth:`Outbox.put` hands it in groups (at most one insert
+transaction per ``commit_interval``; a reading arriving after a quiet spell is
+committed at once), and runs the queries and deletions the links ``await``.
+
+Durability (the numbers are in ``docs/reliability.md``):
+
+* insert transactions run with ``synchronous=FULL`` by default: when a commit
+  returns, the WAL is on the storage device. A reading is lost by a crash or a
+  power cut only if it was handed to :meth:`put` after the last insert commit
+  began, i.e. within the last ``commit_interval`` (plus one commit's duration).
+* acknowledgements (deletions) commit with ``synchronous=NORMAL``: they survive
+  a process crash at once (the WAL is in the page cache, which the kernel
+  writes out), and a power cut once the next insert commit has synced the WAL.
+  A link acknowledges a message before it sends the next one, so after a crash
+  at most the message in flight is sent again.
+
+Bounds: at most ``max_readings`` rows (beyond it the oldest rows go first) and
+at most ``max_age`` seconds (older rows are dropped from the oldest end once a
+minute). Drops are counted per link and reason, persisted with the rows they
+remove, and logged (the first one at once, then at most one line a minute).
+
+A status file (``outbox-status.json`` next to the database) is rewritten every
+few seconds with the outbox's numbers and what each link reports about itself;
+``edge-agent status`` prints it for a running agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agent.locks import InstanceLock, LockHeld
+
+log = logging.getLogger("agent.outbox")
+
+OUTBOX_FILE = "outbox.sqlite"
+STATUS_FILE = "outbox-status.json"
+SCHEMA_VERSION = 1
+
+#: drop reasons, as counted and shown
+DROP_FULL = "full"
+DROP_AGE = "age"
+#: a link's own drops (too old for Blynk, skipped by ThingSpeak without backfill)
+DROP_LINK = "link"
+#: readings a link chose not to send (ThingSpeak: offline without a backfill key)
+DROP_SKIPPED = "skipped"
+
+#: seconds between age checks
+AGE_CHECK_EVERY = 60.0
+#: seconds between two "dropped" log lines of one kind (the first is logged at once)
+DROP_LOG_EVERY = 60.0
+#: rows per DELETE statement (SQLite's host parameter limit is 32766 here; keep statements small)
+_CHUNK = 500
+
+Synchronous = Literal["full", "normal"]
+
+
+class OutboxError(Exception):
+    """The outbox cannot be used (its file is locked by another agent, unreadable)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored reading for one link: its row id, the link's target (a
+    datastream name, ``CHANNEL/FIELD``), the measurement time in epoch ms and
+    the value."""
+
+    id: int
+    target: str
+    ts_ms: int
+    value: Any
+
+
+@dataclass
+class LinkCounts:
+    """What the outbox knows about one link's queue."""
+
+    #: rows waiting, committed or not
+    depth: int = 0
+    #: epoch seconds of the oldest waiting reading (None: nothing waits, or not known yet)
+    oldest_ts: float | None = None
+    #: rows the link acknowledged (sent) since the outbox opened
+    acked: int = 0
+    #: rows dropped, by reason ("full", "age", "link"), persisted across restarts
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dropped_total(self) -> int:
+        """All drops of this link, whatever the reason."""
+        return sum(self.dropped.values())
+
+
+def encode_value(value: Any) -> str:
+    """A reading's value as stored (JSON; a multi-value tuple becomes a list)."""
+    if isinstance(value, tuple):
+        value = list(value)
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_value(text: str) -> Any:
+    """The stored value back (a list becomes the tuple it was)."""
+    value = json.loads(text)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _age_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    if seconds < 86400:
+        return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+    return f"{seconds // 86400:.0f}d{seconds % 86400 // 3600:02.0f}h"
+
+
+_STOP = object()
+_WAKE = object()
+
+
+class Outbox:
+    """Durable, bounded store-and-forward of readings, shared by the links.
+
+    Lifecycle: every user calls ``await open()`` and later ``await release()``;
+    the first open starts the database thread (and the status task), the last
+    release commits what is pending and closes the database. ``put`` may be
+    called before the outbox is open: readings wait in memory and are committed
+    as soon as it is.
+
+    All methods are meant to be called from the event loop thread, except
+    :meth:`put`, which is thread-safe.
+    """
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_readings: int = 1_000_000,
+        max_age: float = 31 * 86400,
+        commit_interval: float = 1.0,
+        synchronous: Synchronous = "full",
+        status_interval: float = 5.0,
+        log_interval: float = 60.0,
+        lock: bool = True,
+    ) -> None:
+        if max_readings < 1:
+            raise ValueError("max_readings must be at least 1")
+        if max_age <= 0 or commit_interval < 0:
+            raise ValueError("max_age must be positive and commit_interval not negative")
+        if synchronous not in ("full", "normal"):
+            raise ValueError(f"synchronous must be 'full' or 'normal' (got {synchronous!r})")
+        self.path = Path(path)
+        self.max_readings = int(max_readings)
+        self.max_age = float(max_age)
+        self.commit_interval = float(commit_interval)
+        self.synchronous: Synchronous = synchronous
+        self.status_interval = status_interval
+        self.log_interval = log_interval
+        self.status_path = self.path.with_name(STATUS_FILE)
+        self._lock_file = InstanceLock(self.path.with_name(self.path.name + ".lock")) if lock else None
+
+        self._mutex = threading.Lock()
+        self._incoming: list[tuple[str, str, int, str]] = []
+        self._uncommitted: dict[str, int] = {}
+        self._counts: dict[str, LinkCounts] = {}
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._users = 0
+        self._opening: asyncio.Future[None] | None = None
+        self._closed: asyncio.Future[None] | None = None
+        self._watchers: dict[str, list[Callable[[], None]]] = {}
+        self._providers: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._status_task: asyncio.Task[None] | None = None
+        self._logged: dict[str, tuple[int, int]] = {}
+        # database-thread state
+        self._conn: sqlite3.Connection | None = None
+        self._codes: dict[str, int] = {}
+        self._names: dict[int, str] = {}
+        self._total = 0
+        self._last_commit = 0.0
+        self._next_age_check = 0.0
+        self._drop_log: dict[str, tuple[float, int, int]] = {}  # reason -> (last logged, unlogged count, total)
+        self._drop_links: dict[str, dict[str, int]] = {}  # reason -> link -> dropped since the last line
+        self.commits = 0
+        self.last_commit_seconds = 0.0
+        self.opened_at: float | None = None
+        self.recovered: str | None = None
+
+    @classmethod
+    def from_settings(cls, section: Any, state_dir: Path) -> Outbox:
+        """The outbox an ``[outbox]`` section (or its defaults, for None) describes."""
+        if section is None:
+            return cls(Path(state_dir) / OUTBOX_FILE)
+        path = section.path or Path(state_dir) / OUTBOX_FILE
+        return cls(
+            path,
+            max_readings=section.max_readings,
+            max_age=section.max_age,
+            commit_interval=section.commit_interval,
+            synchronous=section.synchronous,
+            status_interval=section.status_interval,
+            log_interval=section.log_interval,
+        )
+
+    # -- lifecycle ------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        """True once the database is open and until it is closed."""
+        return self._thread is not None and self._thread.is_alive() and self._opening is not None \
+            and self._opening.done() and self._opening.exception() is None
+
+    async def open(self) -> None:
+        """Open the database (first caller) or wait until it is open.
+
+        Raises :class:`OutboxError` when the file is used by another agent or
+        cannot be made usable."""
+        self._users += 1
+        if self._opening is None:
+            loop = asyncio.get_running_loop()
+            self._loop = loop
+            self._opening = loop.create_future()
+            self._closed = loop.create_future()
+            self._thread = threading.Thread(target=self._db_main, name="outbox-db", daemon=True)
+            self._thread.start()
+        try:
+            await asyncio.shield(self._opening)
+        except BaseException:
+            self._users -= 1
+            raise
+        if self._status_task is None:
+            self._status_task = asyncio.create_task(self._status_loop(), name="outbox:status")
+
+    async def release(self) -> None:
+        """One user is done; the last one commits what is pending and closes."""
+        if self._users <= 0:
+            return
+        self._users -= 1
+        if self._users == 0:
+            await self.close()
+
+    async def close(self) -> None:
+        """Commit what is pending, write the final status and close (idempotent)."""
+        self._users = 0
+        task, self._status_task = self._status_task, None
+        if task is not None:
+            await cancel_and_wait(task)
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        self._jobs.put(_STOP)
+        if self._closed is not None:
+            # the thread finishes on its own even if this wait is cancelled
+            await asyncio.shield(self._closed)
+        await asyncio.to_thread(self._write_status_file, self._status_snapshot())
+        self._thread = None
+        self._opening = None
+
+    # -- the loop-side API ---------------------------------------------------------
+
+    def put(self, link: str, target: str, ts: float, value: Any) -> None:
+        """Store one reading for ``link`` (non-blocking, thread-safe).
+
+        The reading is committed by the database thread within
+        ``commit_interval``; until then it counts in :meth:`depth`."""
+        row = (link, str(target), int(ts * 1000), encode_value(value))
+        with self._mutex:
+            wake = not self._incoming
+            self._incoming.append(row)
+            self._uncommitted[link] = self._uncommitted.get(link, 0) + 1
+        if wake:
+            self._jobs.put(_WAKE)
+
+    async def fetch(
+        self,
+        link: str,
+        limit: int,
+        *,
+        target: str | None = None,
+        after_id: int = 0,
+    ) -> list[Entry]:
+        """The oldest committed rows of ``link`` (of one ``target`` if given,
+        with ids above ``after_id``), oldest first."""
+        return await self._call(self._db_fetch, link, limit, target, after_id)
+
+    async def ack(self, link: str, ids: Iterable[int]) -> int:
+        """The cloud has taken these rows: delete them (committed before this
+        returns). Returns how many were still there."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        return await self._call(self._db_delete, link, ids, None)
+
+    async def discard(self, link: str, ids: Iterable[int], reason: str = DROP_LINK) -> int:
+        """Delete rows the link will never send (too old for its cloud,
+        skipped), counted as dropped for ``reason``."""
+        ids = list(ids)
+        if not ids:
+            return 0
+        return await self._call(self._db_delete, link, ids, reason)
+
+    async def settle(
+        self,
+        link: str,
+        through: Mapping[str, int],
+        *,
+        skipped_before_ms: int | None = None,
+        reason: str = DROP_SKIPPED,
+    ) -> tuple[int, int]:
+        """Delete, for each ``target -> last id`` in ``through``, the rows of
+        that target up to that id: the link has sent what it wanted of them
+        (ThingSpeak coalesces many readings into one update). Rows below the
+        last id measured before ``skipped_before_ms`` count as dropped for
+        ``reason``, the rest as acknowledged. Returns ``(acknowledged, dropped)``."""
+        if not through:
+            return 0, 0
+        return await self._call(self._db_settle, link, dict(through), skipped_before_ms, reason)
+
+    async def latest(self, link: str, target: str) -> Entry | None:
+        """The newest committed row of ``link`` for ``target``."""
+        return await self._call(self._db_latest, link, target)
+
+    async def prune(self) -> None:
+        """Apply the age bound now (it is otherwise applied once a minute)."""
+        await self._call(self._db_prune_age)
+
+    async def flush(self) -> None:
+        """Commit what :meth:`put` holds now (tests, shutdown)."""
+        await self._call(self._db_flush)
+
+    async def oldest(self, link: str) -> float | None:
+        """Epoch seconds of ``link``'s oldest committed row (None if none)."""
+        return await self._call(self._db_oldest, link)
+
+    async def max_id(self) -> int:
+        """The highest row id committed so far (0 when empty)."""
+        return await self._call(self._db_max_id)
+
+    def depth(self, link: str) -> int:
+        """Rows waiting for ``link``: committed and not yet committed."""
+        with self._mutex:
+            counts = self._counts.get(link)
+            return (counts.depth if counts else 0) + self._uncommitted.get(link, 0)
+
+    def counts(self, link: str) -> LinkCounts:
+        """A copy of ``link``'s numbers (depth includes uncommitted rows)."""
+        with self._mutex:
+            c = self._counts.get(link) or LinkCounts()
+            return LinkCounts(c.depth + self._uncommitted.get(link, 0), c.oldest_ts, c.acked, dict(c.dropped))
+
+    @property
+    def total(self) -> int:
+        """Rows stored now (all links, committed)."""
+        return self._total
+
+    def watch(self, link: str, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call ``callback()`` on the loop whenever rows for ``link`` were
+        committed. Returns a function that stops it."""
+        self._watchers.setdefault(link, []).append(callback)
+
+        def remove() -> None:
+            if callback in self._watchers.get(link, []):
+                self._watchers[link].remove(callback)
+
+        return remove
+
+    def add_status_provider(self, name: str, provider: Callable[[], dict[str, Any]]) -> None:
+        """Include ``provider()`` (a JSON-able dict) under ``links.NAME`` in the status file."""
+        self._providers[name] = provider
+
+    # -- status ------------------------------------------------------------------
+
+    def summary(self) -> str:
+        """One line: per link depth, oldest waiting reading's age and drops."""
+        now = time.time()
+        with self._mutex:
+            names = sorted(set(self._counts) | set(self._uncommitted))
+            parts = []
+            for name in names:
+                c = self._counts.get(name) or LinkCounts()
+                depth = c.depth + self._uncommitted.get(name, 0)
+                age = None if c.oldest_ts is None or depth == 0 else now - c.oldest_ts
+                drops = ", ".join(f"{k} {v}" for k, v in sorted(c.dropped.items()) if v)
+                parts.append(f"{name} {depth} waiting (oldest {_age_text(age)}), dropped {drops or '0'}")
+        return "; ".join(parts) or "empty"
+
+    def _status_snapshot(self) -> dict[str, Any]:
+        now = time.time()
+        with self._mutex:
+            links = {}
+            for name in sorted(set(self._counts) | set(self._uncommitted)):
+                c = self._counts.get(name) or LinkCounts()
+                depth = c.depth + self._uncommitted.get(name, 0)
+                links[name] = {
+                    "depth": depth,
+                    "oldest_ts": c.oldest_ts if depth else None,
+                    "oldest_age": (now - c.oldest_ts) if (c.oldest_ts is not None and depth) else None,
+                    "acked": c.acked,
+                    "dropped": dict(c.dropped),
+                }
+        providers = {}
+        for name, provider in list(self._providers.items()):
+            try:
+                providers[name] = provider()
+            except Exception as exc:  # noqa: BLE001 - a status provider must not break the status
+                providers[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        return {
+            "pid": os.getpid(),
+            "written_at": now,
+            "outbox": {
+                "path": str(self.path),
+                "rows": self._total,
+                "max_readings": self.max_readings,
+                "max_age": self.max_age,
+                "commit_interval": self.commit_interval,
+                "synchronous": self.synchronous,
+                "commits": self.commits,
+                "last_commit_seconds": self.last_commit_seconds,
+                "open": self.is_open,
+                "recovered": self.recovered,
+                "queues": links,
+            },
+            "links": providers,
+        }
+
+    def _write_status_file(self, data: dict[str, Any]) -> None:
+        tmp = self.status_path.with_name(self.status_path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(data, indent=1, default=str))
+            os.replace(tmp, self.status_path)
+        except OSError as exc:
+            log.debug("outbox: status file %s not written: %s", self.status_path, exc)
+
+    async def _status_loop(self) -> None:
+        """Refresh the oldest-reading times, write the status file every
+        ``status_interval`` and log a summary every ``log_interval`` while
+        something waits or was dropped."""
+        last_log = time.monotonic()
+        last_drops: dict[str, int] = {}
+        while True:
+            try:
+                await self._call(self._db_refresh_oldest)
+                data = self._status_snapshot()
+                await asyncio.to_thread(self._write_status_file, data)
+                now = time.monotonic()
+                if now - last_log >= self.log_interval:
+                    queues = data["outbox"]["queues"]
+                    drops = {name: sum(q["dropped"].values()) for name, q in queues.items()}
+                    if any(q["depth"] for q in queues.values()) or drops != last_drops:
+                        log.info("outbox: %s", self.summary())
+                    last_drops, last_log = drops, now
+            except asyncio.CancelledError:
+                raise
+            except OutboxError:
+                return
+            except Exception:  # noqa: BLE001 - visibility must never take the agent down
+                log.exception("outbox: status update failed")
+            await asyncio.sleep(self.status_interval)
+
+    # -- plumbing between the loop and the database thread ---------------------------
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        thread = self._thread
+        if thread is None or not thread.is_alive() or self._opening is None or not self._opening.done():
+            if self._opening is not None and not self._opening.done():
+                await asyncio.shield(self._opening)
+            else:
+                raise OutboxError("the outbox is not open")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((fn, args, future, loop))
+        return await future
+
+    @staticmethod
+    def _resolve(future: asyncio.Future[Any], result: Any = None, error: BaseException | None = None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def _post(self, loop: asyncio.AbstractEventLoop | None, fn: Callable[..., Any], *args: Any) -> None:
+        if loop is None:
+            return
+        try:
+            loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:
+            pass  # the loop has closed (shutdown)
+
+    # -- the database thread -----------------------------------------------------------
+
+    def _db_main(self) -> None:
+        loop = self._loop
+        try:
+            self._db_open()
+        except BaseException as exc:  # noqa: BLE001 - reported to every open() caller
+            error = exc if isinstance(exc, OutboxError) else OutboxError(f"{self.path}: {exc}")
+            self._post(loop, self._resolve, self._opening, None, error)
+            self._post(loop, self._resolve, self._closed, None, None)
+            if self._lock_file is not None:
+                self._lock_file.release()
+            return
+        self._post(loop, self._resolve, self._opening, None, None)
+        try:
+            self._db_loop()
+        except BaseException:  # noqa: BLE001 - the thread must always close the database
+            log.exception("outbox: database thread failed")
+        finally:
+            try:
+                self._db_flush()
+            except Exception:  # noqa: BLE001
+                log.exception("outbox: final commit failed")
+            conn, self._conn = self._conn, None
+            # anything still queued can no longer be served
+            while True:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if isinstance(job, tuple):
+                    self._post(job[3], self._resolve, job[2], None, OutboxError("the outbox is closed"))
+            if conn is not None:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+            if self._lock_file is not None:
+                self._lock_file.release()
+            self._post(loop, self._resolve, self._closed, None, None)
+
+    def _db_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            with self._mutex:
+                pending = bool(self._incoming)
+            timeout = max(0.0, self._next_age_check - now)
+            if pending:
+                due = self._last_commit + self.commit_interval - now
+                if due <= 0:
+                    self._db_flush()
+                    continue
+                timeout = min(timeout, due)
+            if timeout <= 0:
+                self._db_prune_age()
+                continue
+            try:
+                job = self._jobs.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            if job is _STOP:
+                return
+            if not isinstance(job, tuple):
+                continue  # _WAKE: re-evaluate what is due
+            fn, args, future, loop = job
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
+                self._post(loop, self._resolve, future, None, exc)
+            else:
+                self._post(loop, self._resolve, future, result, None)
+
+    def _db_open(self) -> None:
+        if self._lock_file is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._lock_file.acquire()
+            except LockHeld as exc:
+                raise OutboxError(
+                    f"{self.path} is used by another agent (pid {exc.holder or '?'}); readings cannot be stored"
+                ) from None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        started = time.monotonic()
+        try:
+            self._db_connect()
+        except sqlite3.DatabaseError as exc:
+            # a file SQLite cannot read (a power cut on storage that lied about
+            # flushing, a foreign file): keep it for inspection, start afresh
+            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+            for suffix in ("", "-wal", "-shm"):
+                src = Path(str(self.path) + suffix)
+                if src.exists():
+                    os.replace(src, Path(str(aside) + suffix))
+            self.recovered = f"unreadable database moved to {aside.name} ({exc})"
+            log.error("outbox: %s is not a usable database (%s); moved to %s, starting empty", self.path, exc, aside)
+            self._db_connect()
+        self.opened_at = time.time()
+        log.info(
+            "outbox: %s opened in %.2f s: %s (bound %d readings, %s; commit every %g s, synchronous=%s)",
+            self.path, time.monotonic() - started, self.summary(), self.max_readings,
+            _age_text(self.max_age), self.commit_interval, self.synchronous,
+        )
+
+    def _db_connect(self) -> None:
+        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=True, timeout=10.0)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA journal_size_limit=4194304")
+            conn.execute("PRAGMA temp_store=MEMORY")
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS readings ("
+                " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " link INTEGER NOT NULL,"
+                " target TEXT NOT NULL,"
+                " ts_ms INTEGER NOT NULL,"
+                " value TEXT NOT NULL)"
+            )
+            conn.execute("CREATE INDEX IF NOT EXISTS readings_link ON readings(link, id)")
+            conn.execute("CREATE INDEX IF NOT EXISTS readings_target ON readings(link, target, id)")
+            conn.execute("CREATE TABLE IF NOT EXISTS links (code INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS counters ("
+                " link TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (link, name))"
+            )
+            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+            conn.execute("COMMIT")
+            self._codes = {name: code for code, name in conn.execute("SELECT code, name FROM links")}
+            self._names = {code: name for name, code in self._codes.items()}
+            counts: dict[str, LinkCounts] = {}
+            total = 0
+            for code, n in conn.execute("SELECT link, COUNT(*) FROM readings GROUP BY link"):
+                name = self._names.get(code, f"#{code}")
+                counts[name] = LinkCounts(depth=n)
+                total += n
+            for link_name, name, value in conn.execute("SELECT link, name, value FROM counters"):
+                counts.setdefault(link_name, LinkCounts()).dropped[name] = value
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+        self._total = total
+        with self._mutex:
+            self._counts = counts
+        for name in counts:
+            code = self._codes.get(name)
+            if code is not None:
+                row = conn.execute("SELECT ts_ms FROM readings WHERE link = ? ORDER BY id LIMIT 1", (code,)).fetchone()
+                counts[name].oldest_ts = row[0] / 1000 if row else None
+        self._next_age_check = time.monotonic()  # prune at once
+
+    def _code(self, link: str) -> int:
+        code = self._codes.get(link)
+        if code is None:
+            assert self._conn is not None
+            cur = self._conn.execute("INSERT INTO links (name) VALUES (?)", (link,))
+            code = int(cur.lastrowid or 0)
+            self._codes[link] = code
+            self._names[code] = link
+        return code
+
+    def _set_sync(self, mode: str) -> None:
+        assert self._conn is not None
+        self._conn.execute(f"PRAGMA synchronous={mode}")
+
+    def _db_flush(self) -> None:
+        """Commit the readings put() holds, then enforce the size bound."""
+        conn = self._conn
+        if conn is None:
+            return
+        with self._mutex:
+            rows, self._incoming = self._incoming, []
+        if not rows:
+            return
+        started = time.monotonic()
+        added: dict[str, int] = {}
+        first_ts: dict[str, int] = {}
+        if self.synchronous == "full":
+            self._set_sync("FULL")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                params = []
+                for link, target, ts_ms, value in rows:
+                    params.append((self._code(link), target, ts_ms, value))
+                    added[link] = added.get(link, 0) + 1
+                    first_ts.setdefault(link, ts_ms)
+                conn.executemany("INSERT INTO readings (link, target, ts_ms, value) VALUES (?, ?, ?, ?)", params)
+                dropped = self._db_enforce_size(len(rows))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                with self._mutex:
+                    self._incoming[:0] = rows
+                raise
+        finally:
+            if self.synchronous == "full":
+                self._set_sync("NORMAL")
+        self._last_commit = time.monotonic()
+        self.last_commit_seconds = self._last_commit - started
+        self.commits += 1
+        self._total += len(rows) - sum(dropped.values())
+        with self._mutex:
+            for link, n in added.items():
+                self._uncommitted[link] = self._uncommitted.get(link, 0) - n
+                counts = self._counts.setdefault(link, LinkCounts())
+                counts.depth += n
+                if counts.oldest_ts is None:
+                    counts.oldest_ts = first_ts[link] / 1000
+            for link, n in dropped.items():
+                counts = self._counts.setdefault(link, LinkCounts())
+                counts.depth -= n
+                counts.dropped[DROP_FULL] = counts.dropped.get(DROP_FULL, 0) + n
+        if dropped:
+            self._db_refresh_oldest()
+            self._log_drop(DROP_FULL, dropped)
+        for link in added:
+            for callback in list(self._watchers.get(link, [])):
+                self._post(self._loop, callback)
+
+    def _db_enforce_size(self, incoming: int) -> dict[str, int]:
+        """Inside the insert transaction: delete the oldest rows beyond the bound."""
+        excess = self._total + incoming - self.max_readings
+        if excess <= 0:
+            return {}
+        conn = self._conn
+        assert conn is not None
+        row = conn.execute("SELECT id FROM readings ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,)).fetchone()
+        if row is None:
+            return {}
+        cut = row[0]
+        dropped = {
+            self._names.get(code, f"#{code}"): n
+            for code, n in conn.execute("SELECT link, COUNT(*) FROM readings WHERE id <= ? GROUP BY link", (cut,))
+        }
+        conn.execute("DELETE FROM readings WHERE id <= ?", (cut,))
+        self._db_count(dropped, DROP_FULL)
+        return dropped
+
+    def _db_count(self, dropped: dict[str, int], reason: str) -> None:
+        assert self._conn is not None
+        self._conn.executemany(
+            "INSERT INTO counters (link, name, value) VALUES (?, ?, ?) "
+            "ON CONFLICT (link, name) DO UPDATE SET value = value + excluded.value",
+            [(link, reason, n) for link, n in dropped.items() if n],
+        )
+
+    def _db_prune_age(self) -> None:
+        """Drop rows older than ``max_age``, from the oldest end."""
+        self._next_age_check = time.monotonic() + AGE_CHECK_EVERY
+        conn = self._conn
+        if conn is None:
+            return
+        cutoff = int((time.time() - self.max_age) * 1000)
+        dropped: dict[str, int] = {}
+        while True:
+            rows = conn.execute("SELECT id, link, ts_ms FROM readings ORDER BY id LIMIT ?", (_CHUNK,)).fetchall()
+            old = [(rid, code) for rid, code, ts_ms in rows if ts_ms < cutoff]
+            if not old:
+                break
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for i in range(0, len(old), _CHUNK):
+                    chunk = old[i : i + _CHUNK]
+                    conn.execute(
+                        f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", [r for r, _ in chunk]
+                    )
+                batch: dict[str, int] = {}
+                for _, code in old:
+                    name = self._names.get(code, f"#{code}")
+                    batch[name] = batch.get(name, 0) + 1
+                self._db_count(batch, DROP_AGE)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            for name, n in batch.items():
+                dropped[name] = dropped.get(name, 0) + n
+            self._total -= len(old)
+            if len(old) < len(rows):
+                break
+        if dropped:
+            with self._mutex:
+                for link, n in dropped.items():
+                    counts = self._counts.setdefault(link, LinkCounts())
+                    counts.depth -= n
+                    counts.dropped[DROP_AGE] = counts.dropped.get(DROP_AGE, 0) + n
+            self._db_refresh_oldest()
+            self._log_drop(DROP_AGE, dropped)
+
+    def _log_drop(self, reason: str, dropped: dict[str, int]) -> None:
+        """First drop of a kind: logged at once; then one line a minute at most."""
+        n = sum(dropped.values())
+        last, unlogged, total = self._drop_log.get(reason, (0.0, 0, 0))
+        total += n
+        unlogged += n
+        pending = self._drop_links.setdefault(reason, {})
+        for link, k in dropped.items():
+            pending[link] = pending.get(link, 0) + k
+        now = time.monotonic()
+        if last and now - last < DROP_LOG_EVERY:
+            self._drop_log[reason] = (last, unlogged, total)
+            return
+        per_link = ", ".join(f"{k} {v}" for k, v in sorted(pending.items()))
+        pending.clear()
+        if reason == DROP_FULL:
+            log.warning(
+                "outbox: full (%d readings): dropped the %d oldest (%s); %d dropped since start",
+                self.max_readings, unlogged, per_link, total,
+            )
+        elif reason == DROP_AGE:
+            log.warning(
+                "outbox: dropped %d readings older than %s (%s); %d dropped since start",
+                unlogged, _age_text(self.max_age), per_link, total,
+            )
+        else:
+            log.warning("outbox: dropped %d readings (%s): %s", unlogged, reason, per_link)
+        self._drop_log[reason] = (now, 0, total)
+
+    def _db_fetch(self, link: str, limit: int, target: str | None, after_id: int) -> list[Entry]:
+        conn = self._conn
+        assert conn is not None
+        code = self._codes.get(link)
+        if code is None:
+            return []
+        if target is None:
+            cur = conn.execute(
+                "SELECT id, target, ts_ms, value FROM readings WHERE link = ? AND id > ? ORDER BY id LIMIT ?",
+                (code, after_id, limit),
+            )
+        else:
+            cur = conn.execute(
+                "SELECT id, target, ts_ms, value FROM readings WHERE link = ? AND target = ? AND id > ? "
+                "ORDER BY id LIMIT ?",
+                (code, target, after_id, limit),
+            )
+        return [Entry(rid, tgt, ts_ms, decode_value(value)) for rid, tgt, ts_ms, value in cur]
+
+    def _db_delete(self, link: str, ids: Sequence[int], reason: str | None) -> int:
+        conn = self._conn
+        assert conn is not None
+        deleted = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for i in range(0, len(ids), _CHUNK):
+                chunk = ids[i : i + _CHUNK]
+                cur = conn.execute(f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                deleted += cur.rowcount
+            if reason is not None and deleted:
+                self._db_count({link: deleted}, reason)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._total -= deleted
+        oldest = self._db_oldest(link)
+        with self._mutex:
+            counts = self._counts.setdefault(link, LinkCounts())
+            counts.depth -= deleted
+            counts.oldest_ts = oldest
+            if reason is None:
+                counts.acked += deleted
+            else:
+                counts.dropped[reason] = counts.dropped.get(reason, 0) + deleted
+        return deleted
+
+    def _db_settle(
+        self, link: str, through: dict[str, int], skipped_before_ms: int | None, reason: str
+    ) -> tuple[int, int]:
+        conn = self._conn
+        assert conn is not None
+        code = self._codes.get(link)
+        if code is None:
+            return 0, 0
+        deleted = skipped = 0
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for target, last_id in through.items():
+                if skipped_before_ms is not None:
+                    # the row at last_id is the one the link sent: never "skipped"
+                    row = conn.execute(
+                        "SELECT COUNT(*) FROM readings WHERE link = ? AND target = ? AND id < ? AND ts_ms < ?",
+                        (code, target, last_id, skipped_before_ms),
+                    ).fetchone()
+                    skipped += row[0]
+                cur = conn.execute(
+                    "DELETE FROM readings WHERE link = ? AND target = ? AND id <= ?", (code, target, last_id)
+                )
+                deleted += cur.rowcount
+            if skipped:
+                self._db_count({link: skipped}, reason)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        self._total -= deleted
+        oldest = self._db_oldest(link)
+        with self._mutex:
+            counts = self._counts.setdefault(link, LinkCounts())
+            counts.depth -= deleted
+            counts.oldest_ts = oldest
+            counts.acked += deleted - skipped
+            if skipped:
+                counts.dropped[reason] = counts.dropped.get(reason, 0) + skipped
+        return deleted - skipped, skipped
+
+    def _db_latest(self, link: str, target: str) -> Entry | None:
+        conn = self._conn
+        assert conn is not None
+        code = self._codes.get(link)
+        if code is None:
+            return None
+        row = conn.execute(
+            "SELECT id, target, ts_ms, value FROM readings WHERE link = ? AND target = ? ORDER BY id DESC LIMIT 1",
+            (code, target),
+        ).fetchone()
+        return None if row is None else Entry(row[0], row[1], row[2], decode_value(row[3]))
+
+    def _db_refresh_oldest(self) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        for name, code in list(self._codes.items()):
+            row = conn.execute("SELECT ts_ms FROM readings WHERE link = ? ORDER BY id LIMIT 1", (code,)).fetchone()
+            with self._mutex:
+                counts = self._counts.setdefault(name, LinkCounts())
+                counts.oldest_ts = row[0] / 1000 if row else None
+
+    def _db_oldest(self, link: str) -> float | None:
+        conn = self._conn
+        assert conn is not None
+        code = self._codes.get(link)
+        if code is None:
+            return None
+        row = conn.execute("SELECT ts_ms FROM readings WHERE link = ? ORDER BY id LIMIT 1", (code,)).fetchone()
+        return row[0] / 1000 if row else None
+
+    def _db_max_id(self) -> int:
+        conn = self._conn
+        assert conn is not None
+        row = conn.execute("SELECT MAX(id) FROM readings").fetchone()
+        return int(row[0] or 0)
+
+
+async def cancel_and_wait(task: asyncio.Task[Any], retry: float = 0.1) -> None:
+    """Cancel ``task`` and wait until it has ended, cancelling again if it
+    goes on: on Python 3.11 ``asyncio.wait_for`` loses a cancellation that
+    arrives as its inner future completes (the task then carries on and
+    awaits something else), and a link's stop must not hang on that."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=retry)
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("task %s ended with %r", task.get_name(), task.exception())
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """What an outbox file holds, read without the agent (``edge-agent status``).
+
+    Opens the database read-only: per link the number of rows waiting, the
+    oldest one's time and the persisted drop counters."""
+    uri = f"file:{path}?mode=ro"
+    conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+    try:
+        names = {code: name for code, name in conn.execute("SELECT code, name FROM links")}
+        out: dict[str, Any] = {}
+        for code, n, first in conn.execute("SELECT link, COUNT(*), MIN(id) FROM readings GROUP BY link"):
+            row = conn.execute("SELECT ts_ms FROM readings WHERE id = ?", (first,)).fetchone()
+            out[names.get(code, f"#{code}")] = {"depth": n, "oldest_ts": row[0] / 1000 if row else None, "dropped": {}}
+        for link, name, value in conn.execute("SELECT link, name, value FROM counters"):
+            out.setdefault(link, {"depth": 0, "oldest_ts": None, "dropped": {}})["dropped"][name] = value
+        return out
+    finally:
+        conn.close()
