@@ -291,19 +291,6 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK if live is not None or stored is not None else EXIT_FAILURE
 
 
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
-    if seconds < 86400:
-        return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
-    return f"{seconds // 86400:.0f}d{seconds % 86400 // 3600:02.0f}h"
-
-
 def _pid_alive(pid: Any) -> bool:
     """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
     try:
@@ -323,20 +310,22 @@ def _status_lines(
 ) -> list[str]:
     import time
 
+    from agent.outbox import age_text
+
     now = time.time()
     lines: list[str] = []
     if live is not None:
         written = live.get("written_at") or 0
         running = _pid_alive(live.get("pid")) and now - written < 120
         state = f"running (pid {live.get('pid')})" if running else "not running"
-        lines.append(f"agent: {state}; status written {_age(now - written)} ago")
+        lines.append(f"agent: {state}; status written {age_text(now - written)} ago")
     else:
         lines.append("agent: no status file (not running, or never started with this state dir)")
     outbox = (live or {}).get("outbox") or {}
     if stored is not None:
         rows = sum(q["depth"] for q in stored.values())
         lines.append(f"outbox: {db_path}: {rows} readings waiting"
-                     + (f" (bound {outbox['max_readings']}, max age {_age(outbox['max_age'])})" if outbox else ""))
+                     + (f" (bound {outbox['max_readings']}, max age {age_text(outbox['max_age'])})" if outbox else ""))
     elif db_error:
         lines.append(f"outbox: {db_path}: cannot be read: {db_error}")
     else:
@@ -351,7 +340,7 @@ def _status_lines(
         oldest = q.get("oldest_ts")
         dropped = q.get("dropped") or {}
         drops = ", ".join(f"{k} {v}" for k, v in sorted(dropped.items()) if v) or "none"
-        head = f"{name}: {q.get('depth', 0)} waiting, oldest {_age(None if oldest is None else now - oldest)}"
+        head = f"{name}: {q.get('depth', 0)} waiting, oldest {age_text(None if oldest is None else now - oldest)}"
         head += f", dropped: {drops}"
         if info.get("state"):
             head += f"; link {info['state']}"
@@ -366,7 +355,7 @@ def _status_lines(
             )
         for cid, ch in sorted((info.get("channels") or {}).items()):
             lines.append(
-                f"  channel {cid}: last update {_age(ch.get('last_update_ago'))} ago, backfill {ch.get('backfill')}, "
+                f"  channel {cid}: last update {age_text(ch.get('last_update_ago'))} ago, backfill {ch.get('backfill')}, "
                 f"{ch.get('readings_sent', 0)} sent, {ch.get('coalesced', 0)} coalesced, "
                 f"{ch.get('skipped', 0)} skipped"
             )

@@ -126,7 +126,8 @@ def decode_value(text: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _age_text(seconds: float | None) -> str:
+def age_text(seconds: float | None) -> str:
+    """A duration for people: ``42s``, ``3m07s``, ``2h05m``, ``4d03h`` (``-`` for none)."""
     if seconds is None:
         return "-"
     seconds = max(0.0, seconds)
@@ -407,7 +408,7 @@ class Outbox:
                 depth = c.depth + self._uncommitted.get(name, 0)
                 age = None if c.oldest_ts is None or depth == 0 else now - c.oldest_ts
                 drops = ", ".join(f"{k} {v}" for k, v in sorted(c.dropped.items()) if v)
-                parts.append(f"{name} {depth} waiting (oldest {_age_text(age)}), dropped {drops or '0'}")
+                parts.append(f"{name} {depth} waiting (oldest {age_text(age)}), dropped {drops or '0'}")
         return "; ".join(parts) or "empty"
 
     def _status_snapshot(self) -> dict[str, Any]:
@@ -614,7 +615,7 @@ class Outbox:
         log.info(
             "outbox: %s opened in %.2f s: %s (bound %d readings, %s; commit every %g s, synchronous=%s)",
             self.path, time.monotonic() - started, self.summary(), self.max_readings,
-            _age_text(self.max_age), self.commit_interval, self.synchronous,
+            age_text(self.max_age), self.commit_interval, self.synchronous,
         )
 
     def _db_connect(self) -> None:
@@ -829,7 +830,7 @@ class Outbox:
         elif reason == DROP_AGE:
             log.warning(
                 "outbox: dropped %d readings older than %s (%s); %d dropped since start",
-                unlogged, _age_text(self.max_age), per_link, total,
+                unlogged, age_text(self.max_age), per_link, total,
             )
         else:
             log.warning("outbox: dropped %d readings (%s): %s", unlogged, reason, per_link)
