@@ -67,6 +67,12 @@ DROP_AGE = "age"
 DROP_LINK = "link"
 #: readings a link chose not to send (ThingSpeak: offline without a backfill key)
 DROP_SKIPPED = "skipped"
+#: readings that could not be stored (the storage kept failing) and overflowed memory
+DROP_UNSTORED = "unstored"
+#: readings held in memory while commits fail, at most
+MEMORY_LIMIT = 100_000
+#: seconds between two commit attempts after a failure
+RETRY_AFTER = 5.0
 
 #: seconds between age checks
 AGE_CHECK_EVERY = 60.0
@@ -114,10 +120,14 @@ class LinkCounts:
 
 
 def encode_value(value: Any) -> str:
-    """A reading's value as stored (JSON; a multi-value tuple becomes a list)."""
+    """A reading's value as stored (JSON; a multi-value tuple becomes a list).
+
+    ASCII-only JSON: a string that is not valid Unicode (a lone surrogate from
+    bytes decoded with ``surrogateescape``) is stored escaped instead of
+    failing the whole commit; the link decides what to do with it."""
     if isinstance(value, tuple):
         value = list(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return json.dumps(value, separators=(",", ":"))
 
 
 def decode_value(text: str) -> Any:
@@ -198,7 +208,6 @@ class Outbox:
         self._watchers: dict[str, list[Callable[[], None]]] = {}
         self._providers: dict[str, Callable[[], dict[str, Any]]] = {}
         self._status_task: asyncio.Task[None] | None = None
-        self._logged: dict[str, tuple[int, int]] = {}
         # database-thread state
         self._conn: sqlite3.Connection | None = None
         self._codes: dict[str, int] = {}
@@ -208,6 +217,8 @@ class Outbox:
         self._next_age_check = 0.0
         self._drop_log: dict[str, tuple[float, int, int]] = {}  # reason -> (last logged, unlogged count, total)
         self._drop_links: dict[str, dict[str, int]] = {}  # reason -> link -> dropped since the last line
+        self._retry_at = 0.0  # after a failed commit: not before this (monotonic)
+        self._failure_logged = 0.0
         self.commits = 0
         self.last_commit_seconds = 0.0
         self.opened_at: float | None = None
@@ -563,13 +574,19 @@ class Outbox:
                 pending = bool(self._incoming)
             timeout = max(0.0, self._next_age_check - now)
             if pending:
-                due = self._last_commit + self.commit_interval - now
+                due = max(self._last_commit + self.commit_interval, self._retry_at) - now
                 if due <= 0:
-                    self._db_flush()
+                    try:
+                        self._db_flush()
+                    except sqlite3.Error as exc:
+                        self._storage_failed("commit", exc)
                     continue
                 timeout = min(timeout, due)
             if timeout <= 0:
-                self._db_prune_age()
+                try:
+                    self._db_prune_age()
+                except sqlite3.Error as exc:
+                    self._storage_failed("age check", exc)
                 continue
             try:
                 job = self._jobs.get(timeout=timeout)
@@ -586,6 +603,33 @@ class Outbox:
                 self._post(loop, self._resolve, future, None, exc)
             else:
                 self._post(loop, self._resolve, future, result, None)
+
+    def _storage_failed(self, what: str, exc: sqlite3.Error) -> None:
+        """A commit failed (a full or failing SD card): keep the readings in
+        memory, up to ``MEMORY_LIMIT`` (the oldest beyond it are dropped and
+        counted), and try again in ``RETRY_AFTER`` seconds. Logged once a minute."""
+        self._retry_at = time.monotonic() + RETRY_AFTER
+        dropped: dict[str, int] = {}
+        with self._mutex:
+            excess = len(self._incoming) - MEMORY_LIMIT
+            if excess > 0:
+                for link, _, _, _ in self._incoming[:excess]:
+                    dropped[link] = dropped.get(link, 0) + 1
+                del self._incoming[:excess]
+                for link, n in dropped.items():
+                    self._uncommitted[link] -= n
+                    counts = self._counts.setdefault(link, LinkCounts())
+                    counts.dropped[DROP_UNSTORED] = counts.dropped.get(DROP_UNSTORED, 0) + n
+            waiting = len(self._incoming)
+        now = time.monotonic()
+        if now - self._failure_logged >= DROP_LOG_EVERY:
+            self._failure_logged = now
+            log.error(
+                "outbox: %s failed (%s); %d readings held in memory, retrying every %.0f s",
+                what, exc, waiting, RETRY_AFTER,
+            )
+        if dropped:
+            self._log_drop(DROP_UNSTORED, dropped)
 
     def _db_open(self) -> None:
         if self._lock_file is not None:
@@ -708,9 +752,9 @@ class Outbox:
                 dropped = self._db_enforce_size(len(rows))
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
                 with self._mutex:
-                    self._incoming[:0] = rows
+                    self._incoming[:0] = rows  # kept for the next attempt
+                _rollback(conn)
                 raise
         finally:
             if self.synchronous == "full":
@@ -791,7 +835,7 @@ class Outbox:
                 self._db_count(batch, DROP_AGE)
                 conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                _rollback(conn)
                 raise
             for name, n in batch.items():
                 dropped[name] = dropped.get(name, 0) + n
@@ -869,7 +913,7 @@ class Outbox:
                 self._db_count({link: deleted}, reason)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self._total -= deleted
         oldest = self._db_oldest(link)
@@ -910,7 +954,7 @@ class Outbox:
                 self._db_count({link: skipped}, reason)
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
         self._total -= deleted
         oldest = self._db_oldest(link)
@@ -959,6 +1003,15 @@ class Outbox:
         assert conn is not None
         row = conn.execute("SELECT MAX(id) FROM readings").fetchone()
         return int(row[0] or 0)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    """Roll back the open transaction, if SQLite has not already done so."""
+    if conn.in_transaction:
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
 
 
 async def cancel_and_wait(task: asyncio.Task[Any], retry: float = 0.1) -> None:

@@ -117,7 +117,8 @@ def test_size_bound_drops_the_oldest_and_counts_them(tmp_path: Path, caplog: Any
                 ob.put("blynk" if i % 3 else "thingspeak", "T", T0 + i, i)
             await ob.flush()
             assert ob.total == 1000
-            left = [r.value for r in await ob.fetch("blynk", 2000)] + [r.value for r in await ob.fetch("thingspeak", 2000)]
+            left = [r.value for r in await ob.fetch("blynk", 2000)]
+            left += [r.value for r in await ob.fetch("thingspeak", 2000)]
             assert sorted(left) == list(range(500, 1500))  # the newest 1000
             b, t = ob.counts("blynk"), ob.counts("thingspeak")
             assert b.dropped[DROP_FULL] + t.dropped[DROP_FULL] == 500
@@ -358,3 +359,45 @@ def test_matches_a_bounded_list_model(tmp_path_factory: Any, ops: list[tuple[str
             await ob.release()
 
     run(scenario())
+
+
+def test_a_failing_storage_keeps_the_readings_in_memory_and_retries(tmp_path: Path, caplog: Any,
+                                                                    monkeypatch: Any) -> None:
+    """A commit that fails (a full SD card) loses nothing: the readings stay
+    in memory, one error line is logged, and the next attempt stores them."""
+    import agent.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "RETRY_AFTER", 0.2)
+
+    async def scenario() -> None:
+        ob = make(tmp_path)
+        await ob.open()
+        try:
+            real = ob._db_flush
+            failures = {"left": 3}
+
+            def flaky() -> None:
+                if failures["left"]:
+                    failures["left"] -= 1
+                    with ob._mutex:
+                        pending = list(ob._incoming)
+                    assert pending
+                    raise sqlite3.OperationalError("database or disk is full")
+                real()
+
+            ob._db_flush = flaky  # type: ignore[method-assign]
+            for i in range(10):
+                ob.put("blynk", "T", T0 + i, i)
+            for _ in range(300):
+                if failures["left"] == 0 and ob.counts("blynk").depth == 10 and not ob._incoming:
+                    break
+                await asyncio.sleep(0.01)
+            rows = await ob.fetch("blynk", 100)
+            assert [r.value for r in rows] == list(range(10))
+        finally:
+            await ob.release()
+
+    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+        run(scenario())
+    errors = [r.getMessage() for r in caplog.records if "commit failed" in r.getMessage()]
+    assert len(errors) == 1 and "disk is full" in errors[0] and "10 readings held in memory" in errors[0]

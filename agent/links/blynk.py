@@ -414,10 +414,27 @@ class BlynkLink:
             return
         self.counters.messages_sent += 1
         if taken:
-            await self.outbox.ack(NAME, [e.id for e in taken])
+            await self._ack([e.id for e in taken])
             self.counters.points_sent += len(taken)
             if self.backfill.active:
                 self.backfill.sent += len(taken)
+
+    async def _ack(self, ids: list[int]) -> None:
+        """Delete what the broker took. While the storage fails (a full SD
+        card), keep trying: sending the next message first would send this
+        one again after every failure."""
+        delay = 0.5
+        while True:
+            try:
+                await self.outbox.ack(NAME, ids)
+                return
+            except OutboxError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - sqlite3 errors from the database thread
+                log.warning("blynk: could not mark %d readings as sent (%s); retrying in %.0f s",
+                            len(ids), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(30.0, delay * 2)
 
     async def _next_message(self) -> tuple[str, bytes, list[Entry]] | None:
         """The next message to send: a priority message, or readings from the

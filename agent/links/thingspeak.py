@@ -119,8 +119,9 @@ class _Channel:
     write_api_key: SecretStr | None
     #: series key ("sensor.quantity") -> field number
     series: dict[str, int] = field(default_factory=dict)
-    #: fields of this channel that readings have been routed to
-    fields: set[int] = field(default_factory=set)
+    #: the fields looked at for waiting readings: all eight (rows of a field
+    #: may be waiting from before a restart, before any new reading names it)
+    fields: set[int] = field(default_factory=lambda: set(range(1, MAX_FIELDS + 1)))
     #: series key -> latest value is unavailable
     faults: dict[str, bool] = field(default_factory=dict)
     counters: ChannelCounters = field(default_factory=ChannelCounters)
@@ -135,6 +136,7 @@ class _Channel:
     task: asyncio.Task[None] | None = None
 
     def target(self, field_no: int) -> str:
+        """The outbox target of one of this channel's fields: ``CHANNEL/FIELD``."""
         return f"{self.id}/{field_no}"
 
 
@@ -282,6 +284,7 @@ class ThingSpeakLink:
         ]
         self._feeds: dict[int, _Feed] = {f.channel: _Feed() for f in self._follows}
         self._last_command: dict[str, float] = {}
+        self._bad_warned: set[str] = set()
         self._ssl: ssl.SSLContext | None = None
         self._unwatch: Callable[[], None] | None = None
         self._lock = InstanceLock.for_secret(NAME, f"{settings.client_id}\0{settings.username}\0{settings.server}")
@@ -398,6 +401,14 @@ class ThingSpeakLink:
         ch.faults[reading.key] = reading.value is None
         if reading.value is None:
             return  # no fake value: the status field says which series failed
+        try:
+            value_text(reading.value).encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: it could never be sent
+            if reading.key not in self._bad_warned:
+                self._bad_warned.add(reading.key)
+                log.warning("thingspeak: %s: a value that is not valid text cannot be sent (%s); dropped",
+                            reading.key, exc)
+            return
         self.outbox.put(NAME, ch.target(field_no), reading.ts, reading.value)
 
     def _wake_all(self) -> None:
@@ -436,7 +447,8 @@ class ThingSpeakLink:
                         await asyncio.sleep(0.05)  # lost, and the session has not said so yet
                     continue
                 backlog_before_ms = self._backlog_before_ms()
-                if ch.write_api_key is not None and not ch.bulk_disabled and await self._has_backlog(ch, backlog_before_ms):
+                bulk = ch.write_api_key is not None and not ch.bulk_disabled
+                if bulk and await self._has_backlog(ch, backlog_before_ms):
                     if time.monotonic() < ch.bulk_backoff:
                         await asyncio.sleep(ch.bulk_backoff - time.monotonic())
                     ch.next_allowed = time.monotonic() + interval + SAFETY_MARGIN
@@ -445,6 +457,8 @@ class ThingSpeakLink:
                 sent = await self._publish_latest(ch, backlog_before_ms)
                 if sent:
                     ch.next_allowed = time.monotonic() + interval + SAFETY_MARGIN
+                elif self.session.connected:
+                    await asyncio.sleep(1.0)  # refused for another reason: never spin
             except asyncio.CancelledError:
                 raise
             except OutboxError:
@@ -505,7 +519,9 @@ class ThingSpeakLink:
         ch.counters.updates += 1
         ch.counters.readings_sent += len(latest)
         through = {ch.target(n): e.id for n, e in latest.items()}
-        acked, skipped = await self.outbox.settle(NAME, through, skipped_before_ms=backlog_before_ms, reason=DROP_SKIPPED)
+        acked, skipped = await self.outbox.settle(
+            NAME, through, skipped_before_ms=backlog_before_ms, reason=DROP_SKIPPED
+        )
         ch.counters.coalesced += max(0, acked - len(latest))
         if skipped:
             ch.counters.skipped += skipped
