@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from agent.actuation import ActuatorManager, Outcome
 from agent.config import Config, SensorSpec
 from agent.hardware import Hardware
-from agent.outbox import Outbox
+from agent.outbox import Outbox, cancel_and_wait
 from agent.pipeline import FilterChain, Reading, ReadingSink, Router
 from agent.plugin import Actuator, Sensor, SensorError
 from agent.scheduler import SensorRunner, SensorState, WorkerPool, describe_error
@@ -296,7 +296,7 @@ class Agent:
         # a link slow to close) may keep an actuator in its last state
         self.make_safe()
         tasks = [h.task for h in self.sensors.values() if h.task is not None]
-        await _cancel_all(tasks)
+        await asyncio.gather(*(cancel_and_wait(t) for t in tasks))
         if self.actuation.slots and self.links:
             await asyncio.sleep(0.05)  # let the links send the final state echoes
         for link in self.links:
@@ -353,14 +353,3 @@ class _OpeningSensor:
                 raise SensorError(f"open failed: {describe_error(exc)}") from exc
             self._opened = True
         return self._sensor.read()
-
-
-async def _cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    """Cancel tasks and wait for them, cancelling again any that swallowed
-    the cancellation (a cancel can be lost inside library code), so a stop
-    always reaches the actuators' safe states."""
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)

@@ -363,8 +363,11 @@ class MqttSession:
         task = self._task
         if task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(task), timeout)
-            except asyncio.TimeoutError:
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can lose
+                # a cancellation that lands as the awaited future completes
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
+            except TimeoutError:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
             except asyncio.CancelledError:
@@ -488,8 +491,9 @@ class MqttSession:
         waiter = client.tracker.waiter(mid)
         timeout = self._connect_timeout if ack_timeout is None else ack_timeout
         try:
-            await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
             raise AckTimeout(f"{self._name}: no PUBACK for {topic!r} within {timeout} s") from None
         finally:
             client.tracker.discard_waiter(mid)
@@ -508,7 +512,8 @@ class MqttSession:
         attempt = self._live_attempt()
         if attempt is None or attempt.subscribed.get(topic_filter) == qos:
             return
-        refused = await asyncio.wait_for(self._send_subscribe(attempt, [(topic_filter, qos)]), self._connect_timeout)
+        async with asyncio.timeout(self._connect_timeout):
+            refused = await self._send_subscribe(attempt, [(topic_filter, qos)])
         if refused:
             self._subscriptions.pop(topic_filter, None)
             raise SubscribeRefused(topic_filter, refused[0][1])
