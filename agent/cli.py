@@ -1,4 +1,4 @@
-"""The ``edge-agent`` command: run, check, plugins, read, version.
+"""The ``edge-agent`` command: run, check, plugins, read, status, version, ota.
 
 Exit codes: 0 success, 1 a runtime failure (a sensor that cannot be read),
 2 a configuration that cannot be used (each problem on one line as
@@ -17,12 +17,15 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, __version__
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, load_settings, resolve_plugins
 from agent.plugin import PluginInfo, PluginRegistry, load_registry
 from agent.scheduler import describe_error
+
+if TYPE_CHECKING:
+    from agent.ota.trial import StartDecision
 
 log = logging.getLogger("agent.cli")
 
@@ -66,17 +69,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     Unlike ``check``, an entry whose plugin failed to load is skipped (with an
     error line) so one broken drop-in file cannot keep the device offline."""
     setup_logging(args.log_level or "info")
+    # first of all, before the config is read: a release on trial counts this
+    # start, and one that has used up its starts is rolled back right here
+    from agent.ota.trial import on_start
+
+    decision = on_start()
+    if decision.exit_code is not None:
+        return decision.exit_code
     try:
         config = _load(args, skip_broken=True)
     except ConfigError as exc:
         return _print_config_error(exc)
     setup_logging(args.log_level or config.settings.agent.log_level)
-    return asyncio.run(_run(config, print_readings=args.print_readings))
+    return asyncio.run(_run(config, print_readings=args.print_readings, decision=decision))
 
 
-async def _run(config: Config, print_readings: bool = False) -> int:
+async def _run(config: Config, print_readings: bool = False, decision: StartDecision | None = None) -> int:
     from agent.runtime import Agent
-    from agent.systemd import ServiceNotifier
+    from agent.systemd import ServiceNotifier, links_attempted
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -92,6 +102,13 @@ async def _run(config: Config, print_readings: bool = False) -> int:
             agent.router.add_tap(_print_reading)
         await agent.start()
         service.started(agent)
+        if agent.ota is not None and decision is not None:
+            started = agent
+
+            def ready() -> bool:
+                return service.is_ready if service.enabled else links_attempted(started.links)
+
+            agent.ota.begin(decision, ready)
         stop_wait = asyncio.create_task(stop.wait(), name="signal-wait")
         exit_wait = asyncio.create_task(agent.exit_requested.wait(), name="exit-wait")
         await asyncio.wait({stop_wait, exit_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -396,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    from agent.ota.commands import add_ota_parser
+
+    add_ota_parser(sub, common)
     return parser
 
 

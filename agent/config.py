@@ -242,6 +242,43 @@ class OutboxSection(_Section):
     log_interval: Annotated[float, Field(ge=1, le=86400)] = 60.0
 
 
+class OtaSection(_Section):
+    """``[ota]``: Blynk.Air updates: which offers to take, where downloads may
+    come from, and how a new release proves itself."""
+
+    #: take Blynk.Air offers at all
+    enabled: bool = True
+    #: download hosts (and their subdomains) trusted; default: the Blynk server's domain
+    allowed_hosts: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.\-]{1,253}$")]] = []
+    allow_http: bool = False
+    allow_downgrade: bool = False
+    #: largest package taken, bytes
+    max_size: Annotated[int, Field(ge=10_000, le=10_000_000_000)] = 200_000_000
+    #: bytes that must stay free beyond twice the package (the new venv, the outbox)
+    reserve: Annotated[int, Field(ge=0, le=100_000_000_000)] = 100_000_000
+    #: CA bundle for the download; default: the system trust store
+    ca_file: Path | None = None
+    #: seconds for the connect and for each read of the download
+    timeout: Annotated[float, Field(gt=0, le=600)] = 30.0
+    #: seconds for the whole download
+    download_timeout: Annotated[float, Field(gt=0, le=86400)] = 1800.0
+    #: downloads tried per offer (Blynk counts them: 3 a day by default)
+    attempts: Annotated[int, Field(ge=1, le=5)] = 2
+    retry_delay: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    #: seconds before a package that failed is tried again
+    retry_after: Annotated[float, Field(ge=0, le=30 * 86400)] = 6 * 3600.0
+    #: a package without dependency wheels may take them from the package index
+    allow_index: bool = False
+    #: starts a release on trial gets before it is rolled back
+    max_starts: Annotated[int, Field(ge=1, le=20)] = 3
+    #: seconds (from each start) a release on trial has to be ready and connected
+    trial_timeout: Annotated[float, Field(ge=1, le=86400)] = 600.0
+    #: seconds a release on trial must then stay up before it is committed
+    healthy_period: Annotated[float, Field(ge=0, le=86400)] = 60.0
+    #: Blynk event code for refusals, failures, rollbacks and commits; unset: none
+    event: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] | None = None
+
+
 class Route(_Section):
     """Where one quantity of a sensor goes, and the filters on the way."""
 
@@ -366,6 +403,7 @@ class Settings(BaseSettings):
     blynk: BlynkSection | None = None
     thingspeak: ThingSpeakSection | None = None
     outbox: OutboxSection = OutboxSection()
+    ota: OtaSection = OtaSection()
     sensors: list[SensorEntry] = []
     actuators: list[ActuatorEntry] = []
 

@@ -46,7 +46,7 @@ import sys
 import tempfile
 import time
 import tomllib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +62,7 @@ __all__ = [
     "list_releases",
     "main",
     "prune_releases",
+    "run_tool",
     "source_version",
     "wheel_version",
 ]
@@ -216,11 +217,15 @@ def list_releases(state_dir: Path) -> list[ReleaseInfo]:
     return sorted(found, key=lambda r: (r.built_at, r.version))
 
 
-def prune_releases(state_dir: Path, keep: int = 2) -> list[str]:
+def prune_releases(
+    state_dir: Path, keep: int = 2, *, protect: Iterable[str] = (), avoid: Iterable[str] = ()
+) -> list[str]:
     """Delete old releases; return the names deleted.
 
-    Kept: the current release and the newest other complete ones up to
-    ``keep`` in all (the previous release stays for a rollback). Incomplete
+    Kept: the current release, the ``protect`` ones (an update's rollback
+    target), and the newest other complete ones not in ``avoid`` (releases
+    that failed a trial) up to ``keep`` in all (the previous release stays
+    for a rollback). Incomplete
     directories are left from an interrupted build and are deleted, except
     one being built right now (the build holds the releases lock, and so does
     this function while it looks).
@@ -229,11 +234,13 @@ def prune_releases(state_dir: Path, keep: int = 2) -> list[str]:
     removed: list[str] = []
     with _lock(state_dir):
         releases = list_releases(state_dir)
-        kept = {r.version for r in releases if r.current}
+        names = {r.version for r in releases if r.complete}
+        kept = {r.version for r in releases if r.current} | (set(protect) & names)
+        shunned = set(avoid)
         for release in reversed(releases):
             if len(kept) >= max(keep, 1):
                 break
-            if release.complete:
+            if release.complete and release.version not in shunned:
                 kept.add(release.version)
         for release in releases:
             if release.version not in kept:
@@ -344,7 +351,7 @@ def _build(
         venv_cmd.append("--system-site-packages")
     if pip_outer is not None:
         venv_cmd.append("--without-pip")  # the outer pip installs into it: much faster
-    _run([*venv_cmd, str(target)], "create the venv")
+    run_tool([*venv_cmd, str(target)], "create the venv")
     target_python = str(target / "bin" / "python")
     pip = [*pip_outer, "--python", target_python] if pip_outer else [target_python, "-m", "pip"]
     pip_args = ["--disable-pip-version-check", "--no-input", "--quiet"]
@@ -359,8 +366,8 @@ def _build(
         install = [*pip, "install", *pip_args, *index_args, "--no-warn-script-location"]
         if system_site_packages:
             install.append("--ignore-installed")  # our dependencies in the venv, not the system's
-        _run([*install, str(wheel)], "install the agent and its dependencies")
-    out = _run([str(target / "bin" / "edge-agent"), "version"], "run the new release")
+        run_tool([*install, str(wheel)], "install the agent and its dependencies")
+    out = run_tool([str(target / "bin" / "edge-agent"), "version"], "run the new release")
     log.info("release %s: %s", target.name, out.strip())
 
 
@@ -371,13 +378,18 @@ def build_wheel(
     wheelhouse: Path | None = None,
     offline: bool = False,
     pip: Sequence[str] | None = None,
+    version: str | None = None,
+    build: str | None = None,
 ) -> Path:
     """Build the pi-edge-agent wheel of a source tree into ``out_dir``; return its path.
 
     Built from a copy of the package files (pip would otherwise leave
     ``build/`` and ``*.egg-info`` in the clone). The build backend
     (setuptools) comes from ``wheelhouse`` and/or the index. ``pip`` is the
-    command that runs pip (default: the running interpreter's).
+    command that runs pip (default: the running interpreter's). ``version``
+    replaces the version of pyproject.toml and ``build`` is written to
+    ``agent/BUILD`` (the build time the agent reports): an update package
+    says exactly what it will report.
     """
     pip = list(pip or _outer_pip() or [sys.executable, "-m", "pip"])
     index_args = (["--no-index"] if offline else []) + (
@@ -391,14 +403,27 @@ def build_wheel(
                 shutil.copytree(path, staged / part, ignore=_IGNORE)
             elif path.is_file():
                 shutil.copy2(path, staged / part)
+        if version is not None:
+            _set_version(staged / "pyproject.toml", version)
+        if build is not None:
+            (staged / "agent" / "BUILD").write_text(build + "\n")
         dist = Path(tmp) / "dist"
-        _run([*pip, "wheel", "--disable-pip-version-check", "--no-input", "--quiet", *index_args,
+        run_tool([*pip, "wheel", "--disable-pip-version-check", "--no-input", "--quiet", *index_args,
               "--no-deps", "--wheel-dir", str(dist), str(staged)], "build the wheel")
         wheels = sorted(dist.glob("*.whl"))
         if not wheels:
             raise ReleaseError(f"{source}: pip wheel produced no wheel")
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         return Path(shutil.copy2(wheels[0], Path(out_dir) / wheels[0].name))
+
+
+def _set_version(pyproject: Path, version: str) -> None:
+    """Replace ``[project].version`` in a (copied) pyproject.toml."""
+    text = pyproject.read_text()
+    new, count = re.subn(r'(?m)^version\s*=\s*"[^"]*"', f'version = "{version}"', text, count=1)
+    if count != 1:
+        raise ReleaseError(f"{pyproject}: no version = \"...\" line to replace")
+    pyproject.write_text(new)
 
 
 def _base_python() -> str:
@@ -428,10 +453,12 @@ def _can_import(python: str, module: str) -> bool:
         return False
 
 
-def _run(cmd: Sequence[str], what: str) -> str:
+def run_tool(cmd: Sequence[str], what: str, timeout: float = 1800) -> str:
+    """Run a helper program (venv, pip, the new release) to completion; its
+    stdout, or :class:`ReleaseError` with ``what`` and the tail of its output."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_REQUIRE_VIRTUALENV")}
     try:
-        proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=1800)
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ReleaseError(f"cannot {what}: {exc}") from None
     if proc.returncode != 0:

@@ -16,7 +16,7 @@ import math
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent.actuation import ActuatorManager, Outcome
 from agent.config import Config, SensorSpec
@@ -25,6 +25,9 @@ from agent.outbox import Outbox, cancel_and_wait
 from agent.pipeline import FilterChain, Reading, ReadingSink, Router
 from agent.plugin import Actuator, Sensor, SensorError
 from agent.scheduler import SensorRunner, SensorState, WorkerPool, describe_error
+
+if TYPE_CHECKING:
+    from agent.ota.manager import OtaManager
 
 log = logging.getLogger("agent.runtime")
 
@@ -108,6 +111,8 @@ class Agent:
         #: the durable store every reading goes through before a link sends it;
         #: made by build_links (the links open and close it), None without links
         self.outbox: Outbox | None = None
+        #: Blynk.Air updates (made with the Blynk link by build_links; None without one)
+        self.ota: OtaManager | None = None
         if links is None:
             from agent.links import build_links
 
@@ -297,6 +302,8 @@ class Agent:
         self.make_safe()
         tasks = [h.task for h in self.sensors.values() if h.task is not None]
         await asyncio.gather(*(cancel_and_wait(t) for t in tasks))
+        if self.ota is not None:
+            await self.ota.stop()
         if self.actuation.slots and self.links:
             await asyncio.sleep(0.05)  # let the links send the final state echoes
         for link in self.links:

@@ -5,8 +5,8 @@ One release is built from this source tree into a session-scoped scratch root
 installed from the project's wheel (the path an OTA update takes) to test a
 config that is already there, a config that fails ``edge-agent check``,
 ``--uninstall`` and ``--purge``. Dependencies come from a wheelhouse filled
-once per session with ``pip wheel`` (PyPI or pip's cache), and installs run
-``--offline`` from it.
+once per session with ``pip wheel`` (PyPI or pip's cache; the ``wheelhouse``
+fixture of :mod:`tests.harness.ota`), and installs run ``--offline`` from it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 import pytest
 
 from agent import releases
-from agent.releases import ReleaseError, build_wheel, current_release, flip_current, list_releases, prune_releases
+from agent.releases import ReleaseError, current_release, flip_current, list_releases, prune_releases
 from tests.harness.broker import free_port
 
 SRC = Path(__file__).resolve().parent.parent
@@ -42,21 +41,6 @@ TS = {"CLIENT_ID": "ts-client-id-x1", "USERNAME": "ts-user-x1", "PASSWORD": "ts-
 
 
 # -- fixtures ---------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="session")
-def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Wheels of every dependency and of the build backend, plus the project's
-    own wheel (``project`` subdirectory)."""
-    project = tomllib.loads((SRC / "pyproject.toml").read_text())
-    wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
-    wh = tmp_path_factory.mktemp("wheelhouse")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(wh),
-         *wanted], check=True, timeout=600, capture_output=True,
-    )
-    build_wheel(SRC, wh / "project", wheelhouse=wh, offline=True)
-    return wh
 
 
 def scratch_root(name: str) -> Path:

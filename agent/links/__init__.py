@@ -40,16 +40,28 @@ def build_links(agent: Agent) -> list[Link]:
         agent.outbox = outbox
     if settings.blynk is not None:
         from agent.links.blynk import BlynkLink
+        from agent.mqtt.status import LinkState
+        from agent.ota.manager import OtaManager
 
-        links.append(
-            BlynkLink(
-                settings.blynk,
-                settings.agent.state_dir,
-                on_command=agent.handle_command,
-                on_reboot=agent.request_restart,
-                outbox=outbox,
-            )
+        ota = OtaManager(
+            settings.ota,
+            settings.blynk,
+            settings.agent.state_dir,
+            config_path=agent.config.path,
+            restart=agent.request_restart,
         )
+        blynk = BlynkLink(
+            settings.blynk,
+            settings.agent.state_dir,
+            on_command=agent.handle_command,
+            on_reboot=agent.request_restart,
+            on_ota=ota.offer,
+            outbox=outbox,
+        )
+        ota.send_event = blynk.event
+        ota.connected = lambda: blynk.status.state is LinkState.CONNECTED
+        agent.ota = ota
+        links.append(blynk)
     if settings.thingspeak is not None:
         from agent.links.thingspeak import ThingSpeakLink
 

@@ -23,7 +23,8 @@ Downlink: ``ds/NAME`` goes to the command handler (the actuators),
 ``redirect`` moves the session to another server (remembered in the state dir,
 loops refused), ``reboot`` asks the agent to restart, ``diag`` is logged as a
 warning, ``utc/all/json`` is logged and offered to listeners, ``ota/json``
-goes to the OTA hook. Nothing a server sends can crash the link.
+goes to the OTA manager (:mod:`agent.ota.manager`). Nothing a server sends
+can crash the link.
 """
 
 from __future__ import annotations
@@ -94,7 +95,8 @@ REDIRECT_WINDOW = 300.0
 REDIRECT_FAILURES_BEFORE_FALLBACK = 3
 
 CommandHandler = Callable[[str, str], None]
-OtaHandler = Callable[[dict[str, Any]], None]
+#: receives the raw ``downlink/ota/json`` payload (:meth:`agent.ota.manager.OtaManager.offer`)
+OtaHandler = Callable[[str], None]
 
 
 @dataclass
@@ -738,13 +740,10 @@ class BlynkLink:
             listener(data)
 
     def _ota(self, text: str) -> None:
-        offer = json.loads(text)
-        if not isinstance(offer, dict):
-            raise ValueError("OTA offer is not a JSON object")
         if self.on_ota is None:
-            log.info("blynk: OTA offer for version %s received; updates are not enabled", str(offer.get("ver"))[:40])
+            log.info("blynk: OTA offer received; this agent takes no updates")
             return
-        self.on_ota(offer)
+        self.on_ota(text)
 
     # -- remembered redirect -------------------------------------------------
 

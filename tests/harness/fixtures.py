@@ -9,6 +9,7 @@
 * ``fake_smbus``: a :class:`agent.sim.i2c.FakeI2C` registry (add chips, hand
   its ``open`` to the agent as the SMBus factory).
 * :func:`free_port` for tests that need an unused port.
+* ``wheelhouse``, ``ota_packages``, ``package_server``: see :mod:`tests.harness.ota`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from agent.sim.i2c import FakeI2C, FakeSMBusRegistry
 
 from .broker import Broker, free_port
 from .cloud import CloudClient
+from .ota import ota_packages, package_server, wheelhouse  # noqa: F401 - fixtures
 
 __all__ = ["broker", "fresh_broker", "cloud", "make_cloud", "mock_pins", "fake_smbus", "free_port",
            "FakeSMBusRegistry"]

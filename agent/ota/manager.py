@@ -1,0 +1,359 @@
+"""Blynk.Air inside the running agent: take an offer, update, prove, commit.
+
+:class:`OtaManager` receives ``downlink/ota/json`` payloads from the Blynk
+link. An offer is refused, with one log line and (if ``[ota] event`` is set)
+a Blynk event giving the reason, when :class:`~agent.ota.offer.OfferPolicy`
+says so, when it failed recently, or while this release is on trial. A taken
+offer runs as one task, ``ota:update``: download with bounded retries (Blynk
+counts downloads), verify headers and the package's tag against the offer,
+stage and swap (:mod:`agent.ota.install`), then ask the agent to exit with
+the restart code. Only one update runs at a time; a repeat of the offer in
+progress is ignored. Blocking work (HTTP, pip, file system) runs on a daemon
+worker thread, never on the event loop.
+
+When this release is on trial, the task ``ota:trial`` commits it once it is
+ready, connected and then healthy for the trial's period, or rolls it back
+when it cannot connect in time (:mod:`agent.ota.trial`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from agent.config import BlynkSection, OtaSection
+from agent.locks import InstanceLock, LockHeld
+from agent.ota.download import DownloadError, download, verify_headers
+from agent.ota.install import InstallError, TrialRules, stage_and_swap, staging_dir
+from agent.ota.offer import Offer, OfferError, OfferPolicy, blynk_domain, host_allowed, parse_offer, safe_url
+from agent.ota.package import PackageError, PackageInfo, open_package
+from agent.ota.trial import StartDecision, Trial, commit, load_state, roll_back, save_state
+from agent.outbox import age_text, cancel_and_wait
+from agent.releases import current_release
+from agent.version import version as running_version
+
+log = logging.getLogger("agent.ota")
+
+__all__ = ["OtaManager"]
+
+T = TypeVar("T")
+#: longest event description sent to Blynk
+EVENT_TEXT = 250
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, name: str = "ota-worker") -> T:
+    """Run a blocking call on a daemon thread (a stuck download or pip can
+    never hold up the agent's shutdown) and await its result."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def target() -> None:
+        try:
+            result, error = fn(*args), None
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting task
+            result, error = None, exc
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the agent stopped
+            loop.call_soon_threadsafe(settle, result, error)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await future
+
+
+class OtaManager:
+    """Blynk.Air updates for one agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        settings: OtaSection,
+        blynk: BlynkSection,
+        root: Path,
+        *,
+        config_path: Path | None = None,
+        restart: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.blynk = blynk
+        self.root = Path(root)
+        self.config_path = config_path
+        self.restart = restart
+        #: sends a Blynk event (code, description); set by the Blynk link's builder
+        self.send_event: Callable[[str, str], bool] | None = None
+        #: whether the cloud link is up (the trial needs it); set by the builder
+        self.connected: Callable[[], bool] = lambda: False
+        self.fw_type = blynk.firmware_type or blynk.template_id
+        host = urlsplit(blynk.server).hostname or ""
+        self.allowed_hosts = tuple(settings.allowed_hosts) or (blynk_domain(host),)
+        #: the offer being worked on
+        self.active: Offer | None = None
+        #: this release's trial, when it is on one
+        self.trial: Trial | None = None
+        self.outcomes: list[tuple[str, str]] = []  # (outcome, detail), for status and tests
+        self._task: asyncio.Task[None] | None = None
+        self._trial_task: asyncio.Task[None] | None = None
+        self._cancel = threading.Event()
+        self._pending_report: str | None = None
+
+    # -- offers --------------------------------------------------------------
+
+    def policy(self) -> OfferPolicy:
+        """The rules an offer is held to right now."""
+        s = self.settings
+        return OfferPolicy(
+            fw_type=self.fw_type, running=running_version(), allowed_hosts=self.allowed_hosts,
+            allow_http=s.allow_http, allow_downgrade=s.allow_downgrade, max_size=s.max_size, reserve=s.reserve,
+            space_dir=self.root,
+        )
+
+    def offer(self, payload: str | bytes) -> None:
+        """One ``downlink/ota/json`` message (called on the loop; never raises)."""
+        try:
+            offer = parse_offer(payload)
+        except OfferError as exc:
+            self._refuse(None, str(exc))
+            return
+        if not self.settings.enabled:
+            self._refuse(offer, "updates are disabled ([ota] enabled = false)")
+            return
+        if self.active is not None:
+            if offer.key == self.active.key:
+                log.info("ota: offer of %s ignored: that update is in progress", offer.version)
+            else:
+                log.warning("ota: offer of %s ignored: busy with the update to %s", offer.version,
+                            self.active.version)
+            return
+        reason = self._refusal(offer)
+        if reason is not None:
+            self._refuse(offer, reason)
+            return
+        log.info("ota: offer of %s accepted", offer.describe())
+        self.active = offer
+        self._cancel.clear()
+        self._task = asyncio.get_running_loop().create_task(self._update(offer), name="ota:update")
+
+    def _refusal(self, offer: Offer) -> str | None:
+        if self.trial is not None:
+            return f"this release ({self.trial.version}) is on trial; updates wait until it is committed"
+        if current_release(self.root) is None:
+            return f"the agent is not installed as a release ({self.root / 'current'} is missing; see install.sh)"
+        reason = self.policy().refusal(offer)
+        if reason is not None:
+            return reason
+        failed = load_state(self.root).failed.get(offer.key)
+        if failed is not None:
+            wait = failed.get("at", 0) + self.settings.retry_after - time.time()
+            if wait > 0:
+                return (f"this package failed {age_text(time.time() - failed.get('at', 0))} ago ({failed.get('reason')}); "
+                        f"not tried again for {age_text(wait)}")
+        return None
+
+    def _refuse(self, offer: Offer | None, reason: str) -> None:
+        what = offer.describe() if offer is not None else "offer"
+        log.warning("ota: %s refused: %s", what, reason)
+        self.outcomes.append(("refused", reason))
+        self._event(f"update {offer.version if offer else ''} refused: {reason}".replace("  ", " "))
+
+    def _event(self, text: str) -> None:
+        code = self.settings.event
+        if code and self.send_event is not None:
+            self.send_event(code, text[:EVENT_TEXT])
+
+    def check_url(self, url: str) -> str | None:
+        """Why a download (or redirect) URL is refused, or None: https (http
+        only when allowed) to an allowed host."""
+        try:
+            parts = urlsplit(url)
+            scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+        except ValueError:
+            return "not a URL"
+        if scheme != "https" and not (scheme == "http" and self.settings.allow_http):
+            return f"scheme {scheme!r} (only https{' and http' if self.settings.allow_http else ''})"
+        if not host_allowed(host, self.allowed_hosts):
+            return f"host {host!r} is not allowed"
+        return None
+
+    # -- the update ----------------------------------------------------------
+
+    async def _update(self, offer: Offer) -> None:
+        try:
+            await self._run_update(offer)
+        except asyncio.CancelledError:
+            self._cancel.set()
+            raise
+        except Exception as exc:  # noqa: BLE001 - an update failure must never end the agent
+            log.exception("ota: update to %s failed unexpectedly", offer.version)
+            await self._failed(offer, f"{type(exc).__name__}: {exc}")
+        finally:
+            self.active = None
+
+    async def _run_update(self, offer: Offer) -> None:
+        lock = InstanceLock(self.root / "ota" / "update.lock")
+        try:
+            (self.root / "ota").mkdir(parents=True, exist_ok=True)
+            lock.acquire()
+        except (LockHeld, OSError) as exc:
+            self._refuse(offer, f"another update is running ({exc})")
+            return
+        work = staging_dir(self.root)
+        try:
+            await in_thread(lambda: shutil.rmtree(work, ignore_errors=True))
+            package = await self._download(offer, work / f"{offer.version}.download")
+            if package is None:
+                return
+            rules = TrialRules(self.settings.max_starts, self.settings.trial_timeout, self.settings.healthy_period)
+            log.info("ota: %s: staging beside the running %s", offer.version, running_version())
+            try:
+                previous = await in_thread(lambda: stage_and_swap(
+                    package, self.root, config_path=self.config_path, allow_index=self.settings.allow_index,
+                    rules=rules))
+            except InstallError as exc:
+                await self._failed(offer, str(exc))
+                return
+            self.outcomes.append(("swapped", offer.version))
+            log.warning("ota: updated %s -> %s; restarting into the new release", previous, offer.version)
+            self._event(f"updated {previous} -> {offer.version}; restarting (on trial)")
+            if self.restart is not None:
+                self.restart()
+        finally:
+            await in_thread(lambda: shutil.rmtree(work, ignore_errors=True))
+            lock.release()
+
+    async def _download(self, offer: Offer, dest: Path) -> PackageInfo | None:
+        """Download (bounded attempts) and verify; the package, or None after
+        the failure was recorded."""
+        s = self.settings
+        for attempt in range(1, s.attempts + 1):
+            log.info("ota: %s: downloading from %s (attempt %d of %d)", offer.version, safe_url(offer.url),
+                     attempt, s.attempts)
+            try:
+                got = await in_thread(lambda: download(
+                    offer, dest, check_url=self.check_url, ca_file=s.ca_file, timeout=s.timeout,
+                    total_timeout=s.download_timeout, cancel=self._cancel))
+                verify_headers(got, offer)
+                if "x-md5" not in got.headers:
+                    log.info("ota: %s: the server sent no x-md5 header; SHA-256 checked", offer.version)
+                log.info("ota: %s: downloaded %d bytes in %.1f s; size and SHA-256%s match the offer",
+                         offer.version, got.size, got.seconds, " and MD5" if "x-md5" in got.headers else "")
+                break
+            except DownloadError as exc:
+                if exc.retry and attempt < s.attempts:
+                    log.warning("ota: %s: download failed: %s; trying again in %.0f s", offer.version, exc,
+                                s.retry_delay)
+                    await asyncio.sleep(s.retry_delay)
+                    continue
+                await self._failed(offer, f"download: {exc}")
+                return None
+        try:
+            package = await in_thread(open_package, dest)
+        except PackageError as exc:
+            await self._failed(offer, f"package: {exc}")
+            return None
+        tag = package.tag
+        mismatch = [f"{k} {a!r} (offer {b!r})" for k, a, b in
+                    (("mcu", tag.version, offer.version), ("fw-type", tag.fw_type, offer.type),
+                     ("build", tag.build, offer.build)) if a != b]
+        if mismatch:
+            await self._failed(offer, "the package's tag does not match the offer: " + ", ".join(mismatch))
+            return None
+        log.info("ota: %s: package checked: tag matches the offer, %d wheels intact", offer.version,
+                 len(package.wheels))
+        return package
+
+    async def _failed(self, offer: Offer, reason: str) -> None:
+        """An accepted offer that could not be installed: logged, remembered
+        (not retried for ``retry_after``), reported; the running release is
+        as it was."""
+        log.error("ota: update to %s failed: %s; staying on %s", offer.version, reason, running_version())
+        self.outcomes.append(("failed", reason))
+        self._event(f"update {offer.version} failed: {reason}")
+
+        def remember() -> None:
+            state = load_state(self.root)
+            state.failed[offer.key] = {"at": time.time(), "reason": reason[:300]}
+            state.record(offer.version, "failed", reason[:300])
+            save_state(self.root, state)
+
+        try:
+            await in_thread(remember)
+        except OSError as exc:
+            log.warning("ota: could not record the failure: %s", exc)
+
+    # -- trial ---------------------------------------------------------------
+
+    def begin(self, decision: StartDecision, ready: Callable[[], bool]) -> None:
+        """After the agent started: watch this release's trial, or report the
+        rollback that brought it back."""
+        if decision.trial is not None:
+            self.trial = decision.trial
+            self._trial_task = asyncio.get_running_loop().create_task(
+                self._watch_trial(decision.trial, ready), name="ota:trial")
+        elif decision.rolled_back is not None:
+            t = decision.rolled_back
+            self._pending_report = f"update {t.version} rolled back to {running_version()}: {t.reason}"
+            self._trial_task = asyncio.get_running_loop().create_task(self._report_rollback(), name="ota:report")
+
+    async def _report_rollback(self) -> None:
+        while not self.connected():
+            await asyncio.sleep(0.2)
+        if self._pending_report:
+            self._event(self._pending_report)
+            self._pending_report = None
+
+    async def _watch_trial(self, trial: Trial, ready: Callable[[], bool]) -> None:
+        began = time.monotonic()
+        deadline = began + trial.trial_timeout
+        while not (ready() and self.connected()):
+            if time.monotonic() >= deadline:
+                await self._fail_trial(trial, f"not ready and connected within {trial.trial_timeout:.0f} s")
+                return
+            await asyncio.sleep(0.1)
+        log.info("ota: %s: ready and connected after %.1f s; committing after %.0f s healthy", trial.version,
+                 time.monotonic() - began, trial.healthy_period)
+        await asyncio.sleep(trial.healthy_period)
+        if await in_thread(commit, self.root, trial.version):
+            self.trial = None
+            self.outcomes.append(("committed", trial.version))
+            self._event(f"update {trial.version} committed")
+            await in_thread(self._prune_after_commit)
+
+    def _prune_after_commit(self) -> None:
+        from agent.releases import prune_releases
+
+        removed = prune_releases(self.root, keep=2)
+        if removed:
+            log.info("ota: removed old releases %s", ", ".join(removed))
+
+    async def _fail_trial(self, trial: Trial, reason: str) -> None:
+        self.outcomes.append(("trial_failed", reason))
+        if await in_thread(roll_back, self.root, reason):
+            self.trial = None
+            if self.restart is not None:
+                self.restart()
+
+    # -- stop ----------------------------------------------------------------
+
+    async def stop(self) -> None:
+        """Cancel an update in progress (a download stops at its next chunk;
+        a build that already runs finishes in its thread or dies with the
+        process, which leaves ``current`` as it was) and the trial watch."""
+        self._cancel.set()
+        for task in (self._task, self._trial_task):
+            if task is not None:
+                await cancel_and_wait(task)
+        self._task = self._trial_task = None
+
