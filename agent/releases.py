@@ -57,6 +57,8 @@ __all__ = [
     "ReleaseInfo",
     "build_release",
     "build_wheel",
+    "built_from",
+    "file_sha256",
     "current_release",
     "flip_current",
     "list_releases",
@@ -183,6 +185,25 @@ def flip_current(state_dir: Path, version: str) -> str | None:
         raise
     _fsync_dir(state_dir)
     return previous
+
+
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB pieces."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def built_from(release: Path) -> str | None:
+    """The SHA-256 of the wheel a complete release was built from (None if
+    it is incomplete or was built from a source tree)."""
+    try:
+        value = json.loads((Path(release) / MARKER).read_text()).get("source_sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _fsync_dir(path: Path) -> None:
@@ -324,6 +345,8 @@ def build_release(
             "version": version,
             "built_at": time.time(),
             "source": str(source),
+            # what it was built from: a retry of the same package can reuse it
+            "source_sha256": file_sha256(source) if is_wheel else None,
             "python": base,
             "system_site_packages": system_site_packages,
             "build_seconds": round(time.monotonic() - began, 2),

@@ -36,6 +36,7 @@ from agent.releases import (
     RELEASES,
     ReleaseError,
     build_release,
+    built_from,
     current_release,
     flip_current,
     prune_releases,
@@ -102,10 +103,15 @@ def stage_and_swap(
     if removed:
         log.info("%s: %s: removed old releases %s to make room", name, version, ", ".join(removed))
     target = root / RELEASES / version
+    agent_sha = next(w.sha256 for w in package.wheels if w.name == package.agent_wheel)
     if target.exists():
-        # a release of this name from an earlier attempt may be another build: start afresh
-        log.info("%s: %s: removing an earlier build of this version", name, version)
-        shutil.rmtree(target)
+        if built_from(target) == agent_sha:
+            # an earlier attempt (cut short after its build) built this very package
+            log.info("%s: %s: already built from this package; reusing it", name, version)
+        else:
+            # another build of this version, or half built: start afresh
+            log.info("%s: %s: removing an earlier build of this version", name, version)
+            shutil.rmtree(target)
     work = staging_dir(root) / version
     shutil.rmtree(work, ignore_errors=True)
     try:
@@ -149,7 +155,8 @@ def self_check(release: Path, package: PackageInfo, config_path: Path | None) ->
     accepts the live configuration; :class:`InstallError` saying which failed."""
     python = str(release / "bin" / "python")
     try:
-        out = run_tool([python, "-c", SMOKE_TEST], "import the new release", timeout=120)
+        # -I: the new release's own files only (not the working directory, not PYTHONPATH)
+        out = run_tool([python, "-I", "-c", SMOKE_TEST], "import the new release", timeout=120)
         reported = json.loads(out.strip().splitlines()[-1])
     except (ReleaseError, ValueError, IndexError) as exc:
         raise InstallError(f"self-check failed: {exc}") from None

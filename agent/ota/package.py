@@ -38,7 +38,7 @@ from typing import Any
 from agent import __version__
 from agent.ota.tag import BlynkTag, TagError, check_value, read_tag
 from agent.ota.versions import VersionError, package_version
-from agent.releases import ReleaseError, build_wheel, run_tool, source_version, wheel_version
+from agent.releases import ReleaseError, build_wheel, file_sha256, run_tool, source_version, wheel_version
 from agent.version import BUILD_FORMAT
 
 log = logging.getLogger("agent.ota.package")
@@ -167,7 +167,7 @@ def pack(
             "dependencies": deps,
             "platforms": list(platforms),
             "python_versions": list(python_versions),
-            "wheels": {f"wheels/{w.name}": {"size": w.stat().st_size, "sha256": _sha256(w)}
+            "wheels": {f"wheels/{w.name}": {"size": w.stat().st_size, "sha256": file_sha256(w)}
                        for w in [wheel, *dep_wheels]},
             "created": {"at": time.time(), "by": f"edge-agent {__version__}"},
         }
@@ -212,14 +212,6 @@ def _dependency_wheels(
     if not found:
         raise PackageError("no dependency wheels were collected")
     return found
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- reading --------------------------------------------------------------------
