@@ -45,6 +45,8 @@ async def _drained(link: Any, timed: list[float] | None = None) -> list[tuple[st
             topic, payload, taken = message
             await link.outbox.ack("blynk", [e.id for e in taken])
             out.append((topic, payload, taken))
+            if timed is not None:
+                timed.append(time.process_time())
         return out
     finally:
         await link.outbox.release()
@@ -52,7 +54,8 @@ async def _drained(link: Any, timed: list[float] | None = None) -> list[tuple[st
 
 def drain_all(link: Any, timed: list[float] | None = None) -> list[tuple[str, Any, list[Any]]]:
     """Every message the waiting readings become, in order (each acknowledged).
-    With ``timed``, the CPU time at which the readings were all stored is appended."""
+    With ``timed``, the CPU time at which the readings were all stored is
+    appended, then the CPU time after each message."""
     return asyncio.run(_drained(link, timed))
 
 
@@ -153,7 +156,13 @@ def test_a_value_that_cannot_be_encoded_does_not_stop_the_uplink(broker: Any, cl
 def test_long_backlog_drains_exactly_and_in_linear_time(link: Any) -> None:
     """A full day of backlog (100k readings over 8 datastreams) leaves in
     order, each reading once, without rescanning the whole queue for every
-    message (that took ~10 s of CPU here; a Pi is several times slower)."""
+    message (that took ~10 s of CPU here; a Pi is several times slower).
+
+    Linear time is checked by its shape, not by a CPU budget that a loaded
+    machine can blow: a rescan per message makes the messages of the first
+    quarter (queue full) several times dearer than those of the last quarter
+    (queue nearly empty); without one they cost the same. The CPU figure is
+    printed; bench/backfill_blynk.py measures the speed."""
     now = time.time()
     connected_since(link, now)
     n, k = 100_000, 8
@@ -170,5 +179,8 @@ def test_long_backlog_drains_exactly_and_in_linear_time(link: Any) -> None:
     for j in range(k):
         assert got[f"DS{j}"] == list(range(j, n, k))
     assert messages < n / 30
-    print(f"{elapsed:.2f} s of CPU to pack {messages} messages")
-    assert elapsed < 4.0, f"{elapsed:.1f} s of CPU to pack {messages} messages"
+    quarter = messages // 4
+    first = timed[quarter] - timed[0]
+    last = timed[-1] - timed[-1 - quarter]
+    print(f"{elapsed:.2f} s of CPU to pack {messages} messages; first quarter {first:.2f} s, last {last:.2f} s")
+    assert first < 2.0 * last + 0.05, f"first quarter {first:.2f} s of CPU, last quarter {last:.2f} s: not linear"

@@ -2,7 +2,8 @@
 
 What this checks, against the code:
 
-- every field of AgentSection, BlynkSection, ThingSpeakSection, SensorEntry,
+- every field of AgentSection, BlynkSection, ThingSpeakSection, OutboxSection,
+  OtaSection, SensorEntry,
   Route, ActuatorEntry and the relay's options is a row (`` `key` `` in the
   first column) of the "Key" table of its section, and nothing else is; the
   Default column shows the code's default (TOML spelling in backticks,
@@ -43,6 +44,7 @@ from agent.config import (
     ActuatorEntry,
     AgentSection,
     BlynkSection,
+    OtaSection,
     OutboxSection,
     Route,
     SensorEntry,
@@ -278,6 +280,7 @@ MODELS = [
     ("`[[thingspeak.channels]]`", "Key", ThingSpeakChannel),
     ("`[[thingspeak.commands]]`", "Key", ThingSpeakCommand),
     ("`[outbox]`", "Key", OutboxSection),
+    ("`[ota]`", "Key", OtaSection),
     ("`[[sensors]]`", "Key", SensorEntry),
     ("`readings.QUANTITY`", "Key", Route),
     ("`[[actuators]]`", "Key", ActuatorEntry),

@@ -21,6 +21,8 @@ Blynk.Air's download, and release roots with a real running release.
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -31,6 +33,7 @@ import tempfile
 import threading
 import tomllib
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -38,7 +41,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from agent.ota.package import PackageInfo, extract_wheels, pack
+from agent.ota.package import PackageInfo, extract_wheels, open_package, pack
 from agent.releases import MARKER, RELEASES, build_release, build_wheel, flip_current
 
 SRC = Path(__file__).resolve().parent.parent.parent
@@ -46,23 +49,42 @@ TEMPLATE = "TMPLtest01"
 BUILD = "Dec 01 2026 10:00:00"
 
 
+@contextlib.contextmanager
+def built_once(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[tuple[Path, bool]]:
+    """A directory shared by every pytest-xdist worker of this run, and whether
+    it still has to be filled: the first worker to get here fills it while the
+    others wait on the lock, then all use it."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    path = shared / name
+    path.mkdir(exist_ok=True)
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = path / ".done"
+        yield path, not done.exists()
+        done.touch()
+
+
 @pytest.fixture(scope="session")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Wheels of every dependency and of the build backend, plus the project's
     own wheel (``project`` subdirectory)."""
-    project = tomllib.loads((SRC / "pyproject.toml").read_text())
-    wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
-    wh = tmp_path_factory.mktemp("wheelhouse")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir", str(wh),
-         *wanted], check=True, timeout=600, capture_output=True,
-    )
-    build_wheel(SRC, wh / "project", wheelhouse=wh, offline=True)
+    with built_once(tmp_path_factory, "wheelhouse") as (wh, empty):
+        if empty:
+            project = tomllib.loads((SRC / "pyproject.toml").read_text())
+            wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
+            subprocess.run(
+                [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir",
+                 str(wh), *wanted], check=True, timeout=600, capture_output=True,
+            )
+            build_wheel(SRC, wh / "project", wheelhouse=wh, offline=True)
     return wh
 
 
 def source_variant(dest: Path, edits: dict[str, tuple[str, str]]) -> Path:
     """A copy of this source tree with text replaced: ``{relative path: (old, new)}``."""
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
     for part in ("pyproject.toml", "README.md", "agent", "sensors"):
         src = SRC / part
         if src.is_dir():
@@ -89,21 +111,21 @@ class Packages:
 
 @pytest.fixture(scope="session")
 def ota_packages(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Packages:
-    out = tmp_path_factory.mktemp("packages")
+    wanted = {"v1": ("1.0.0", {}), "good": ("1.1.0", {}),
+              "crash": ("1.2.0", {"agent/runtime.py": ("        self.first_reading = asyncio.Event()\n",
+                                                       '        raise RuntimeError("this release is broken")\n')}),
+              "silent": ("1.3.0", {"agent/links/blynk.py": ('username="device",', 'username="not-the-device",')})}
+    with built_once(tmp_path_factory, "packages") as (out, empty):
+        if empty:
+            def make(name: str) -> None:
+                version, edits = wanted[name]
+                source = source_variant(out / f"{name}-src", edits) if edits else SRC
+                pack(source, out / f"{name}.zip", fw_type=TEMPLATE, version=version, build=BUILD, deps=True,
+                     wheelhouse=wheelhouse, offline=True)
 
-    def make(name: str, version: str, source: Path = SRC) -> PackageInfo:
-        return pack(source, out / f"{name}.zip", fw_type=TEMPLATE, version=version, build=BUILD, deps=True,
-                    wheelhouse=wheelhouse, offline=True)
-
-    crash_src = source_variant(tmp_path_factory.mktemp("crash-src"), {
-        "agent/runtime.py": ('        self.first_reading = asyncio.Event()\n',
-                             '        raise RuntimeError("this release is broken")\n'),
-    })
-    silent_src = source_variant(tmp_path_factory.mktemp("silent-src"), {
-        "agent/links/blynk.py": ('username="device",', 'username="not-the-device",'),
-    })
-    return Packages(make("v1", "1.0.0"), make("good", "1.1.0"), make("crash", "1.2.0", crash_src),
-                    make("silent", "1.3.0", silent_src))
+            with ThreadPoolExecutor(len(wanted)) as pool:  # four pip runs at once: they wait on I/O a lot
+                list(pool.map(make, wanted))
+    return Packages(*(open_package(out / f"{name}.zip") for name in wanted))
 
 
 def make_release_root(package: PackageInfo, wheelhouse: Path) -> Path:
