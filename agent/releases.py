@@ -59,6 +59,7 @@ __all__ = [
     "build_wheel",
     "built_from",
     "file_sha256",
+    "fsync_dir",
     "current_release",
     "flip_current",
     "list_releases",
@@ -183,7 +184,7 @@ def flip_current(state_dir: Path, version: str) -> str | None:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
-    _fsync_dir(state_dir)
+    fsync_dir(state_dir)
     return previous
 
 
@@ -206,7 +207,8 @@ def built_from(release: Path) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new entry in ``path`` durable (best effort)."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
@@ -354,7 +356,7 @@ def build_release(
         tmp = target / f".{MARKER}.tmp"
         tmp.write_text(json.dumps(marker, indent=2) + "\n")
         os.replace(tmp, target / MARKER)
-        _fsync_dir(target)
+        fsync_dir(target)
         log.info("release %s: built in %.1f s", version, marker["build_seconds"])
     return target
 

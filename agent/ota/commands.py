@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK
+from agent import EXIT_FAILURE, EXIT_OK
 
 __all__ = ["add_ota_parser"]
 
@@ -41,6 +41,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """Build an update package (see :func:`agent.ota.package.pack`)."""
+    from agent.cli import _print_config_error
     from agent.config import ConfigError
     from agent.ota.package import PackageError, pack
 
@@ -49,9 +50,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         try:
             settings = _settings(args)
         except ConfigError as exc:
-            for line in exc.lines:
-                print(line, file=sys.stderr)
-            return EXIT_CONFIG
+            return _print_config_error(exc)
         blynk = getattr(settings, "blynk", None)
         if blynk is None:
             return _fail("give --type (the template id, or the firmware_type the devices announce) or a --config "
@@ -86,7 +85,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     """Stage and swap a package file by hand, with the checks an update makes."""
-    from agent.cli import _config_path, setup_logging
+    from agent.cli import _config_path, _print_config_error, setup_logging
     from agent.config import ConfigError, load_settings
     from agent.locks import InstanceLock, LockHeld
     from agent.ota.install import InstallError, TrialRules, stage_and_swap
@@ -99,9 +98,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(path)
     except ConfigError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
-        return EXIT_CONFIG
+        return _print_config_error(exc)
     root = args.state_dir or settings.agent.state_dir
     try:
         info = open_package(args.file)
@@ -137,6 +134,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """The releases, the trial and the update history of a state dir."""
+    from agent.cli import _print_config_error
     from agent.config import ConfigError
     from agent.ota.trial import load_state
     from agent.releases import list_releases
@@ -144,9 +142,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
     except ConfigError as exc:
-        for line in exc.lines:
-            print(line, file=sys.stderr)
-        return EXIT_CONFIG
+        return _print_config_error(exc)
     root = args.state_dir or (settings.agent.state_dir if settings is not None else Path("/var/lib/edge-agent"))
     releases = list_releases(root)
     if not releases:

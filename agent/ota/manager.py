@@ -137,18 +137,15 @@ class OtaManager:
                 log.warning("ota: offer of %s ignored: busy with the update to %s", offer.version,
                             self.active.version)
             return
-        reason = self._refusal(offer)
-        if reason is not None:
-            self._refuse(offer, reason)
+        if self.trial is not None:
+            self._refuse(offer, f"this release ({self.trial.version}) is on trial; updates wait until it is committed")
             return
-        log.info("ota: offer of %s accepted", offer.describe())
         self.active = offer
         self._cancel.clear()
         self._task = asyncio.get_running_loop().create_task(self._update(offer), name="ota:update")
 
     def _refusal(self, offer: Offer) -> str | None:
-        if self.trial is not None:
-            return f"this release ({self.trial.version}) is on trial; updates wait until it is committed"
+        """Why the offer is refused, or None (reads the disk: run it on a worker thread)."""
         if current_release(self.root) is None:
             return f"the agent is not installed as a release ({self.root / 'current'} is missing; see install.sh)"
         reason = self.policy().refusal(offer)
@@ -191,6 +188,11 @@ class OtaManager:
 
     async def _update(self, offer: Offer) -> None:
         try:
+            reason = await in_thread(self._refusal, offer)
+            if reason is not None:
+                self._refuse(offer, reason)
+                return
+            log.info("ota: offer of %s accepted", offer.describe())
             await self._run_update(offer)
         except asyncio.CancelledError:
             self._cancel.set()

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.releases import MARKER, RELEASES, ReleaseError, current_release, flip_current
+from agent.releases import MARKER, RELEASES, ReleaseError, current_release, flip_current, fsync_dir
 
 log = logging.getLogger("agent.ota")
 
@@ -130,16 +130,7 @@ def save_state(root: Path, state: OtaState) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(path.parent)
 
 
 def release_root(prefix: str | None = None) -> Path | None:

@@ -246,6 +246,8 @@ class PackageServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
+        # a client that hangs up early (a refused or truncated download) is expected here
+        self.server.handle_error = lambda request, client_address: None  # type: ignore[method-assign]
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(self.cert_file, self.key_file)
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
