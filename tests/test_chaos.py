@@ -37,6 +37,8 @@ SENSORS = 5
 RUN_SECONDS = 120.0
 KILLS = 10
 #: a read that has begun when a clean stop begins is discarded by the runtime
+#: time between the test noting a kill or stop and the signal reaching the agent
+SIGNAL_LANDS = 0.1
 READ_IN_FLIGHT = 0.5
 
 #: a sensor whose value is the wall-clock time of the read in ms: unique,
@@ -449,11 +451,13 @@ def test_agent_killed_ten_times_loss_and_duplicates_within_the_bound(broker: Bro
             if got[name][v] == 0 and v not in waiting[name]:
                 lost.append((name, v))
                 at = v / 1000
-                if any(k - window <= at <= k for k in kills):
+                # a read stamped just after the test noted the kill, before the signal
+                # landed (a loaded machine: tens of ms), is lost with the process too
+                if any(k - window <= at <= k + SIGNAL_LANDS for k in kills):
                     continue
                 # a clean stop discards a read still in progress when it begins (the sensor's
                 # value never reaches the outbox); everything that did is committed on close
-                if any(t - READ_IN_FLIGHT <= at <= t for t in stops):
+                if any(t - READ_IN_FLIGHT <= at <= t + SIGNAL_LANDS for t in stops):
                     continue
                 near = min([*kills, *stops], key=lambda k: abs(k - at))
                 beyond.append((name, v, f"{at - near:+.3f} s from the nearest kill/stop"))

@@ -44,14 +44,16 @@ def test_distance_from_a_known_echo_time(gpio_hardware: Any, open_sensor: Any) -
     trigger.echo_time = 0.00583  # s; 0.00583 x 343 / 2 = 0.99985 m -> 99.98 cm
     sensor = open_sensor(HCSR04, gpio_hardware, trigger_pin=TRIG, echo_pin=ECHO, samples=5)
     distance = sensor.read()["distance"]
-    assert 99.9 <= distance <= 104.0  # + mock overshoot (~0.1 ms = 1.7 cm)
+    # + the mock's overshoot: its echo thread wakes late, ~0.1 ms (1.7 cm) idle and
+    # up to ~0.5 ms on a loaded machine; a formula off by a factor is far outside
+    assert 99.9 <= distance <= 110.0
 
 
 def test_a_second_distance(gpio_hardware: Any, open_sensor: Any) -> None:
     trigger = install_mock_echo(gpio_hardware.pin_factory(), TRIG, ECHO, 0.0)
     trigger.echo_time = 0.001749  # s; 0.001749 x 343 / 2 = 0.29995 m -> 30.0 cm
     sensor = open_sensor(HCSR04, gpio_hardware, trigger_pin=TRIG, echo_pin=ECHO, samples=3)
-    assert 29.9 <= sensor.read()["distance"] <= 34.0
+    assert 29.9 <= sensor.read()["distance"] <= 39.0  # see test_distance_from_a_known_echo_time
 
 
 def test_trigger_pulse_goes_high_then_low(gpio_hardware: Any, open_sensor: Any) -> None:
@@ -124,7 +126,7 @@ def test_simulation_answers_at_one_metre(mock_pins: Any, tmp_path: Any) -> None:
     sensor = HCSR04("sim", options, sim)
     sensor.open()
     try:
-        assert 99.9 <= sensor.read()["distance"] <= 104.0
+        assert 99.9 <= sensor.read()["distance"] <= 110.0  # see test_distance_from_a_known_echo_time
     finally:
         sensor.close()
         sim.pin_factory().reset()
