@@ -91,6 +91,7 @@ def cmd_install(args: argparse.Namespace) -> int:
     from agent.ota.install import InstallError, TrialRules, stage_and_swap
     from agent.ota.package import PackageError, open_package
     from agent.ota.versions import is_newer
+    from agent.releases import current_release
     from agent.version import version
 
     setup_logging(args.log_level or "info")
@@ -108,8 +109,6 @@ def cmd_install(args: argparse.Namespace) -> int:
     fw_type = (blynk.firmware_type or blynk.template_id) if blynk is not None else None
     if fw_type is not None and info.tag.fw_type != fw_type and not args.force:
         return _fail(f"package type {info.tag.fw_type!r} is not this device's {fw_type!r} (--force installs it)")
-    from agent.releases import current_release
-
     running = current_release(root) or version()
     if is_newer(info.version, running.split("+")[0]) is False and not (args.force or settings.ota.allow_downgrade):
         return _fail(f"{info.version} is not newer than {running} (--force installs it)")

@@ -146,8 +146,6 @@ def download(
             raise DownloadError(f"no data for {timeout:.0f} s after {received} of {offer.size} bytes", retry=True) \
                 from None
         except (OSError, http.client.HTTPException) as exc:
-            if isinstance(exc, DownloadError):
-                raise
             raise DownloadError(f"connection lost after {received} of {offer.size} bytes: {exc}", retry=True) \
                 from None
     if received != offer.size:

@@ -24,6 +24,7 @@ import logging
 import shutil
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -47,6 +48,8 @@ __all__ = ["OtaManager"]
 T = TypeVar("T")
 #: longest event description sent to Blynk
 EVENT_TEXT = 250
+#: outcomes remembered (an agent runs for months)
+OUTCOMES = 50
 
 
 async def in_thread(fn: Callable[..., T], *args: Any, name: str = "ota-worker") -> T:
@@ -103,7 +106,8 @@ class OtaManager:
         self.active: Offer | None = None
         #: this release's trial, when it is on one
         self.trial: Trial | None = None
-        self.outcomes: list[tuple[str, str]] = []  # (outcome, detail), for status and tests
+        #: the latest (outcome, detail) pairs, for status and tests
+        self.outcomes: deque[tuple[str, str]] = deque(maxlen=OUTCOMES)
         self._task: asyncio.Task[None] | None = None
         self._trial_task: asyncio.Task[None] | None = None
         self._cancel = threading.Event()
@@ -331,14 +335,6 @@ class OtaManager:
             self.trial = None
             self.outcomes.append(("committed", trial.version))
             self._event(f"update {trial.version} committed")
-            await in_thread(self._prune_after_commit)
-
-    def _prune_after_commit(self) -> None:
-        from agent.releases import prune_releases
-
-        removed = prune_releases(self.root, keep=2)
-        if removed:
-            log.info("ota: removed old releases %s", ", ".join(removed))
 
     async def _fail_trial(self, trial: Trial, reason: str) -> None:
         self.outcomes.append(("trial_failed", reason))

@@ -13,7 +13,6 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from agent.ota.versions import is_newer, parse
@@ -184,8 +183,3 @@ def free_bytes(path: Path) -> int:
         probe = probe.parent
     return shutil.disk_usage(probe).free
 
-
-def offer_json(offer: Offer) -> dict[str, Any]:
-    """The offer as Blynk sends it (for tests and status files; the URL without its query)."""
-    return {"url": safe_url(offer.url), "size": offer.size, "type": offer.type, "ver": offer.version,
-            "build": offer.build}

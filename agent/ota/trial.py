@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import EXIT_RESTART
 from agent.releases import MARKER, RELEASES, ReleaseError, current_release, flip_current, fsync_dir
 
 log = logging.getLogger("agent.ota")
@@ -192,8 +193,6 @@ def _on_start(root: Path) -> StartDecision:
 
 
 def _roll_back_now(root: Path, state: OtaState, reason: str) -> StartDecision:
-    from agent import EXIT_RESTART
-
     if roll_back(root, reason, state):
         return StartDecision(root=root, exit_code=EXIT_RESTART)
     return StartDecision(root=root)
