@@ -299,7 +299,7 @@ class ActuatorManager:
             log.error("%s: failed to open: %s", name, _describe(exc))
             try:
                 actuator.close()
-            except Exception:  # noqa: BLE001, S110 - closing a half-open actuator
+            except Exception:  # noqa: BLE001 - closing a half-open actuator
                 pass
             return
         slot = Slot(entry, actuator, states["initial"], states["on_disconnect"], states["on_shutdown"], partners)
@@ -350,9 +350,10 @@ class ActuatorManager:
                 ds = spec.entry.blynk
                 if ds and spec.entry.restore == "safe" and ds in settings.sync:
                     log.info(
-                        "actuator %s: datastream %r is in blynk.sync, but restore = \"safe\": the cloud's "
-                        "answer is not applied after a connect (set restore = \"cloud\" for that)",
-                        spec.entry.id, ds,
+                        'actuator %s: datastream %r is in blynk.sync, but restore = "safe": the cloud\'s '
+                        'answer is not applied after a connect (set restore = "cloud" for that)',
+                        spec.entry.id,
+                        ds,
                     )
         session = getattr(link, "session", None)
         if session is not None and hasattr(session, "add_status_listener"):
@@ -399,8 +400,12 @@ class ActuatorManager:
         no such actuator is open."""
         slot = self.slots.get(actuator_id)
         if slot is None:
-            log.warning("command %s from %s for actuator %r ignored: no such actuator is open",
-                        quote(value), source, actuator_id)
+            log.warning(
+                "command %s from %s for actuator %r ignored: no such actuator is open",
+                quote(value),
+                source,
+                actuator_id,
+            )
             return None
         if self._stopping:
             log.info("actuator %s: command %s ignored: the agent is stopping", slot.id, quote(value))
@@ -413,7 +418,11 @@ class ActuatorManager:
             reason = str(exc) if isinstance(exc, ValueError) else _describe(exc)
             log.warning(
                 "actuator %s: %s value %s refused: %s; output unchanged (%s)",
-                slot.id, source, quote(value), reason, act.describe(act.state),
+                slot.id,
+                source,
+                quote(value),
+                reason,
+                act.describe(act.state),
             )
             self._echo(slot)
             return Outcome(slot.id, "refused", act.state, reason)
@@ -447,7 +456,11 @@ class ActuatorManager:
             slot.held_timer = self._call_later(wait, self._release_held, slot)
             log.info(
                 "actuator %s: %s held %.2f s by min_switch_interval (%g s); %s until then",
-                slot.id, what, wait, slot.entry.min_switch_interval, act.describe(current),
+                slot.id,
+                what,
+                wait,
+                slot.entry.min_switch_interval,
+                act.describe(current),
             )
             self._echo(slot)
             return Outcome(slot.id, "held", current, f"min_switch_interval: {wait:.2f} s left")
@@ -494,7 +507,11 @@ class ActuatorManager:
             self._after_change(slot, before)
             log.error(
                 "actuator %s: %s: driving %s failed: %s; now %s",
-                slot.id, why, act.describe(target), _describe(exc), act.describe(act.state),
+                slot.id,
+                why,
+                act.describe(target),
+                _describe(exc),
+                act.describe(act.state),
             )
             return False
         self._after_change(slot, before)
@@ -512,7 +529,11 @@ class ActuatorManager:
         if blocker is not None:
             log.error(
                 "actuator %s: %s: cannot go %s, %s is on (interlock); stays %s",
-                slot.id, why, act.describe(target), blocker, act.describe(act.state),
+                slot.id,
+                why,
+                act.describe(target),
+                blocker,
+                act.describe(act.state),
             )
             return False
         ok = self._drive(slot, target, why)
@@ -611,11 +632,17 @@ class ActuatorManager:
             if slot.in_failsafe:
                 act = slot.actuator
                 if slot.entry.restore == "cloud" and slot.datastream:
-                    log.info("actuator %s: cloud back; %s until the cloud's value arrives (restore = cloud)",
-                             slot.id, act.describe(act.state))
+                    log.info(
+                        "actuator %s: cloud back; %s until the cloud's value arrives (restore = cloud)",
+                        slot.id,
+                        act.describe(act.state),
+                    )
                 else:
-                    log.info("actuator %s: cloud back; stays %s until a fresh command (restore = safe)",
-                             slot.id, act.describe(act.state))
+                    log.info(
+                        "actuator %s: cloud back; stays %s until a fresh command (restore = safe)",
+                        slot.id,
+                        act.describe(act.state),
+                    )
 
     def _failsafe(self, slots: list[Slot]) -> None:
         if not self._outage or self._stopping:
@@ -628,7 +655,7 @@ class ActuatorManager:
             why = f"cloud unreachable for {slot.entry.failsafe_after:g} s (on_disconnect)"
             try:
                 self._force(slot, slot.on_disconnect, why)
-            except Exception:  # noqa: BLE001 - one actuator must not keep the others from their safe state
+            except Exception:
                 log.exception("actuator %s: %s: failed", slot.id, why)
 
     def _is_sync_answer(self, datastream: str) -> bool:
@@ -643,7 +670,9 @@ class ActuatorManager:
         act = slot.actuator
         log.info(
             "actuator %s: get/ds value %s not applied (restore = safe): stays %s until a fresh command",
-            slot.id, quote(text), act.describe(act.state),
+            slot.id,
+            quote(text),
+            act.describe(act.state),
         )
         self._echo(slot)
         return Outcome(slot.id, "ignored", act.state, "restore = safe")
@@ -688,8 +717,12 @@ class ActuatorManager:
         device.when_released = changed
         log.info("actuator %s: local %s on GPIO%d", sid, "button" if spec.mode == "toggle" else "switch", spec.pin)
         if spec.mode == "switch":
-            self._request(slot, slot.actuator.switched(slot.input.level), "local switch (position at start)",
-                          "closed" if slot.input.level else "open")
+            self._request(
+                slot,
+                slot.actuator.switched(slot.input.level),
+                "local switch (position at start)",
+                "closed" if slot.input.level else "open",
+            )
 
     def _input_edge(self, actuator_id: str) -> None:
         slot = self.slots.get(actuator_id)
@@ -757,11 +790,20 @@ class ActuatorManager:
                 log.log(
                     logging.INFO if ok else logging.ERROR,
                     "actuator %s: %s: on_shutdown %s, now %s [%s]",
-                    slot.id, why, act.describe(slot.on_shutdown), act.describe(state), act.pin_report(),
+                    slot.id,
+                    why,
+                    act.describe(slot.on_shutdown),
+                    act.describe(state),
+                    act.pin_report(),
                 )
             except Exception as exc:  # noqa: BLE001
-                log.error("actuator %s: %s: could not reach its on_shutdown state %s: %s",
-                          slot.id, why, _safe_describe(act, slot.on_shutdown), _describe(exc))
+                log.error(
+                    "actuator %s: %s: could not reach its on_shutdown state %s: %s",
+                    slot.id,
+                    why,
+                    _safe_describe(act, slot.on_shutdown),
+                    _describe(exc),
+                )
             self._echo(slot)
 
     def _cancel_timers(self) -> None:
@@ -788,7 +830,7 @@ class ActuatorManager:
             if slot.input is not None:
                 try:
                     slot.input.device.close()
-                except Exception:  # noqa: BLE001, S110
+                except Exception:  # noqa: BLE001
                     pass
             try:
                 slot.actuator.close()
@@ -819,7 +861,7 @@ class ActuatorManager:
         def run() -> None:
             try:
                 fn(arg)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("actuators: %s failed", getattr(fn, "__name__", "timer"))
 
         return loop.call_later(max(delay, 0.0), run)

@@ -860,7 +860,7 @@ class Rgb(OutputActuator):
     @property
     def state(self) -> Color:
         """The colour shown now."""
-        r, g, b = (int(round(d.value * 255)) for d in self.devices)
+        r, g, b = (round(d.value * 255) for d in self.devices)
         return (r, g, b)
 
     def close(self) -> None:
@@ -974,14 +974,12 @@ class Motor(OutputActuator):
 
 
 #: The built-in types by name (the entry points list the same classes).
-BUILTIN: dict[str, type[OutputActuator]] = {
-    cls.type: cls for cls in (Relay, Pwm, Servo, Buzzer, Rgb, Motor)
-}
+BUILTIN: dict[str, type[OutputActuator]] = {cls.type: cls for cls in (Relay, Pwm, Servo, Buzzer, Rgb, Motor)}
 
 __all__ = [
     "BUILTIN",
-    "Beep",
     "BcmPin",
+    "Beep",
     "Buzzer",
     "Motor",
     "OutputActuator",
@@ -995,4 +993,3 @@ __all__ = [
     "parse_switch",
     "single",
 ]
-

@@ -222,8 +222,10 @@ def cmd_read(args: argparse.Namespace) -> int:
     spec = config.sensor(args.sensor_id)
     if spec is None:
         known = ", ".join(s.entry.id for s in config.sensors) or "none"
-        print(f"{config.path}: sensors: no enabled sensor with id {args.sensor_id!r} (configured: {known})",
-              file=sys.stderr)
+        print(
+            f"{config.path}: sensors: no enabled sensor with id {args.sensor_id!r} (configured: {known})",
+            file=sys.stderr,
+        )
         return EXIT_CONFIG
     from agent.runtime import clean_value, make_hardware
 
@@ -238,7 +240,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     finally:
         try:
             _call_with_timeout(sensor.close, 2.0)
-        except Exception:  # noqa: BLE001, S110 - best effort on the way out
+        except Exception:  # noqa: BLE001 - best effort on the way out
             pass
         hardware.close()
     for quantity, unit in spec.quantities.items():
@@ -341,8 +343,10 @@ def _status_lines(
     outbox = (live or {}).get("outbox") or {}
     if stored is not None:
         rows = sum(q["depth"] for q in stored.values())
-        lines.append(f"outbox: {db_path}: {rows} readings waiting"
-                     + (f" (bound {outbox['max_readings']}, max age {age_text(outbox['max_age'])})" if outbox else ""))
+        lines.append(
+            f"outbox: {db_path}: {rows} readings waiting"
+            + (f" (bound {outbox['max_readings']}, max age {age_text(outbox['max_age'])})" if outbox else "")
+        )
     elif db_error:
         lines.append(f"outbox: {db_path}: cannot be read: {db_error}")
     else:
@@ -393,8 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", help=f"config file (default: $EDGE_AGENT_CONFIG or {DEFAULT_CONFIG})")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override agent.log_level")
-    common.add_argument("--plugin-dir", action="append", type=Path, default=[],
-                        help="extra directory of drop-in plugin files (repeatable)")
+    common.add_argument(
+        "--plugin-dir",
+        action="append",
+        type=Path,
+        default=[],
+        help="extra directory of drop-in plugin files (repeatable)",
+    )
 
     parser = argparse.ArgumentParser(prog="edge-agent", description="Pi Edge Agent")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -408,8 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     read = sub.add_parser("read", parents=[common], help="read one configured sensor once")
     read.add_argument("sensor_id")
     read.set_defaults(func=cmd_read)
-    status = sub.add_parser("status", parents=[common],
-                            help="readings waiting in the outbox, drops, backfill progress of a running agent")
+    status = sub.add_parser(
+        "status", parents=[common], help="readings waiting in the outbox, drops, backfill progress of a running agent"
+    )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)

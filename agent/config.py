@@ -194,16 +194,20 @@ class ThingSpeakSection(_Section):
             if self.password is None or not self.password.get_secret_value():
                 missing.append("password")
             if missing:
-                raise ValueError(f"mode \"device\" needs the MQTT device's {', '.join(missing)}")
+                raise ValueError(f'mode "device" needs the MQTT device\'s {", ".join(missing)}')
         else:
             keyless = [c.id for c in self.channels if c.write_api_key is None]
             if self.channel_id is not None and self.write_api_key is None:
                 keyless.insert(0, self.channel_id)
             if keyless:
-                raise ValueError(f"mode \"legacy\" publishes with the channel's write_api_key; channel {keyless[0]} has none")
+                raise ValueError(
+                    f'mode "legacy" publishes with the channel\'s write_api_key; channel {keyless[0]} has none'
+                )
         for command in self.commands:
             if command.channel is None and self.channel_id is None:
-                raise ValueError(f"command for actuator {command.actuator!r} names no channel and there is no channel_id")
+                raise ValueError(
+                    f"command for actuator {command.actuator!r} names no channel and there is no channel_id"
+                )
         if self.backoff_max < self.backoff_initial:
             raise ValueError(
                 f"backoff_max ({self.backoff_max:g}) is smaller than backoff_initial ({self.backoff_initial:g})"
@@ -453,9 +457,7 @@ class Settings(BaseSettings):
         seen: dict[str, int] = {}
         for i, entry in enumerate(entries):
             if entry.id in seen:
-                raise ValueError(
-                    f"duplicate id {entry.id!r} (entries {seen[entry.id]} and {i})"
-                )
+                raise ValueError(f"duplicate id {entry.id!r} (entries {seen[entry.id]} and {i})")
             seen[entry.id] = i
         return entries
 
@@ -539,11 +541,7 @@ def _message(err: Mapping[str, Any]) -> str:
     msg = msg.replace("Value error, ", "")
     if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
         value = err["input"]
-        if (
-            not isinstance(value, (dict, list))
-            and not _is_secret_loc(err.get("loc", ()))
-            and str(value) not in msg
-        ):
+        if not isinstance(value, (dict, list)) and not _is_secret_loc(err.get("loc", ())) and str(value) not in msg:
             msg += f" (got {value!r})"
     return msg
 
@@ -650,9 +648,7 @@ def load_settings(path: Path) -> Settings:
     return settings
 
 
-def resolve_plugins(
-    path: Path, settings: Settings, registry: PluginRegistry, skip_broken: bool = False
-) -> Config:
+def resolve_plugins(path: Path, settings: Settings, registry: PluginRegistry, skip_broken: bool = False) -> Config:
     """Check every sensor/actuator entry against its plugin; collect all errors.
 
     With ``skip_broken``, an entry whose plugin exists but failed to load is
@@ -681,7 +677,7 @@ def resolve_plugins(
             if quantity not in quantities:
                 known = ", ".join(quantities) or "nothing"
                 lines.append(
-                    f"{path}: {_format_loc(where + ('readings', quantity))}: "
+                    f"{path}: {_format_loc((*where, 'readings', quantity))}: "
                     f"a {entry.type} sensor yields no quantity {quantity!r} (it yields {known})"
                 )
         if entry.enabled:
@@ -721,7 +717,7 @@ def _unknown_type(path: Path, where: tuple[Any, ...], type_name: str, kind: str,
     failed = _failed_plugin(registry, type_name)
     if failed:
         msg += f"; a plugin named so failed to load: {failed}"
-    return f"{path}: {_format_loc(where + ('type',))}: {msg}"
+    return f"{path}: {_format_loc((*where, 'type'))}: {msg}"
 
 
 def load_config(path: Path, registry: PluginRegistry | None = None) -> Config:

@@ -43,9 +43,7 @@ class I2CSensor(Sensor[Any]):
         self.bus = self.hardware.i2c_bus(self.options.bus)
         if self.addresses and self.options.address not in self.addresses:
             allowed = ", ".join(f"0x{a:02x}" for a in self.addresses)
-            raise SensorError(
-                f"address 0x{self.options.address:02x} is not one a {self.type} can use ({allowed})"
-            )
+            raise SensorError(f"address 0x{self.options.address:02x} is not one a {self.type} can use ({allowed})")
         with self.io_errors():
             self.probe()
 
@@ -65,9 +63,7 @@ class I2CSensor(Sensor[Any]):
         try:
             yield
         except FileNotFoundError as exc:
-            raise ChipAbsent(
-                f"/dev/i2c-{self.options.bus} does not exist (is I2C enabled?)"
-            ) from exc
+            raise ChipAbsent(f"/dev/i2c-{self.options.bus} does not exist (is I2C enabled?)") from exc
         except OSError as exc:
             # a NACK (no device acknowledged the address); EIO is usually a
             # glitch on a bus that does have the chip, so it stays an I/O error

@@ -245,8 +245,13 @@ class Outbox:
     @property
     def is_open(self) -> bool:
         """True once the database is open and until it is closed."""
-        return self._thread is not None and self._thread.is_alive() and self._opening is not None \
-            and self._opening.done() and self._opening.exception() is None
+        return (
+            self._thread is not None
+            and self._thread.is_alive()
+            and self._opening is not None
+            and self._opening.done()
+            and self._opening.exception() is None
+        )
 
     async def open(self) -> None:
         """Open the database (first caller) or wait until it is open.
@@ -491,7 +496,7 @@ class Outbox:
                 raise
             except OutboxError:
                 return
-            except Exception:  # noqa: BLE001 - visibility must never take the agent down
+            except Exception:
                 log.exception("outbox: status update failed")
             await asyncio.sleep(self.status_interval)
 
@@ -542,12 +547,12 @@ class Outbox:
         self._post(loop, self._resolve, self._opening, None, None)
         try:
             self._db_loop()
-        except BaseException:  # noqa: BLE001 - the thread must always close the database
+        except BaseException:
             log.exception("outbox: database thread failed")
         finally:
             try:
                 self._db_flush()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("outbox: final commit failed")
             conn, self._conn = self._conn, None
             # anything still queued can no longer be served
@@ -626,7 +631,10 @@ class Outbox:
             self._failure_logged = now
             log.error(
                 "outbox: %s failed (%s); %d readings held in memory, retrying every %.0f s",
-                what, exc, waiting, RETRY_AFTER,
+                what,
+                exc,
+                waiting,
+                RETRY_AFTER,
             )
         if dropped:
             self._log_drop(DROP_UNSTORED, dropped)
@@ -658,8 +666,13 @@ class Outbox:
         self.opened_at = time.time()
         log.info(
             "outbox: %s opened in %.2f s: %s (bound %d readings, %s; commit every %g s, synchronous=%s)",
-            self.path, time.monotonic() - started, self.summary(), self.max_readings,
-            age_text(self.max_age), self.commit_interval, self.synchronous,
+            self.path,
+            time.monotonic() - started,
+            self.summary(),
+            self.max_readings,
+            age_text(self.max_age),
+            self.commit_interval,
+            self.synchronous,
         )
 
     def _db_connect(self) -> None:
@@ -869,12 +882,18 @@ class Outbox:
         if reason == DROP_FULL:
             log.warning(
                 "outbox: full (%d readings): dropped the %d oldest (%s); %d dropped since start",
-                self.max_readings, unlogged, per_link, total,
+                self.max_readings,
+                unlogged,
+                per_link,
+                total,
             )
         elif reason == DROP_AGE:
             log.warning(
                 "outbox: dropped %d readings older than %s (%s); %d dropped since start",
-                unlogged, age_text(self.max_age), per_link, total,
+                unlogged,
+                age_text(self.max_age),
+                per_link,
+                total,
             )
         else:
             log.warning("outbox: dropped %d readings (%s): %s", unlogged, reason, per_link)
@@ -1034,7 +1053,7 @@ def read_status(path: Path) -> dict[str, Any]:
     uri = f"file:{path}?mode=ro"
     conn = sqlite3.connect(uri, uri=True, timeout=5.0)
     try:
-        names = {code: name for code, name in conn.execute("SELECT code, name FROM links")}
+        names = dict(conn.execute("SELECT code, name FROM links"))
         out: dict[str, Any] = {}
         for code, n, first in conn.execute("SELECT link, COUNT(*), MIN(id) FROM readings GROUP BY link"):
             row = conn.execute("SELECT ts_ms FROM readings WHERE id = ?", (first,)).fetchone()

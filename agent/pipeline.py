@@ -397,9 +397,7 @@ class FilterSpec(BaseModel):
         if isinstance(data, FilterSpec) or (isinstance(data, dict) and set(data) == {"name", "options"}):
             return data
         if not isinstance(data, Mapping) or len(data) != 1:
-            raise ValueError(
-                "each filter is a table with exactly one key, e.g. { sliding_average = 3 }"
-            )
+            raise ValueError("each filter is a table with exactly one key, e.g. { sliding_average = 3 }")
         ((name, value),) = data.items()
         entry = FILTERS.get(name)
         if entry is None:
@@ -509,5 +507,5 @@ class Router:
             try:
                 sink.submit(reading, target)
                 self.counts[sink_name] = self.counts.get(sink_name, 0) + 1
-            except Exception:  # noqa: BLE001 - one bad sink must not stop the others
+            except Exception:
                 log.exception("router: sink %s failed on %s", sink_name, reading.key)

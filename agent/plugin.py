@@ -47,7 +47,7 @@ class NoOptions(PluginOptions):
     """Options model for a plugin that takes none."""
 
 
-O = TypeVar("O", bound=PluginOptions)
+O = TypeVar("O", bound=PluginOptions)  # noqa: E741 - the options type of a plugin
 
 
 class SensorError(Exception):
@@ -86,23 +86,23 @@ class Sensor(ABC, Generic[O]):
         self._sink: Callable[[Mapping[str, Any]], None] | None = None
         self._sink_lock = threading.Lock()
 
-    def open(self) -> None:  # noqa: B027 - optional hook
+    def open(self) -> None:
         """Claim the hardware and check the chip answers (raise if it does not)."""
 
     @abstractmethod
     def read(self) -> Mapping[str, Any]:
         """Take one measurement of every quantity; may block."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release the hardware; must not raise for a sensor that never opened."""
 
-    def recover(self) -> None:  # noqa: B027 - optional hook
+    def recover(self) -> None:
         """Called after a failed read, before the next attempt: re-initialise
         the chip (a replugged chip comes back in its power-on state). May block;
         runs in a worker thread. Errors here are treated as a failed read."""
 
     @classmethod
-    def simulate(cls, options: PluginOptions, sim: Any) -> None:  # noqa: B027
+    def simulate(cls, options: PluginOptions, sim: Any) -> None:
         """Install a simulated chip (fake registers or sysfs files) for these
         options into ``sim`` (an :class:`agent.sim.hardware.SimulatedHardware`),
         so the agent can run this driver with ``agent.hardware = "simulated"``.
@@ -159,7 +159,7 @@ class Actuator(ABC, Generic[O]):
         self.options = options
         self.hardware = hardware
 
-    def open(self) -> None:  # noqa: B027 - optional hook
+    def open(self) -> None:
         """Claim the output; leave it in its safe state."""
 
     @abstractmethod
@@ -175,7 +175,7 @@ class Actuator(ABC, Generic[O]):
     def state(self) -> Any:
         """The state the hardware is in now."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release the output."""
 
     def __repr__(self) -> str:
@@ -226,9 +226,7 @@ class PluginRegistry:
             raise TypeError(f"{cls.__qualname__}.Options is not a pydantic model")
         existing = table.get(type_name)
         if existing is not None and existing.cls is not cls:
-            raise TypeError(
-                f"type {type_name!r} is already provided by {existing.origin}"
-            )
+            raise TypeError(f"type {type_name!r} is already provided by {existing.origin}")
         info = PluginInfo(kind, type_name, cls, origin)
         table[type_name] = info
         return info

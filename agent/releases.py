@@ -58,10 +58,10 @@ __all__ = [
     "build_release",
     "build_wheel",
     "built_from",
-    "file_sha256",
-    "fsync_dir",
     "current_release",
+    "file_sha256",
     "flip_current",
+    "fsync_dir",
     "list_releases",
     "main",
     "prune_releases",
@@ -138,7 +138,9 @@ def _source_files(source: Path) -> list[Path]:
             files.extend(
                 p
                 for p in path.rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+                if p.is_file()
+                and "__pycache__" not in p.parts
+                and p.suffix not in (".pyc", ".pyo")
                 and not any(part.endswith(".egg-info") for part in p.parts)
             )
     return sorted(files)
@@ -386,8 +388,13 @@ def _build(
     if wheelhouse is not None:
         index_args += ["--find-links", str(Path(wheelhouse).resolve())]
     with tempfile.TemporaryDirectory(prefix="edge-agent-build-") as tmp:
-        wheel = source if is_wheel else build_wheel(
-            source, Path(tmp), wheelhouse=wheelhouse, offline=offline, pip=pip_outer or [target_python, "-m", "pip"])
+        wheel = (
+            source
+            if is_wheel
+            else build_wheel(
+                source, Path(tmp), wheelhouse=wheelhouse, offline=offline, pip=pip_outer or [target_python, "-m", "pip"]
+            )
+        )
         install = [*pip, "install", *pip_args, *index_args, "--no-warn-script-location"]
         if system_site_packages:
             install.append("--ignore-installed")  # our dependencies in the venv, not the system's
@@ -418,7 +425,8 @@ def build_wheel(
     """
     pip = list(pip or _outer_pip() or [sys.executable, "-m", "pip"])
     index_args = (["--no-index"] if offline else []) + (
-        ["--find-links", str(Path(wheelhouse).resolve())] if wheelhouse is not None else [])
+        ["--find-links", str(Path(wheelhouse).resolve())] if wheelhouse is not None else []
+    )
     with tempfile.TemporaryDirectory(prefix="edge-agent-wheel-") as tmp:
         staged = Path(tmp) / "src"
         staged.mkdir()
@@ -433,8 +441,21 @@ def build_wheel(
         if build is not None:
             (staged / "agent" / "BUILD").write_text(build + "\n")
         dist = Path(tmp) / "dist"
-        run_tool([*pip, "wheel", "--disable-pip-version-check", "--no-input", "--quiet", *index_args,
-              "--no-deps", "--wheel-dir", str(dist), str(staged)], "build the wheel")
+        run_tool(
+            [
+                *pip,
+                "wheel",
+                "--disable-pip-version-check",
+                "--no-input",
+                "--quiet",
+                *index_args,
+                "--no-deps",
+                "--wheel-dir",
+                str(dist),
+                str(staged),
+            ],
+            "build the wheel",
+        )
         wheels = sorted(dist.glob("*.whl"))
         if not wheels:
             raise ReleaseError(f"{source}: pip wheel produced no wheel")
@@ -447,7 +468,7 @@ def _set_version(pyproject: Path, version: str) -> None:
     text = pyproject.read_text()
     new, count = re.subn(r'(?m)^version\s*=\s*"[^"]*"', f'version = "{version}"', text, count=1)
     if count != 1:
-        raise ReleaseError(f"{pyproject}: no version = \"...\" line to replace")
+        raise ReleaseError(f'{pyproject}: no version = "..." line to replace')
     pyproject.write_text(new)
 
 
@@ -461,7 +482,7 @@ def _outer_pip() -> list[str] | None:
     """``[python, -m, pip]`` if the running interpreter has a pip that can
     install into another environment (``--python``, pip 22.3+); else None."""
     try:
-        import pip  # noqa: PLC0415
+        import pip
     except ImportError:
         return None
     try:
@@ -497,8 +518,12 @@ def run_tool(cmd: Sequence[str], what: str, timeout: float = 1800) -> str:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m agent.releases", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--state-dir", type=Path, default=Path("/var/lib/edge-agent"),
-                        help="the agent's state dir (default /var/lib/edge-agent)")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/edge-agent"),
+        help="the agent's state dir (default /var/lib/edge-agent)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build a release venv (prints 'built PATH' or 'exists PATH')")
     what = build.add_mutually_exclusive_group(required=True)
@@ -509,8 +534,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--offline", action="store_true", help="never use the package index")
     build.add_argument("--python", help="base interpreter (default: the running one's base)")
     site = build.add_mutually_exclusive_group()
-    site.add_argument("--system-site-packages", dest="site", action="store_true", default=None,
-                      help="let the venv see system packages (default: if python3-lgpio is installed)")
+    site.add_argument(
+        "--system-site-packages",
+        dest="site",
+        action="store_true",
+        default=None,
+        help="let the venv see system packages (default: if python3-lgpio is installed)",
+    )
     site.add_argument("--no-system-site-packages", dest="site", action="store_false")
     flip = sub.add_parser("flip", help="point current at a release (atomically)")
     flip.add_argument("version")
@@ -519,7 +549,8 @@ def _parser() -> argparse.ArgumentParser:
     prune = sub.add_parser("prune", help="delete all but the current and the newest releases")
     prune.add_argument("--keep", type=int, default=2, help="releases kept, the current one included (default 2)")
     sub.add_parser("version", help="print the release name a --source or --wheel would get").add_argument(
-        "path", type=Path)
+        "path", type=Path
+    )
     return parser
 
 
@@ -537,13 +568,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             source = args.source or args.wheel
-            version = args.version or (
-                wheel_version(source) if args.wheel else source_version(source)
-            )
+            version = args.version or (wheel_version(source) if args.wheel else source_version(source))
             existed = (state / RELEASES / version / MARKER).is_file()
             path = build_release(
-                source, version, state, wheelhouse=args.wheelhouse, offline=args.offline,
-                python=args.python, system_site_packages=args.site,
+                source,
+                version,
+                state,
+                wheelhouse=args.wheelhouse,
+                offline=args.offline,
+                python=args.python,
+                system_site_packages=args.site,
             )
             print(f"{'exists' if existed else 'built'} {path}")
         elif args.command == "flip":

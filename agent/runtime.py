@@ -96,11 +96,7 @@ class Agent:
         self.hardware = hardware or make_hardware(config)
         self.pool = WorkerPool(config.settings.agent.workers, name="sensor-io")
         self.router = Router(
-            {
-                (s.entry.id, q): route.targets()
-                for s in config.sensors
-                for q, route in s.entry.readings.items()
-            }
+            {(s.entry.id, q): route.targets() for s in config.sensors for q, route in s.entry.readings.items()}
         )
         self.sensors: dict[str, SensorHandle] = {}
         #: the actuators, their commands, echoes and safety rules
@@ -276,10 +272,11 @@ class Agent:
             if proc.returncode == 0:
                 return
             reason = err.decode(errors="replace").strip()[:200] or f"exit code {proc.returncode}"
-        except (OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError) as exc:
             reason = describe_error(exc)
-        log.error("agent %s: host reboot refused (%s); restarting the agent instead",
-                  self.config.settings.agent.name, reason)
+        log.error(
+            "agent %s: host reboot refused (%s); restarting the agent instead", self.config.settings.agent.name, reason
+        )
         self.request_restart("agent")
 
     # -- status and stop -------------------------------------------------
@@ -326,7 +323,7 @@ class Agent:
             handle.sensor.bind_sink(None)
             try:
                 await asyncio.wait_for(self.pool.run(handle.sensor.close), 2.0)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("sensor %s: close did not return within 2 s; abandoned", sensor_id)
             except Exception as exc:  # noqa: BLE001
                 log.warning("sensor %s: close failed: %s", sensor_id, describe_error(exc))
@@ -355,7 +352,7 @@ class _OpeningSensor:
             except Exception as exc:
                 try:
                     self._sensor.close()
-                except Exception:  # noqa: BLE001, S110 - closing a half-open sensor
+                except Exception:  # noqa: BLE001 - closing a half-open sensor
                     pass
                 raise SensorError(f"open failed: {describe_error(exc)}") from exc
             self._opened = True

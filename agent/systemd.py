@@ -323,7 +323,7 @@ class ServiceNotifier:
     async def _announce(self, agent: Agent) -> None:
         began = time.monotonic()
         deadline = began + self.ready_timeout
-        while not links_attempted(agent.links) and time.monotonic() < deadline:
+        while not links_attempted(agent.links) and time.monotonic() < deadline:  # noqa: ASYNC110 - polled
             await asyncio.sleep(0.05)
         waited = time.monotonic() - began
         if not links_attempted(agent.links):

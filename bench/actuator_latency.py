@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ensure_importable, loadavg, percentile, table, write_json  # noqa: E402
+from _common import ensure_importable, loadavg, percentile, table, write_json
 
 ensure_importable()
 
@@ -135,8 +135,9 @@ class Cloud:
         self.client.disconnect()
 
 
-def drive(cloud: Cloud, probe: PinProbe, count: int, interval: float, echo: bool,
-          level_of: Callable[[str], float]) -> tuple[list[float], list[float], int]:
+def drive(
+    cloud: Cloud, probe: PinProbe, count: int, interval: float, echo: bool, level_of: Callable[[str], float]
+) -> tuple[list[float], list[float], int]:
     """Send WARMUP + count alternating commands; (pin latencies, echo latencies, lost)."""
     to_pin: list[float] = []
     to_echo: list[float] = []
@@ -177,11 +178,11 @@ def run_agent(broker: Any, count: int, interval: float, workdir: Path) -> tuple[
 name = "bench"
 plugin_dirs = []
 pin_factory = "mock"
-state_dir = "{workdir / 'state'}"
+state_dir = "{workdir / "state"}"
 log_level = "info"
 
 [blynk]
-server = "{broker.url('mqtt')}"
+server = "{broker.url("mqtt")}"
 token = "{broker.token}"
 template_id = "TMPLbench01"
 client_id = "bench-agent"
@@ -219,7 +220,7 @@ blynk = "{DATASTREAM}"
 
         try:
             asyncio.run(run())
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             state["error"] = exc
             ready.set()
 
@@ -351,24 +352,45 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rows = measure(count, args.interval)
-    except Exception:  # noqa: BLE001 - reported as a failed run
+    except Exception:
         import traceback
 
         traceback.print_exc()
         return 2
-    print(f"downlink-to-pin latency through mosquitto on loopback, {count} commands each, "
-          f"one every {args.interval * 1000:g} ms (ms)")
-    print(table(["path", "n", "lost", "p50", "p90", "p99", "max", "mean"],
-                [[r["path"], r["n"], r["lost"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"], r["mean_ms"]]
-                 for r in rows]))
+    print(
+        f"downlink-to-pin latency through mosquitto on loopback, {count} commands each, "
+        f"one every {args.interval * 1000:g} ms (ms)"
+    )
+    print(
+        table(
+            ["path", "n", "lost", "p50", "p90", "p99", "max", "mean"],
+            [
+                [r["path"], r["n"], r["lost"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"], r["mean_ms"]]
+                for r in rows
+            ],
+        )
+    )
     ours = rows[0]
     ok = ours["p99_ms"] <= TARGET_P99_MS and all(r["lost"] == 0 for r in rows[:2])
-    out = write_json(args.json, NAME, {"count": count, "interval_s": args.interval, "warmup": WARMUP,
-                                       "target_p99_ms": TARGET_P99_MS, "ok": ok, "results": rows})
+    out = write_json(
+        args.json,
+        NAME,
+        {
+            "count": count,
+            "interval_s": args.interval,
+            "warmup": WARMUP,
+            "target_p99_ms": TARGET_P99_MS,
+            "ok": ok,
+            "results": rows,
+        },
+    )
     print(f"\nwritten to {out}")
     if not ok:
-        print(f"target missed: agent -> pin p99 {ours['p99_ms']:.2f} ms (target {TARGET_P99_MS:g} ms), "
-              f"lost {ours['lost']}", file=sys.stderr)
+        print(
+            f"target missed: agent -> pin p99 {ours['p99_ms']:.2f} ms (target {TARGET_P99_MS:g} ms), "
+            f"lost {ours['lost']}",
+            file=sys.stderr,
+        )
     return 0 if ok else 1
 
 
@@ -377,8 +399,10 @@ def measure(count: int, interval: float) -> list[dict[str, Any]]:
     from tests.harness.broker import Broker
 
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-actuator-") as tmp, \
-            Broker(log_types=("error", "warning", "notice", "information")) as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-actuator-") as tmp,
+        Broker(log_types=("error", "warning", "notice", "information")) as broker,
+    ):
         pin, echo, lost = run_agent(broker, count, interval, Path(tmp))
         rows.append({"path": "agent -> pin", "n": len(pin), "lost": lost, **stats(pin)})
         rows.append({"path": "agent -> echo at cloud", "n": len(echo), "lost": lost, **stats(echo)})

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ensure_importable, table, write_json  # noqa: E402
+from _common import ensure_importable, table, write_json
 
 ensure_importable()
 
@@ -71,8 +71,12 @@ async def run(args: argparse.Namespace, broker: Broker, cloud: CloudClient) -> d
             offered[(name, int(ts * 1000))] = value
     await outbox.flush()
     settings = BlynkSection(
-        server=broker.url("mqtt"), token=broker.token, template_id="TMPLbench", rate_limit=args.rate,
-        backoff_initial=0.1, backoff_max=1.0,
+        server=broker.url("mqtt"),
+        token=broker.token,
+        template_id="TMPLbench",
+        rate_limit=args.rate,
+        backoff_initial=0.1,
+        backoff_max=1.0,
     )
     link = BlynkLink(settings, directory, outbox=outbox)
     await link.start()
@@ -142,8 +146,10 @@ def main() -> int:
         ("packing efficiency (worst such message)", f"{100 * r['min_efficiency']:.1f} %"),
         ("packing efficiency (all messages)", f"{100 * r['all_messages_mean_efficiency']:.1f} %"),
         ("largest message", f"{r['max_bytes']} bytes"),
-        (f"drain rate at {r['rate_limit']} messages/s", f"{r['drain_points_per_s']:,.0f} points/s "
-                                                       f"({r['messages_per_s']:.2f} messages/s)"),
+        (
+            f"drain rate at {r['rate_limit']} messages/s",
+            f"{r['drain_points_per_s']:,.0f} points/s ({r['messages_per_s']:.2f} messages/s)",
+        ),
         ("missing / doubled / unknown", f"{r['missing']} / {r['doubled']} / {r['unknown']}"),
     ]
     print(table(["Blynk backfill", "value"], rows))

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, ensure_importable, percentile, table, toml_document, write_json  # noqa: E402
+from _common import ROOT, ensure_importable, percentile, table, toml_document, write_json
 
 ensure_importable()
 
@@ -131,7 +131,7 @@ async def measure(client: Any, cloud: Cloud, n: int, interval: float, qos: int) 
         try:
             t1 = await asyncio.wait_for(future, 2.0)
             rtts.append(t1 - t0)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             lost += 1
     cloud.waiting = None
     return {
@@ -149,10 +149,20 @@ async def measure(client: Any, cloud: Cloud, n: int, interval: float, qos: int) 
 
 def write_agent_config(directory: Path, broker: Any) -> Path:
     data = {
-        "agent": {"name": "bench-latency", "pin_factory": "mock", "plugin_dirs": [],
-                  "state_dir": str(directory / "state"), "log_level": "warning"},
-        "blynk": {"server": broker.url("mqtt"), "token": broker.token, "template_id": "TMPLbench01",
-                  "client_id": "bench-ours", "rate_limit": 100.0},
+        "agent": {
+            "name": "bench-latency",
+            "pin_factory": "mock",
+            "plugin_dirs": [],
+            "state_dir": str(directory / "state"),
+            "log_level": "warning",
+        },
+        "blynk": {
+            "server": broker.url("mqtt"),
+            "token": broker.token,
+            "template_id": "TMPLbench01",
+            "client_id": "bench-ours",
+            "rate_limit": 100.0,
+        },
         "actuators": [{"id": "x", "type": "relay", "pin": 17, "blynk": "X"}],
     }
     path = directory / "latency.toml"
@@ -160,8 +170,9 @@ def write_agent_config(directory: Path, broker: Any) -> Path:
     return path
 
 
-async def run_device(impl: str, broker: Any, client: Any, cloud: Cloud, args: argparse.Namespace,
-                     workdir: Path) -> list[dict[str, Any]]:
+async def run_device(
+    impl: str, broker: Any, client: Any, cloud: Cloud, args: argparse.Namespace, workdir: Path
+) -> list[dict[str, Any]]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")}
     env.update({"GPIOZERO_PIN_FACTORY": "mock", "PYTHONUNBUFFERED": "1"})
     if impl == "ours":
@@ -169,8 +180,16 @@ async def run_device(impl: str, broker: Any, client: Any, cloud: Cloud, args: ar
         base = [str(script)] if script.exists() else [sys.executable, "-m", "agent"]
         cmd = [*base, "run", "--config", str(write_agent_config(workdir, broker))]
     else:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "paho", "--url", broker.url("mqtt"),
-               "--token", broker.token]
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            "paho",
+            "--url",
+            broker.url("mqtt"),
+            "--token",
+            broker.token,
+        ]
     cloud.info.clear()
     proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE, cwd=ROOT, env=env)
     assert proc.stdout is not None
@@ -192,7 +211,7 @@ async def run_device(impl: str, broker: Any, client: Any, cloud: Cloud, args: ar
             proc.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(proc.wait(), 10)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
 
@@ -206,8 +225,10 @@ async def main_async(args: argparse.Namespace) -> int:
         print("paho-mqtt is needed for the baseline: .venv/bin/pip install paho-mqtt", file=sys.stderr)
         return 2
     results: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp, \
-            Broker(log_types=("error", "warning", "notice", "information")) as broker:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp,
+        Broker(log_types=("error", "warning", "notice", "information")) as broker,
+    ):
         cloud = Cloud()
         client = await connect_cloud(broker, cloud)
         try:
@@ -215,16 +236,38 @@ async def main_async(args: argparse.Namespace) -> int:
                 results += await run_device(impl, broker, client, cloud, args, Path(tmp))
         finally:
             await client.disconnect()
-    rows = [(r["impl"], r["qos"], r["commands"], r["lost"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["max_ms"],
-             r["stalls_over_30ms"]) for r in results]
-    print(f"\nBlynk downlink round trip (command -> echo), {args.commands} sequential commands, "
-          f"one every {args.interval * 1000:g} ms\n")
+    rows = [
+        (
+            r["impl"],
+            r["qos"],
+            r["commands"],
+            r["lost"],
+            r["p50_ms"],
+            r["p90_ms"],
+            r["p99_ms"],
+            r["max_ms"],
+            r["stalls_over_30ms"],
+        )
+        for r in results
+    ]
+    print(
+        f"\nBlynk downlink round trip (command -> echo), {args.commands} sequential commands, "
+        f"one every {args.interval * 1000:g} ms\n"
+    )
     print(table(["impl", "QoS", "commands", "lost", "p50 ms", "p90 ms", "p99 ms", "max ms", "> 30 ms"], rows))
-    path = write_json(args.json, NAME, {
-        "params": {"commands": args.commands, "interval_s": args.interval, "quick": args.quick,
-                   "stall_threshold_ms": STALL_S * 1000},
-        "results": results,
-    })
+    path = write_json(
+        args.json,
+        NAME,
+        {
+            "params": {
+                "commands": args.commands,
+                "interval_s": args.interval,
+                "quick": args.quick,
+                "stall_threshold_ms": STALL_S * 1000,
+            },
+            "results": results,
+        },
+    )
     print(f"written: {path}")
     ours = [r for r in results if r["impl"] == "ours"]
     ok = all(r["lost"] == 0 and r["p99_ms"] <= TARGET_P99_S * 1000 for r in ours)
@@ -248,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return asyncio.run(main_async(args))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         print(f"{NAME}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

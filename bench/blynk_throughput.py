@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, ensure_importable, table, write_json  # noqa: E402
+from _common import ROOT, ensure_importable, table, write_json
 
 ensure_importable()
 
@@ -75,8 +75,13 @@ async def child_ours(args: argparse.Namespace) -> None:
     from agent.pipeline import Reading
 
     settings = BlynkSection(
-        server=args.url, token=args.token, template_id="TMPLbench01", rate_limit=args.rate,
-        client_id="bench-ours", backoff_initial=0.1, backoff_max=1.0,
+        server=args.url,
+        token=args.token,
+        template_id="TMPLbench01",
+        rate_limit=args.rate,
+        client_id="bench-ours",
+        backoff_initial=0.1,
+        backoff_max=1.0,
     )
     link = BlynkLink(settings, Path(tempfile.mkdtemp(prefix="bench-blynk-")))
     await link.start()
@@ -94,8 +99,14 @@ async def child_ours(args: argparse.Namespace) -> None:
     cpu = time.process_time() - cpu0
     counters = link.counters
     await link.stop()
-    _say({"cpu_s": cpu, "points_sent": counters.points_sent, "messages_sent": counters.messages_sent,
-          "points_dropped": counters.points_dropped})
+    _say(
+        {
+            "cpu_s": cpu,
+            "points_sent": counters.points_sent,
+            "messages_sent": counters.messages_sent,
+            "points_dropped": counters.points_dropped,
+        }
+    )
 
 
 async def child_paho(args: argparse.Namespace, limited: bool) -> None:
@@ -103,8 +114,7 @@ async def child_paho(args: argparse.Namespace, limited: bool) -> None:
 
     connected = asyncio.Event()
     loop = asyncio.get_running_loop()
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{args.child}",
-                         protocol=mqtt.MQTTv311)
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-{args.child}", protocol=mqtt.MQTTv311)
     client.username_pw_set("device", args.token)
     client.on_connect = lambda c, u, f, rc, p: loop.call_soon_threadsafe(connected.set)
     host, port = args.url.split("://", 1)[1].rsplit(":", 1)
@@ -202,13 +212,29 @@ async def cloud_client(broker: Any, receiver: Receiver) -> Any:
     return client
 
 
-async def run_one(broker: Any, receiver: Receiver, impl: str, readings: int, args: argparse.Namespace) -> dict[str, Any]:
+async def run_one(
+    broker: Any, receiver: Receiver, impl: str, readings: int, args: argparse.Namespace
+) -> dict[str, Any]:
     receiver.reset(readings, check=impl == "ours")
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", impl, "--url", broker.url("mqtt"),
-           "--token", broker.token, "--readings", str(readings), "--datastreams", str(args.datastreams),
-           "--rate", str(args.rate)]
-    proc = await asyncio.create_subprocess_exec(*cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                                                cwd=ROOT)
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        impl,
+        "--url",
+        broker.url("mqtt"),
+        "--token",
+        broker.token,
+        "--readings",
+        str(readings),
+        "--datastreams",
+        str(args.datastreams),
+        "--rate",
+        str(args.rate),
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, cwd=ROOT
+    )
     assert proc.stdin is not None and proc.stdout is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -245,7 +271,9 @@ async def run_one(broker: Any, receiver: Receiver, impl: str, readings: int, arg
         tightest = min((times[i + window] - times[i] for i in range(len(times) - window)), default=math.inf)
         out["tightest_rate_window_s"] = tightest
         seen = receiver.tally()
-        out["lost"] = sum(1 for i in range(readings) if (f"DS{i % args.datastreams}", repr(reading_value(i))) not in seen)
+        out["lost"] = sum(
+            1 for i in range(readings) if (f"DS{i % args.datastreams}", repr(reading_value(i))) not in seen
+        )
         out["duplicated"] = sum(n - 1 for n in seen.values() if n > 1)
         out["device"] = {k: v for k, v in result.items() if k != "cpu_s"}
     return out
@@ -272,21 +300,44 @@ async def main_async(args: argparse.Namespace) -> int:
         finally:
             await client.disconnect()
     rows = [
-        (r["impl"], r["readings"], r["messages"], r["wall_s"], r["messages_per_s"], r["readings_per_s"],
-         r["cpu_ms_per_1000_readings"], r["messages_per_reading"])
+        (
+            r["impl"],
+            r["readings"],
+            r["messages"],
+            r["wall_s"],
+            r["messages_per_s"],
+            r["readings_per_s"],
+            r["cpu_ms_per_1000_readings"],
+            r["messages_per_reading"],
+        )
         for r in results
     ]
-    print(f"\nBlynk uplink throughput: {args.readings} readings over {args.datastreams} datastreams, "
-          f"rate limit {args.rate:g} msg/s for ours and paho-limited\n")
-    print(table(["impl", "readings", "messages", "wall s", "msg/s", "readings/s", "CPU ms/1000 rd", "msg/reading"], rows))
+    print(
+        f"\nBlynk uplink throughput: {args.readings} readings over {args.datastreams} datastreams, "
+        f"rate limit {args.rate:g} msg/s for ours and paho-limited\n"
+    )
+    print(
+        table(["impl", "readings", "messages", "wall s", "msg/s", "readings/s", "CPU ms/1000 rd", "msg/reading"], rows)
+    )
     ours = results[0]
-    print(f"\nours: tightest {int(args.rate) + 1}-message span {ours['tightest_rate_window_s']:.3f} s "
-          f"(limit: >= 1 s), lost {ours['lost']}, duplicated {ours['duplicated']}")
-    path = write_json(args.json, NAME, {
-        "params": {"readings": args.readings, "datastreams": args.datastreams, "rate_limit": args.rate,
-                   "paho_limited_readings": n_limited, "quick": args.quick},
-        "results": results,
-    })
+    print(
+        f"\nours: tightest {int(args.rate) + 1}-message span {ours['tightest_rate_window_s']:.3f} s "
+        f"(limit: >= 1 s), lost {ours['lost']}, duplicated {ours['duplicated']}"
+    )
+    path = write_json(
+        args.json,
+        NAME,
+        {
+            "params": {
+                "readings": args.readings,
+                "datastreams": args.datastreams,
+                "rate_limit": args.rate,
+                "paho_limited_readings": n_limited,
+                "quick": args.quick,
+            },
+            "results": results,
+        },
+    )
     print(f"written: {path}")
     ok = ours["lost"] == 0 and ours["duplicated"] == 0 and ours["tightest_rate_window_s"] >= 0.975
     return 0 if ok else 1
@@ -316,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return asyncio.run(main_async(args))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         print(f"{NAME}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

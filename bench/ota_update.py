@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, ensure_importable, fmt, loadavg, machine, table, write_json  # noqa: E402
+from _common import ROOT, ensure_importable, fmt, loadavg, machine, table, write_json
 
 ensure_importable()
 
@@ -60,8 +60,11 @@ def wheelhouse(dest: Path) -> Path:
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(dest),
-                    *wanted], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(dest), *wanted],
+        check=True,
+        capture_output=True,
+    )
     return dest
 
 
@@ -93,8 +96,10 @@ class Reader:
         self.imports = 0
         self.import_failures = 0
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._files, daemon=True),
-                         threading.Thread(target=self._imports, daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._files, daemon=True),
+            threading.Thread(target=self._imports, daemon=True),
+        ]
 
     def _files(self) -> None:
         while not self._stop.is_set():
@@ -109,13 +114,15 @@ class Reader:
 
     def _imports(self) -> None:
         while not self._stop.is_set():
-            code = subprocess.run([str(self.current / "bin" / "python"), "-I", "-c", "import agent.cli, agent.runtime"],
-                                  capture_output=True).returncode
+            code = subprocess.run(
+                [str(self.current / "bin" / "python"), "-I", "-c", "import agent.cli, agent.runtime"],
+                capture_output=True,
+            ).returncode
             self.imports += 1
             self.import_failures += code != 0
             time.sleep(0.05)
 
-    def __enter__(self) -> "Reader":
+    def __enter__(self) -> Reader:
         for t in self._threads:
             t.start()
         return self
@@ -143,9 +150,14 @@ def staged(v1: PackageInfo, v2: PackageInfo, where: Path) -> dict[str, Any]:
         time.sleep(0.3)  # the readers look at the result too
     took = time.monotonic() - began - 0.3
     result = {
-        "seconds": took, "helper_cpu": children_cpu() - cpu, "snapshots": reader.snapshots,
-        "broken_snapshots": reader.broken, "imports": reader.imports, "import_failures": reader.import_failures,
-        "disk_mb": du(root / RELEASES) / 1e6, "old_release_kept": (root / RELEASES / v1.version).is_dir(),
+        "seconds": took,
+        "helper_cpu": children_cpu() - cpu,
+        "snapshots": reader.snapshots,
+        "broken_snapshots": reader.broken,
+        "imports": reader.imports,
+        "import_failures": reader.import_failures,
+        "disk_mb": du(root / RELEASES) / 1e6,
+        "old_release_kept": (root / RELEASES / v1.version).is_dir(),
         "current": current_release(root),
     }
     shutil.rmtree(root)
@@ -158,16 +170,38 @@ def in_place(v1: PackageInfo, v2: PackageInfo, where: Path) -> dict[str, Any]:
     wheels = extract_wheels(v2, root / "new-wheels")
     cpu, began = children_cpu(), time.monotonic()
     with Reader(venv) as reader:
-        subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                        "--disable-pip-version-check", "--no-index", "--find-links", str(wheels.parent), "--upgrade",
-                        str(wheels)], check=True, capture_output=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "--python",
+                str(venv / "bin" / "python"),
+                "install",
+                "-q",
+                "--disable-pip-version-check",
+                "--no-index",
+                "--find-links",
+                str(wheels.parent),
+                "--upgrade",
+                str(wheels),
+            ],
+            check=True,
+            capture_output=True,
+        )
         time.sleep(0.3)
     took = time.monotonic() - began - 0.3
     version = subprocess.run([str(venv / "bin" / "edge-agent"), "version"], capture_output=True, text=True).stdout
     result = {
-        "seconds": took, "helper_cpu": children_cpu() - cpu, "snapshots": reader.snapshots,
-        "broken_snapshots": reader.broken, "imports": reader.imports, "import_failures": reader.import_failures,
-        "disk_mb": du(root / RELEASES) / 1e6, "old_release_kept": False, "current": version.split()[-1],
+        "seconds": took,
+        "helper_cpu": children_cpu() - cpu,
+        "snapshots": reader.snapshots,
+        "broken_snapshots": reader.broken,
+        "imports": reader.imports,
+        "import_failures": reader.import_failures,
+        "disk_mb": du(root / RELEASES) / 1e6,
+        "old_release_kept": False,
+        "current": version.split()[-1],
     }
     shutil.rmtree(root)
     return result
@@ -175,14 +209,33 @@ def in_place(v1: PackageInfo, v2: PackageInfo, where: Path) -> dict[str, Any]:
 
 def downloads(package: PackageInfo, cert_dir: Path) -> dict[str, Any]:
     """Peak Python heap while fetching the package: streamed (ours) and read whole (baseline)."""
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost", "-keyout", str(cert_dir / "k.pem"),
-                    "-out", str(cert_dir / "c.pem")], check=True, capture_output=True)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            str(cert_dir / "k.pem"),
+            "-out",
+            str(cert_dir / "c.pem"),
+        ],
+        check=True,
+        capture_output=True,
+    )
     data = package.path.read_bytes()
     digest = base64.b64encode(hashlib.sha256(data).digest()).decode()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Length", str(len(data)))
             self.send_header("x-sha256", digest)
@@ -204,7 +257,10 @@ def downloads(package: PackageInfo, cert_dir: Path) -> dict[str, Any]:
         tracemalloc.start()
         began = time.monotonic()
         download(offer, cert_dir / "dl.zip", check_url=lambda u: None, ca_file=cert_dir / "c.pem")
-        out["streamed"] = {"seconds": time.monotonic() - began, "peak_heap_mb": tracemalloc.get_traced_memory()[1] / 1e6}
+        out["streamed"] = {
+            "seconds": time.monotonic() - began,
+            "peak_heap_mb": tracemalloc.get_traced_memory()[1] / 1e6,
+        }
         tracemalloc.stop()
         tracemalloc.start()
         began = time.monotonic()
@@ -212,8 +268,10 @@ def downloads(package: PackageInfo, cert_dir: Path) -> dict[str, Any]:
         with urllib.request.urlopen(url, context=context) as r:
             body = r.read()
         hashlib.sha256(body).digest()
-        out["read_whole"] = {"seconds": time.monotonic() - began,
-                             "peak_heap_mb": tracemalloc.get_traced_memory()[1] / 1e6}
+        out["read_whole"] = {
+            "seconds": time.monotonic() - began,
+            "peak_heap_mb": tracemalloc.get_traced_memory()[1] / 1e6,
+        }
         tracemalloc.stop()
     finally:
         server.shutdown()
@@ -240,17 +298,45 @@ def main() -> int:
     rows = []
     for name, results in runs.items():
         for i, r in enumerate(results):
-            rows.append([name, i + 1, fmt(r["seconds"]), fmt(r["helper_cpu"]),
-                         f"{r['broken_snapshots']} of {r['snapshots']}", f"{r['import_failures']} of {r['imports']}",
-                         fmt(r["disk_mb"]), "yes" if r["old_release_kept"] else "no", r["current"]])
+            rows.append(
+                [
+                    name,
+                    i + 1,
+                    fmt(r["seconds"]),
+                    fmt(r["helper_cpu"]),
+                    f"{r['broken_snapshots']} of {r['snapshots']}",
+                    f"{r['import_failures']} of {r['imports']}",
+                    fmt(r["disk_mb"]),
+                    "yes" if r["old_release_kept"] else "no",
+                    r["current"],
+                ]
+            )
     m = machine()
-    print(f"OTA update of a release root, 1.0.0 -> 1.1.0 ({v2.size / 1e6:.1f} MB package with dependencies); "
-          f"{m['nproc']} x {m['cpu']}, load {loadavg()}")
-    print(table(["method", "round", "wall s", "helper CPU s", "broken snapshots", "failed imports", "releases MB",
-                 "old kept", "after"], rows))
-    print(f"download of {dl['package_bytes'] / 1e6:.1f} MB over loopback HTTPS: streamed to disk (ours) "
-          f"{dl['streamed']['seconds']:.2f} s, peak heap {dl['streamed']['peak_heap_mb']:.2f} MB; "
-          f"read whole (baseline) {dl['read_whole']['seconds']:.2f} s, peak heap {dl['read_whole']['peak_heap_mb']:.2f} MB")
+    print(
+        f"OTA update of a release root, 1.0.0 -> 1.1.0 ({v2.size / 1e6:.1f} MB package with dependencies); "
+        f"{m['nproc']} x {m['cpu']}, load {loadavg()}"
+    )
+    print(
+        table(
+            [
+                "method",
+                "round",
+                "wall s",
+                "helper CPU s",
+                "broken snapshots",
+                "failed imports",
+                "releases MB",
+                "old kept",
+                "after",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"download of {dl['package_bytes'] / 1e6:.1f} MB over loopback HTTPS: streamed to disk (ours) "
+        f"{dl['streamed']['seconds']:.2f} s, peak heap {dl['streamed']['peak_heap_mb']:.2f} MB; "
+        f"read whole (baseline) {dl['read_whole']['seconds']:.2f} s, peak heap {dl['read_whole']['peak_heap_mb']:.2f} MB"
+    )
     write_json(args.json, "ota_update", {"machine": m, "runs": runs, "download": dl})
     bad = any(r["broken_snapshots"] or r["import_failures"] for r in runs["staged (ours)"])
     return 1 if bad else 0

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ensure_importable, table, write_json  # noqa: E402
+from _common import ensure_importable, table, write_json
 
 ensure_importable()
 

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, machine  # noqa: E402
+from _common import RESULTS, ROOT, machine
 
 HERE = Path(__file__).resolve().parent
 
@@ -34,8 +34,9 @@ def benchmarks() -> list[Path]:
 def run(path: Path, args: list[str]) -> tuple[int, bool]:
     """Run one benchmark, its output shown as it comes; returns its exit code
     and whether it died of an uncaught exception (a traceback on stderr)."""
-    proc = subprocess.Popen([sys.executable, str(path), *args], cwd=ROOT, stderr=subprocess.PIPE,
-                            text=True, errors="replace")
+    proc = subprocess.Popen(
+        [sys.executable, str(path), *args], cwd=ROOT, stderr=subprocess.PIPE, text=True, errors="replace"
+    )
     crashed = False
     assert proc.stderr is not None
     for line in proc.stderr:
@@ -55,8 +56,10 @@ def main(argv: list[str]) -> int:
     passthrough = [a for a in argv if a not in available]
     selected = [available[n] for n in chosen] if chosen else list(available.values())
     m = machine()
-    print(f"benchmarks on {m['nproc']} x {m['cpu']} ({m['arch']}), Python {m['python']}: "
-          f"{', '.join(p.stem for p in selected)}" + (f" {' '.join(passthrough)}" if passthrough else ""))
+    print(
+        f"benchmarks on {m['nproc']} x {m['cpu']} ({m['arch']}), Python {m['python']}: "
+        f"{', '.join(p.stem for p in selected)}" + (f" {' '.join(passthrough)}" if passthrough else "")
+    )
     summary = []
     worst = 0
     for path in selected:
@@ -67,12 +70,20 @@ def main(argv: list[str]) -> int:
         # an uncaught exception also exits 1: tell it apart from a missed target
         status = "FAILED (traceback)" if crashed else {0: "ok", 1: "TARGET MISSED"}.get(rc, "FAILED")
         print(f"=== {path.stem}: {status} (exit {rc}, {took:.0f} s) ===", flush=True)
-        summary.append({"benchmark": path.stem, "exit_code": rc, "status": status, "seconds": round(took, 1),
-                        "results": str((RESULTS / f"{path.stem}.json").relative_to(ROOT))})
+        summary.append(
+            {
+                "benchmark": path.stem,
+                "exit_code": rc,
+                "status": status,
+                "seconds": round(took, 1),
+                "results": str((RESULTS / f"{path.stem}.json").relative_to(ROOT)),
+            }
+        )
         worst = max(worst, 2 if crashed or rc < 0 else rc)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "summary.json").write_text(
-        json.dumps({"machine": m, "args": passthrough, "benchmarks": summary}, indent=2) + "\n", encoding="utf-8")
+        json.dumps({"machine": m, "args": passthrough, "benchmarks": summary}, indent=2) + "\n", encoding="utf-8"
+    )
     print("\nsummary: " + ", ".join(f"{s['benchmark']} {s['status']}" for s in summary))
     return worst
 

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, loadavg, ensure_importable, percentile, table, toml_document, write_json  # noqa: E402
+from _common import ROOT, ensure_importable, loadavg, percentile, table, toml_document, write_json
 
 NAME = "scheduler_cadence"
 TARGET_DEVIATION_PCT = 0.5
@@ -350,8 +350,16 @@ def summarise(label: str, raw: dict[str, Any], expected: float, seconds: float, 
 
 
 def run_child(which: str, config_path: Path, seconds: float) -> dict[str, Any]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", which,
-           "--config", str(config_path), "--seconds", repr(seconds)]
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--child",
+        which,
+        "--config",
+        str(config_path),
+        "--seconds",
+        repr(seconds),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True, timeout=seconds * 3 + 60)
     if proc.returncode != 0:
         raise RuntimeError(f"{which} run exited {proc.returncode}")
@@ -360,9 +368,13 @@ def run_child(which: str, config_path: Path, seconds: float) -> dict[str, Any]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=None,
-                    help="measurement window (default 30, 5 with --quick); ours keeps the lateness "
-                         "of the last 8192 slots per sensor")
+    ap.add_argument(
+        "--seconds",
+        type=float,
+        default=None,
+        help="measurement window (default 30, 5 with --quick); ours keeps the lateness "
+        "of the last 8192 slots per sensor",
+    )
     ap.add_argument("--sensors", type=int, default=20)
     ap.add_argument("--rate", type=float, default=10.0, help="reads per second per sensor")
     ap.add_argument("--workers", type=int, default=None, help="agent.workers (default: the agent's default)")
@@ -377,48 +389,82 @@ def main() -> int:
         return 0
 
     expected = args.sensors * args.rate * seconds
-    print(f"scheduler cadence: {args.sensors} simulated sensors x {args.rate:g} reads/s for {seconds:g} s "
-          f"(expected {expected:.0f} readings); each run in its own process, one after the other")
+    print(
+        f"scheduler cadence: {args.sensors} simulated sensors x {args.rate:g} reads/s for {seconds:g} s "
+        f"(expected {expected:.0f} readings); each run in its own process, one after the other"
+    )
     print(f"load average before the run: {loadavg()} (on {os.cpu_count()} cores)")
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-cadence-") as tmp:
         config_path = write_config(Path(tmp), args.sensors, args.rate, args.workers)
         try:
-            ours = summarise("ours (Agent/SensorRunner)", run_child("ours", config_path, seconds),
-                             expected, seconds, args.sensors)
-            naive = summarise("baseline (executor + sleep)", run_child("naive", config_path, seconds),
-                              expected, seconds, args.sensors)
-            floor = summarise("floor (bare asyncio timers)", run_child("floor", config_path, seconds),
-                              expected, seconds, args.sensors)
+            ours = summarise(
+                "ours (Agent/SensorRunner)", run_child("ours", config_path, seconds), expected, seconds, args.sensors
+            )
+            naive = summarise(
+                "baseline (executor + sleep)", run_child("naive", config_path, seconds), expected, seconds, args.sensors
+            )
+            floor = summarise(
+                "floor (bare asyncio timers)", run_child("floor", config_path, seconds), expected, seconds, args.sensors
+            )
         except (RuntimeError, subprocess.TimeoutExpired, ValueError) as exc:
             print(f"FAILED: {exc}", file=sys.stderr)
             return 2
     for r in (ours, naive, floor):
         reads = r is not floor
-        rows.append([
-            r["label"], r["readings"] if reads else "-", f"{r['expected']:.0f}" if reads else "-",
-            f"{r['deviation_pct']:+.2f}" if reads else "-",
-            f"{r['lateness_p50_ms']:.2f}", f"{r['lateness_p99_ms']:.2f}", f"{r['lateness_max_ms']:.2f}",
-            "-" if r["skipped_slots"] is None else r["skipped_slots"],
-            f"{r['cpu_s']:.2f}", f"{r['cpu_pct_of_one_core']:.1f}",
-            f"{r['readings_per_s']:.1f}" if reads else "-",
-        ])
-    print(table(["implementation", "readings", "expected", "dev %", "p50 ms", "p99 ms", "max ms",
-                 "skipped", "CPU s", "CPU %", "readings/s"], rows))
-    print(f"per-sensor counts: ours {ours['per_sensor_min']}..{ours['per_sensor_max']}, "
-          f"baseline {naive['per_sensor_min']}..{naive['per_sensor_max']} "
-          f"(schedule {args.rate * seconds:.0f}); workers: ours {ours['workers']}, baseline {naive['workers']}; "
-          f"ours: {ours['failures']} failures, {ours['timeouts']} timeouts, {ours['unavailable']} unavailable")
-    print("lateness = wake-up time minus the slot's ideal time start + k*interval; CPU % is of one core;\n"
-          "floor = the same grid slept on by bare asyncio tasks (no reads, no agent): what the loop and\n"
-          "the machine allow right now; ours is compared with the targets, the floor says how much of\n"
-          "its lateness the machine itself causes")
+        rows.append(
+            [
+                r["label"],
+                r["readings"] if reads else "-",
+                f"{r['expected']:.0f}" if reads else "-",
+                f"{r['deviation_pct']:+.2f}" if reads else "-",
+                f"{r['lateness_p50_ms']:.2f}",
+                f"{r['lateness_p99_ms']:.2f}",
+                f"{r['lateness_max_ms']:.2f}",
+                "-" if r["skipped_slots"] is None else r["skipped_slots"],
+                f"{r['cpu_s']:.2f}",
+                f"{r['cpu_pct_of_one_core']:.1f}",
+                f"{r['readings_per_s']:.1f}" if reads else "-",
+            ]
+        )
+    print(
+        table(
+            [
+                "implementation",
+                "readings",
+                "expected",
+                "dev %",
+                "p50 ms",
+                "p99 ms",
+                "max ms",
+                "skipped",
+                "CPU s",
+                "CPU %",
+                "readings/s",
+            ],
+            rows,
+        )
+    )
+    print(
+        f"per-sensor counts: ours {ours['per_sensor_min']}..{ours['per_sensor_max']}, "
+        f"baseline {naive['per_sensor_min']}..{naive['per_sensor_max']} "
+        f"(schedule {args.rate * seconds:.0f}); workers: ours {ours['workers']}, baseline {naive['workers']}; "
+        f"ours: {ours['failures']} failures, {ours['timeouts']} timeouts, {ours['unavailable']} unavailable"
+    )
+    print(
+        "lateness = wake-up time minus the slot's ideal time start + k*interval; CPU % is of one core;\n"
+        "floor = the same grid slept on by bare asyncio tasks (no reads, no agent): what the loop and\n"
+        "the machine allow right now; ours is compared with the targets, the floor says how much of\n"
+        "its lateness the machine itself causes"
+    )
 
     stop = ours["stop"]
     if stop["hung"]:
-        print(f"ours: agent.stop() had not returned after {STOP_LIMIT:g} s: {stop['ignored_cancel']} of "
-              f"{args.sensors} runner tasks ignored task.cancel() and kept reading "
-              f"({stop['stuck_reads_per_s']:.0f} reads/s); they stopped after {stop['recancels']} more cancel(s)")
+        print(
+            f"ours: agent.stop() had not returned after {STOP_LIMIT:g} s: {stop['ignored_cancel']} of "
+            f"{args.sensors} runner tasks ignored task.cancel() and kept reading "
+            f"({stop['stuck_reads_per_s']:.0f} reads/s); they stopped after {stop['recancels']} more cancel(s)"
+        )
     else:
         print(f"ours: agent.stop() returned in {stop['seconds'] * 1000:.0f} ms")
 
@@ -428,18 +474,24 @@ def main() -> int:
     if abs(ours["deviation_pct"]) > TARGET_DEVIATION_PCT:
         problems.append(f"count deviation {ours['deviation_pct']:+.2f} % (target within {TARGET_DEVIATION_PCT} %)")
     if not ours["lateness_p99_ms"] <= TARGET_P99_MS:
-        problems.append(f"p99 lateness {ours['lateness_p99_ms']:.2f} ms (target <= {TARGET_P99_MS} ms; "
-                        f"the floor's p99 in the run after it: {floor['lateness_p99_ms']:.2f} ms, "
-                        f"load average now {loadavg()})")
-    out = write_json(args.json, NAME, {
-        "params": {"seconds": seconds, "sensors": args.sensors, "rate": args.rate, "workers": args.workers},
-        "targets": {"deviation_pct": TARGET_DEVIATION_PCT, "p99_ms": TARGET_P99_MS},
-        "ours": ours,
-        "baseline": naive,
-        "floor": floor,
-        "passed": not problems,
-        "problems": problems,
-    })
+        problems.append(
+            f"p99 lateness {ours['lateness_p99_ms']:.2f} ms (target <= {TARGET_P99_MS} ms; "
+            f"the floor's p99 in the run after it: {floor['lateness_p99_ms']:.2f} ms, "
+            f"load average now {loadavg()})"
+        )
+    out = write_json(
+        args.json,
+        NAME,
+        {
+            "params": {"seconds": seconds, "sensors": args.sensors, "rate": args.rate, "workers": args.workers},
+            "targets": {"deviation_pct": TARGET_DEVIATION_PCT, "p99_ms": TARGET_P99_MS},
+            "ours": ours,
+            "baseline": naive,
+            "floor": floor,
+            "passed": not problems,
+            "problems": problems,
+        },
+    )
     print(f"results: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if problems:
         for p in problems:

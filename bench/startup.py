@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, loadavg, median, table, toml_document, write_json  # noqa: E402
+from _common import ROOT, loadavg, median, table, toml_document, write_json
 
 NAME = "startup"
 PY = sys.executable
@@ -72,22 +72,39 @@ def choose_config(tmp: Path, override: Path | None) -> tuple[Path, str]:
     """The demo config to run, and a sentence saying which one it is and why."""
     if override is not None:
         return override, f"{override} (given with --config)"
-    check = subprocess.run([PY, "-m", "agent", "check", "--config", str(DEMO)], cwd=ROOT, env=env(),
-                           capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        [PY, "-m", "agent", "check", "--config", str(DEMO)],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     data = tomllib.loads(DEMO.read_text(encoding="utf-8"))
     links = [k for k in ("blynk", "thingspeak") if k in data]
     if check.returncode == 0 and not links:
         return DEMO, "examples/demo.toml (as shipped: passes `edge-agent check`, no links)"
-    reason = (f"`edge-agent check` fails ({check.stderr.strip().splitlines()[-1] if check.stderr.strip() else check.returncode})"
-              if check.returncode != 0 else f"it has [{'], ['.join(links)}] (needs a broker)")
+    reason = (
+        f"`edge-agent check` fails ({check.stderr.strip().splitlines()[-1] if check.stderr.strip() else check.returncode})"
+        if check.returncode != 0
+        else f"it has [{'], ['.join(links)}] (needs a broker)"
+    )
     path = tmp / "demo-nolinks.toml"
     path.write_text(toml_document(strip_links(data, tmp)), encoding="utf-8")
-    again = subprocess.run([PY, "-m", "agent", "check", "--config", str(path)], cwd=ROOT, env=env(),
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [PY, "-m", "agent", "check", "--config", str(path)],
+        cwd=ROOT,
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     if again.returncode != 0:
         raise RuntimeError(f"the link-free copy of the demo config is not valid either:\n{again.stderr}")
-    return path, (f"a copy of examples/demo.toml with the same sensors and actuators but no links, "
-                  f"written to {path}, because {reason}")
+    return path, (
+        f"a copy of examples/demo.toml with the same sensors and actuators but no links, "
+        f"written to {path}, because {reason}"
+    )
 
 
 def strip_links(data: dict[str, Any], tmp: Path) -> dict[str, Any]:
@@ -100,8 +117,10 @@ def strip_links(data: dict[str, Any], tmp: Path) -> dict[str, Any]:
     sensors = []
     for entry in out.get("sensors", []):
         entry = dict(entry)
-        readings = {q: {k: v for k, v in route.items() if k not in ("blynk", "thingspeak")}
-                    for q, route in entry.get("readings", {}).items()}
+        readings = {
+            q: {k: v for k, v in route.items() if k not in ("blynk", "thingspeak")}
+            for q, route in entry.get("readings", {}).items()
+        }
         if readings:
             entry["readings"] = {q: r for q, r in readings.items() if r}
             if not entry["readings"]:
@@ -119,8 +138,9 @@ def strip_links(data: dict[str, Any], tmp: Path) -> dict[str, Any]:
 
 def wall(code: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([PY, "-c", code], cwd=ROOT, env=env(), check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        [PY, "-c", code], cwd=ROOT, env=env(), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     return time.perf_counter() - t0
 
 
@@ -146,8 +166,9 @@ def import_times(runs: int) -> dict[str, Any]:
 def importtime_top(code: str, n: int = 8) -> list[dict[str, Any]]:
     """Where the import time of ``code`` goes (one ``-X importtime`` run): the
     self time of every module summed per top-level package, largest first."""
-    proc = subprocess.run([PY, "-X", "importtime", "-c", code], cwd=ROOT, env=env(),
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [PY, "-X", "importtime", "-c", code], cwd=ROOT, env=env(), capture_output=True, text=True, check=True
+    )
     per: dict[str, float] = {}
     for line in proc.stderr.splitlines():
         m = re.match(r"import time:\s+(\d+) \|\s+(\d+) \| \s*(\S+)", line)
@@ -167,8 +188,7 @@ def first_line(cmd: list[str], match: re.Pattern[str] | None) -> dict[str, Any]:
     it and time its exit."""
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=err,
-                                stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
         box: dict[str, Any] = {}
 
         def reader() -> None:
@@ -226,8 +246,9 @@ def cold_start(config: Path, runs: int) -> dict[str, Any]:
     return {
         "runs": runs,
         "command": " ".join(["python", *agent_cmd[1:]]),
-        "median_first_line_s": {k: median(r["first_line_s"] for r in v if r["first_line_s"] is not None)
-                                for k, v in samples.items()},
+        "median_first_line_s": {
+            k: median(r["first_line_s"] for r in v if r["first_line_s"] is not None) for k, v in samples.items()
+        },
         "agent_first_lines": [r["line"] for r in agent_runs],
         "agent_stop_s": stops,
         "agent_stop_median_s": median(stops),
@@ -243,12 +264,21 @@ def cold_start(config: Path, runs: int) -> dict[str, Any]:
 def steady_rss(config: Path, seconds: float, warmup: float) -> dict[str, Any]:
     import psutil
 
-    agent = subprocess.Popen([PY, "-m", "agent", "run", "--config", str(config), "--print-readings"],
-                             cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             stdin=subprocess.DEVNULL)
+    agent = subprocess.Popen(
+        [PY, "-m", "agent", "run", "--config", str(config), "--print-readings"],
+        cwd=ROOT,
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
     sleep_for = max(30.0, seconds + 10.0)
-    base = subprocess.Popen([PY, "-c", f"{RSS_BASELINE_IMPORTS}; import time; time.sleep({sleep_for})"],
-                            cwd=ROOT, env=env(), stdin=subprocess.DEVNULL)
+    base = subprocess.Popen(
+        [PY, "-c", f"{RSS_BASELINE_IMPORTS}; import time; time.sleep({sleep_for})"],
+        cwd=ROOT,
+        env=env(),
+        stdin=subprocess.DEVNULL,
+    )
     lines = [0]
 
     def drain() -> None:
@@ -324,50 +354,80 @@ def main() -> int:
         imp = import_times(runs)
         m = imp["median_s"]
         print(f"\n(a) import time, median of {runs} fresh interpreters each (wall time of the whole process)")
-        print(table(["command", "wall ms", "minus `pass` ms"], [
-            ['python -c "pass"  (baseline)', m["pass"] * 1000, 0.0],
-            [f'python -c "{CORE_IMPORT}"', m["core"] * 1000, imp["core_net_s"] * 1000],
-            [f'python -c "{DEPS_IMPORT}"', m["deps"] * 1000, imp["deps_net_s"] * 1000],
-        ]))
-        print("where the core's import time goes (-X importtime, one run, self time per package): " + ", ".join(
-            f"{r['package']} {r['self_ms']:.0f} ms" for r in imp["top_imports"][:8]))
+        print(
+            table(
+                ["command", "wall ms", "minus `pass` ms"],
+                [
+                    ['python -c "pass"  (baseline)', m["pass"] * 1000, 0.0],
+                    [f'python -c "{CORE_IMPORT}"', m["core"] * 1000, imp["core_net_s"] * 1000],
+                    [f'python -c "{DEPS_IMPORT}"', m["deps"] * 1000, imp["deps_net_s"] * 1000],
+                ],
+            )
+        )
+        print(
+            "where the core's import time goes (-X importtime, one run, self time per package): "
+            + ", ".join(f"{r['package']} {r['self_ms']:.0f} ms" for r in imp["top_imports"][:8])
+        )
 
         cold = cold_start(config, cold_runs)
         c = cold["median_first_line_s"]
         print(f"\n(b) cold start: spawn to first stdout line, median of {cold_runs}")
-        print(table(["command", "first line ms"], [
-            ["python -m agent run --print-readings  (ours, first reading)", c["agent"] * 1000],
-            [f'python -c "{COLD_BASELINE}"  (baseline)', c["deps"] * 1000],
-            ['python -c "print(1)"  (interpreter only)', c["interpreter"] * 1000],
-        ]))
-        print(f"agent exit after SIGTERM: median {cold['agent_stop_median_s'] * 1000:.0f} ms, "
-              f"exit codes {cold['agent_exit_codes']}, hangs (killed after {STOP_TIMEOUT:g} s): {cold['agent_stop_hangs']}")
+        print(
+            table(
+                ["command", "first line ms"],
+                [
+                    ["python -m agent run --print-readings  (ours, first reading)", c["agent"] * 1000],
+                    [f'python -c "{COLD_BASELINE}"  (baseline)', c["deps"] * 1000],
+                    ['python -c "print(1)"  (interpreter only)', c["interpreter"] * 1000],
+                ],
+            )
+        )
+        print(
+            f"agent exit after SIGTERM: median {cold['agent_stop_median_s'] * 1000:.0f} ms, "
+            f"exit codes {cold['agent_exit_codes']}, hangs (killed after {STOP_TIMEOUT:g} s): {cold['agent_stop_hangs']}"
+        )
         if cold["agent_failures"]:
-            print(f"FAILED: {len(cold['agent_failures'])} agent run(s) printed no reading within "
-                  f"{FIRST_LINE_TIMEOUT:g} s; stderr tail:\n{cold['agent_failures'][0].get('stderr_tail', '')}")
+            print(
+                f"FAILED: {len(cold['agent_failures'])} agent run(s) printed no reading within "
+                f"{FIRST_LINE_TIMEOUT:g} s; stderr tail:\n{cold['agent_failures'][0].get('stderr_tail', '')}"
+            )
 
         rss = steady_rss(config, seconds, warmup)
         print(f"\n(c) steady RSS: {rss['samples']} samples, one a second from {warmup:g} s to {seconds:g} s")
-        print(table(["process", "median MiB", "max MiB"], [
-            ["demo agent (ours)", rss["median_mib"]["agent"], rss["max_mib"]["agent"]],
-            [f'python -c "{RSS_BASELINE_IMPORTS}; time.sleep(..)"  (baseline)',
-             rss["median_mib"]["baseline"], rss["max_mib"]["baseline"]],
-        ]))
+        print(
+            table(
+                ["process", "median MiB", "max MiB"],
+                [
+                    ["demo agent (ours)", rss["median_mib"]["agent"], rss["max_mib"]["agent"]],
+                    [
+                        f'python -c "{RSS_BASELINE_IMPORTS}; time.sleep(..)"  (baseline)',
+                        rss["median_mib"]["baseline"],
+                        rss["max_mib"]["baseline"],
+                    ],
+                ],
+            )
+        )
         print(f"agent: up to {rss['agent_threads_max']} threads, {rss['agent_lines_printed']} reading lines printed")
 
-    out = write_json(args.json, NAME, {
-        "params": {"runs": runs, "cold_runs": cold_runs, "seconds": seconds, "warmup": warmup},
-        "config": config_note,
-        "import_time": imp,
-        "cold_start": cold,
-        "steady_rss": rss,
-    })
+    out = write_json(
+        args.json,
+        NAME,
+        {
+            "params": {"runs": runs, "cold_runs": cold_runs, "seconds": seconds, "warmup": warmup},
+            "config": config_note,
+            "import_time": imp,
+            "cold_start": cold,
+            "steady_rss": rss,
+        },
+    )
     print(f"\nresults: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if cold["agent_failures"]:
         return 2
     if cold["agent_stop_hangs"]:
-        print(f"PROBLEM: the agent did not exit within {STOP_TIMEOUT:g} s of SIGTERM in "
-              f"{cold['agent_stop_hangs']} of {cold_runs} runs")
+        print(
+            f"PROBLEM: the agent did not exit within {STOP_TIMEOUT:g} s of SIGTERM in "
+            f"{cold['agent_stop_hangs']} of {cold_runs} runs"
+        )
         return 1
     return 0
 

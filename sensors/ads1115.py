@@ -82,12 +82,7 @@ FullScale = Literal[6.144, 4.096, 2.048, 1.024, 0.512, 0.256]
 def config_word(input_name: str, gain: float, data_rate: int) -> int:
     """The Config register value that starts one single-shot conversion."""
     return (
-        OS
-        | (MUX[input_name] << 12)
-        | (PGA[gain] << 9)
-        | MODE_SINGLE_SHOT
-        | (DATA_RATES[data_rate] << 5)
-        | COMP_DISABLE
+        OS | (MUX[input_name] << 12) | (PGA[gain] << 9) | MODE_SINGLE_SHOT | (DATA_RATES[data_rate] << 5) | COMP_DISABLE
     )
 
 

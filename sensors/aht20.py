@@ -123,8 +123,7 @@ class AHT20(I2CSensor):
             status = self._read(bus, 1)[0]
         if not status & STATUS_CALIBRATED:
             raise SensorError(
-                f"{self._chip}: still not calibrated after the init command "
-                f"0xBE 0x08 0x00 (status 0x{status:02x})"
+                f"{self._chip}: still not calibrated after the init command 0xBE 0x08 0x00 (status 0x{status:02x})"
             )
 
     def read(self) -> dict[str, float]:
@@ -137,8 +136,7 @@ class AHT20(I2CSensor):
                 if polls == BUSY_POLLS:
                     waited = MEASURE_WAIT_S + polls * BUSY_POLL_INTERVAL_S
                     raise SensorError(
-                        f"{self._chip}: still busy {waited * 1000:.0f} ms after the trigger "
-                        f"({polls + 1} status reads)"
+                        f"{self._chip}: still busy {waited * 1000:.0f} ms after the trigger ({polls + 1} status reads)"
                     )
                 self._sleep(BUSY_POLL_INTERVAL_S)
                 polls += 1

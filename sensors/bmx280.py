@@ -169,9 +169,7 @@ class Calibration:
         all-0xFF read): dig_T1 and dig_P1 are never 0 or 0xFFFF, and
         dig_P1 = 0 would divide by zero in the pressure formula."""
         if self.t1 in (0, 0xFFFF) or self.p1 in (0, 0xFFFF):
-            raise SensorError(
-                f"calibration data unreadable (dig_T1={self.t1}, dig_P1={self.p1})"
-            )
+            raise SensorError(f"calibration data unreadable (dig_T1={self.t1}, dig_P1={self.p1})")
 
 
 def compensate_temperature(adc_t: int, cal: Calibration) -> tuple[float, float]:
@@ -349,10 +347,7 @@ class BMP280(I2CSensor):
             other = f"a {OTHER_CHIP_IDS[found]}, which this driver does not support"
         else:
             other = "not a chip this driver knows"
-        return (
-            f"chip id 0x{found:02x} at {where} is {other} "
-            f"(a {self.chip_name} reads 0x{self.chip_id:02x})"
-        )
+        return f"chip id 0x{found:02x} at {where} is {other} (a {self.chip_name} reads 0x{self.chip_id:02x})"
 
     def _initialise(self) -> None:
         addr = self.options.address
@@ -381,8 +376,7 @@ class BMP280(I2CSensor):
                 return
             if time.monotonic() >= deadline:
                 raise SensorError(
-                    f"{self.chip_name} at {self.describe_location()}: "
-                    f"{what} did not finish in {timeout * 1000:.0f} ms"
+                    f"{self.chip_name} at {self.describe_location()}: {what} did not finish in {timeout * 1000:.0f} ms"
                 )
             self._sleep(0.001)
 

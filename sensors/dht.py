@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import errno
 import re
-from time import sleep
 from collections.abc import Mapping
 from pathlib import Path
+from time import sleep
 from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, field_validator
@@ -46,8 +46,7 @@ HUMIDITY_FILE = "in_humidityrelative_input"
 RETRYABLE = frozenset({errno.ETIMEDOUT, errno.EIO})
 
 OVERLAY_HINT = (
-    "add 'dtoverlay=dht11,gpiopin=N' (N = the BCM number of the data pin) to "
-    "/boot/firmware/config.txt and reboot"
+    "add 'dtoverlay=dht11,gpiopin=N' (N = the BCM number of the data pin) to /boot/firmware/config.txt and reboot"
 )
 
 
@@ -120,18 +119,14 @@ class _DHT(Sensor[Any]):
                 raise SensorError(f"no dht11 IIO device in {IIO_DEVICES}: {OVERLAY_HINT}")
             if len(found) > 1:
                 names = ", ".join(d.name for d in found)
-                raise SensorError(
-                    f"several dht11 IIO devices ({names}): set device = N to pick one"
-                )
+                raise SensorError(f"several dht11 IIO devices ({names}): set device = N to pick one")
             return found[0]
         directory = root / f"iio:device{device}"
         name = self._name_of(directory)
         if name is None:
             raise SensorError(f"{IIO_DEVICES}/iio:device{device} does not exist: {OVERLAY_HINT}")
         if name != DRIVER_NAME:
-            raise SensorError(
-                f"{IIO_DEVICES}/iio:device{device} is a {name!r} device, not dht11"
-            )
+            raise SensorError(f"{IIO_DEVICES}/iio:device{device} is a {name!r} device, not dht11")
         return directory
 
     # -- the Sensor contract
@@ -162,8 +157,7 @@ class _DHT(Sensor[Any]):
                 if attempt == attempts:
                     reason = errno.errorcode.get(exc.errno or 0, str(exc.errno))
                     raise SensorError(
-                        f"{self.type} on {directory.name}: no valid answer in "
-                        f"{attempts} attempts (last: {reason})"
+                        f"{self.type} on {directory.name}: no valid answer in {attempts} attempts (last: {reason})"
                     ) from exc
                 sleep(self.options.retry_delay)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -176,19 +170,13 @@ class _DHT(Sensor[Any]):
         try:
             temperature, humidity = milli_to_unit(raw_t), milli_to_unit(raw_h)
         except ValueError as exc:
-            raise SensorError(
-                f"{self.type}: unexpected contents {raw_t.strip()!r}/{raw_h.strip()!r}"
-            ) from exc
+            raise SensorError(f"{self.type}: unexpected contents {raw_t.strip()!r}/{raw_h.strip()!r}") from exc
         lo, hi = self.temperature_range
         if not lo <= temperature <= hi:
-            raise SensorError(
-                f"{self.type}: temperature {temperature} °C outside {lo}..{hi} °C (misread)"
-            )
+            raise SensorError(f"{self.type}: temperature {temperature} °C outside {lo}..{hi} °C (misread)")
         lo, hi = self.humidity_range
         if not lo <= humidity <= hi:
-            raise SensorError(
-                f"{self.type}: humidity {humidity} %RH outside {lo}..{hi} %RH (misread)"
-            )
+            raise SensorError(f"{self.type}: humidity {humidity} %RH outside {lo}..{hi} %RH (misread)")
         return {"temperature": temperature, "humidity": humidity}
 
     def close(self) -> None:

@@ -94,8 +94,7 @@ def normalize_serial(value: str) -> str:
         other = OTHER_THERM_FAMILIES.get(family)
         what = f"a {other}" if other else f"family {family}h"
         raise ValueError(
-            f"{serial} is {what}, not a DS18B20: the DS18B20 is 1-Wire family 28h only "
-            "(its serial starts with 28-)"
+            f"{serial} is {what}, not a DS18B20: the DS18B20 is 1-Wire family 28h only (its serial starts with 28-)"
         )
     return serial
 
@@ -156,12 +155,8 @@ def check_temperature(millidegrees: int, previous: float | None) -> float:
     celsius = millidegrees / 1000
     low, high = RANGE_C
     if not low <= celsius <= high:
-        raise SensorError(
-            f"{celsius:g} °C is outside the DS18B20's range {low:g}..{high:g} °C"
-        )
-    if millidegrees == POWER_ON_MILLIDEGREES and (
-        previous is None or previous <= POWER_ON_PLAUSIBLE_ABOVE_C
-    ):
+        raise SensorError(f"{celsius:g} °C is outside the DS18B20's range {low:g}..{high:g} °C")
+    if millidegrees == POWER_ON_MILLIDEGREES and (previous is None or previous <= POWER_ON_PLAUSIBLE_ABOVE_C):
         before = "no earlier reading" if previous is None else f"previous reading {previous:g} °C"
         raise SensorError(
             "85 °C is the DS18B20's power-on reset value (probe reset or conversion "
@@ -206,9 +201,7 @@ class DS18B20(Sensor[DS18B20Options]):
                     "noise on the 1-Wire line or a long cable without a strong pull-up?)"
                 )
             if reading.scratchpad and not any(reading.scratchpad):
-                raise SensorError(
-                    f"DS18B20 {self.serial}: all-zero scratchpad (data line held low?)"
-                )
+                raise SensorError(f"DS18B20 {self.serial}: all-zero scratchpad (data line held low?)")
             millideg = reading.millidegrees
         elif plain.exists():
             text = self._read_file(plain).strip()
@@ -281,7 +274,7 @@ class DS18B20(Sensor[DS18B20Options]):
             extra = f" (other 1-Wire devices present: {', '.join(others)})" if others else ""
             raise ChipAbsent(f"no DS18B20 (28-*) under {devices}{extra}; {_HINT}")
         raise SensorError(
-            f"serial = \"auto\" but {len(probes)} DS18B20 probes are present "
+            f'serial = "auto" but {len(probes)} DS18B20 probes are present '
             f"({', '.join(probes)}): add one [[sensors]] entry per probe, each with its serial"
         )
 
@@ -300,8 +293,7 @@ class DS18B20(Sensor[DS18B20Options]):
                 current = path.read_text().strip()
         except PermissionError as exc:
             raise SensorError(
-                f"cannot set resolution: no permission to write {path} (run as root or "
-                "add a udev rule)"
+                f"cannot set resolution: no permission to write {path} (run as root or add a udev rule)"
             ) from exc
         except OSError as exc:
             raise SensorError(f"cannot set resolution via {path}: {exc}") from exc

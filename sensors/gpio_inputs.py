@@ -55,9 +55,7 @@ def _normalise_pin(value: Any) -> Any:
 #: A GPIO pin: a BCM number 0..27 (the 40-pin header's GPIOs) or a pin name
 #: gpiozero understands ("GPIO17", "BOARD11", "J8:11"); checked by the pin
 #: factory when the sensor opens.
-GPIOPin = Annotated[
-    Annotated[int, Field(ge=0, le=27)] | str, BeforeValidator(_normalise_pin)
-]
+GPIOPin = Annotated[Annotated[int, Field(ge=0, le=27)] | str, BeforeValidator(_normalise_pin)]
 
 #: Seconds; 0 turns debouncing off.
 BounceTime = Annotated[float, Field(ge=0.0, le=5.0)]
@@ -82,9 +80,8 @@ class GPIOInputOptions(PluginOptions):
     @model_validator(mode="before")
     @classmethod
     def _floating_when_only_active_high(cls, data: Any) -> Any:
-        if isinstance(data, Mapping):
-            if data.get("active_high") is not None and "pull_up" not in data:
-                data = {**data, "pull_up": None}
+        if isinstance(data, Mapping) and data.get("active_high") is not None and "pull_up" not in data:
+            data = {**data, "pull_up": None}
         return data
 
     @model_validator(mode="after")
@@ -96,8 +93,7 @@ class GPIOInputOptions(PluginOptions):
             )
         if self.pull_up is not None and self.active_high is not None:
             raise ValueError(
-                "set either pull_up (the pull decides the active level) or "
-                "active_high (floating input), not both"
+                "set either pull_up (the pull decides the active level) or active_high (floating input), not both"
             )
         return self
 

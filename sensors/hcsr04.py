@@ -223,9 +223,7 @@ class HCSR04(Sensor[Any]):
         install_mock_echo(factory, options.trigger_pin, options.echo_pin, 100.0)
 
 
-def install_mock_echo(
-    factory: Any, trigger_pin: int | str, echo_pin: int | str, distance_cm: float
-) -> Any:
+def install_mock_echo(factory: Any, trigger_pin: int | str, echo_pin: int | str, distance_cm: float) -> Any:
     """Make ``trigger_pin`` of a gpiozero ``MockFactory`` answer each trigger
     with an echo on ``echo_pin`` as long as ``distance_cm`` gives; returns the
     trigger pin (set its ``echo_time`` to move the object).

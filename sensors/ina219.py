@@ -92,7 +92,13 @@ def effective_current_lsb(cal: int, shunt_ohms: float) -> float:
 def config_word(bus_range: int, gain: int, samples: int) -> int:
     """Configuration register: BRNG, PG, BADC = SADC, continuous shunt + bus."""
     adc = ADC_SETTINGS[samples][0]
-    return ((1 if bus_range == 32 else 0) << 13) | (PGA[gain][0] << 11) | (adc << 7) | (adc << 3) | MODE_SHUNT_BUS_CONTINUOUS
+    return (
+        ((1 if bus_range == 32 else 0) << 13)
+        | (PGA[gain][0] << 11)
+        | (adc << 7)
+        | (adc << 3)
+        | MODE_SHUNT_BUS_CONTINUOUS
+    )
 
 
 def to_signed16(word: int) -> int:

@@ -136,8 +136,7 @@ def check_temperature(celsius: float, chip: str) -> float:
     low, high = TEMPERATURE_RANGE_C
     if not low - RANGE_SLACK_C <= celsius <= high + RANGE_SLACK_C:
         raise SensorError(
-            f"{chip}: temperature {celsius:.2f} °C is outside the chip's range "
-            f"{low:g}..{high:g} °C (faulty reading)"
+            f"{chip}: temperature {celsius:.2f} °C is outside the chip's range {low:g}..{high:g} °C (faulty reading)"
         )
     return celsius
 
@@ -240,9 +239,7 @@ class SHT3x(_SensirionSensor):
 
     def probe(self) -> None:
         """Read the status register (0xF32D) and check its CRC."""
-        data = self._command_then_read(
-            SHT3X_READ_STATUS.to_bytes(2, "big"), 0.0, 3, "read-status"
-        )
+        data = self._command_then_read(SHT3X_READ_STATUS.to_bytes(2, "big"), 0.0, 3, "read-status")
         (self.status,) = unpack_words(data, ("status",), self._chip)
 
     def read(self) -> dict[str, float]:

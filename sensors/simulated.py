@@ -46,7 +46,7 @@ class QuantityOptions(PluginOptions):
 class SimulatedOptions(PluginOptions):
     """Options of the ``simulated`` sensor."""
 
-    quantities: dict[str, QuantityOptions] = {"value": QuantityOptions()}
+    quantities: dict[str, QuantityOptions] = {"value": QuantityOptions()}  # noqa: RUF012 - a pydantic default, copied per instance
     seed: int | None = None
     #: Seconds each read blocks, like a slow chip (DS18B20: 0.75).
     read_delay: Annotated[float, Field(ge=0, le=60)] = 0.0

@@ -15,7 +15,7 @@ from agent.runtime import Agent
 def make_agent(tmp_path: Path, toml: str, **kw: Any) -> Agent:
     """An Agent for the config text (``[agent] plugin_dirs = []`` added if absent)."""
     if "[agent]" not in toml:
-        toml = "[agent]\nplugin_dirs = []\npin_factory = \"mock\"\n" + toml
+        toml = '[agent]\nplugin_dirs = []\npin_factory = "mock"\n' + toml
     path = tmp_path / "agent.toml"
     path.write_text(toml)
     return Agent(load_config(path), **kw)

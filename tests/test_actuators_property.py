@@ -98,18 +98,58 @@ _numbers = st.one_of(
     st.decimals(allow_nan=False, allow_infinity=False, places=2).map(str),
 )
 _near_misses = st.one_of(
-    st.sampled_from([
-        "", " ", "\x00", "on", "OFF", "true", "2", "beep", "beep:", "beep:0.01,0.01", "beep:0.01,0.01,3",
-        "beep:0,0", "beep:0.01,61", "beep:1e-9,1", "#FFFFFF", "#000000", "#FFF", "#GG0000", "ffffff",
-        "255\x00255\x00255", "256\x000\x000", "1,2,3", "1e309", "-0", "nan", "inf", "-inf", "0x1F", "1_000",
-        "detach", "off", "stop", "60", "10", "9.999", "60.0001", "-100", "100", "100.5", "255", "255.01",
-    ]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "on",
+            "OFF",
+            "true",
+            "2",
+            "beep",
+            "beep:",
+            "beep:0.01,0.01",
+            "beep:0.01,0.01,3",
+            "beep:0,0",
+            "beep:0.01,61",
+            "beep:1e-9,1",
+            "#FFFFFF",
+            "#000000",
+            "#FFF",
+            "#GG0000",
+            "ffffff",
+            "255\x00255\x00255",
+            "256\x000\x000",
+            "1,2,3",
+            "1e309",
+            "-0",
+            "nan",
+            "inf",
+            "-inf",
+            "0x1F",
+            "1_000",
+            "detach",
+            "off",
+            "stop",
+            "60",
+            "10",
+            "9.999",
+            "60.0001",
+            "-100",
+            "100",
+            "100.5",
+            "255",
+            "255.01",
+        ]
+    ),
     st.from_regex(r"#[0-9A-Fa-fG-g]{5,7}", fullmatch=True),
     st.lists(_numbers, min_size=1, max_size=4).map("\x00".join),
     st.tuples(st.floats(0, 100), st.floats(0, 100), st.integers(-5, 20)).map(lambda t: f"beep:{t[0]},{t[1]},{t[2]}"),
 )
-PAYLOADS = st.one_of(st.binary(max_size=60), _text.map(str.encode), _numbers.map(str.encode),
-                     _near_misses.map(str.encode))
+PAYLOADS = st.one_of(
+    st.binary(max_size=60), _text.map(str.encode), _numbers.map(str.encode), _near_misses.map(str.encode)
+)
 BATCHES = st.lists(st.tuples(st.sampled_from(TARGETS), PAYLOADS), min_size=1, max_size=4)
 
 
@@ -142,8 +182,7 @@ class PinChecker:
         assert not (pin(self.agent, 17).state == 1 and pin(self.agent, 27).state == 0)
 
 
-def test_arbitrary_payloads_never_break_pins_or_agent(broker: Any, make_cloud: Any, tmp_path: Any,
-                                                      caplog: Any) -> None:
+def test_arbitrary_payloads_never_break_pins_or_agent(broker: Any, make_cloud: Any, tmp_path: Any, caplog: Any) -> None:
     caplog.set_level(logging.WARNING)
     cloud = make_cloud()
     cloud.subscribe("ds/Marker")
@@ -154,8 +193,12 @@ def test_arbitrary_payloads_never_break_pins_or_agent(broker: Any, make_cloud: A
     checker = PinChecker(agent)
     marker = {"value": 0, "examples": 0}
 
-    @settings(max_examples=200, deadline=None, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @settings(
+        max_examples=200,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
     @given(batch=BATCHES)
     def check(batch: list[tuple[str, bytes]]) -> None:
         for datastream, payload in batch:

@@ -60,8 +60,9 @@ on_disconnect = "keep"
 """
 
 
-def test_broker_killed_failsafe_then_restore_only_per_policy(fresh_broker: Any, make_cloud: Any, tmp_path: Any,
-                                                             caplog: Any) -> None:
+def test_broker_killed_failsafe_then_restore_only_per_policy(
+    fresh_broker: Any, make_cloud: Any, tmp_path: Any, caplog: Any
+) -> None:
     caplog.set_level(logging.INFO, logger="agent.actuation")
     cloud = make_cloud(fresh_broker)
     cloud.subscribe("#")
@@ -126,7 +127,9 @@ def test_broker_killed_failsafe_then_restore_only_per_policy(fresh_broker: Any, 
 
 
 def test_failsafe_counts_from_start_when_the_cloud_never_answers(tmp_path: Any) -> None:
-    agent = offline_agent(tmp_path, """
+    agent = offline_agent(
+        tmp_path,
+        """
 [[actuators]]
 id = "heater"
 type = "relay"
@@ -141,7 +144,9 @@ type = "relay"
 pin = 23
 initial = "on"
 failsafe_after = 0.3
-""", free_port())
+""",
+        free_port(),
+    )
 
     async def scenario() -> None:
         async with running(agent):
@@ -159,7 +164,10 @@ failsafe_after = 0.3
 
 def test_max_on_cannot_be_outrun_by_repeated_or_changing_commands(broker: Any, cloud: Any, tmp_path: Any) -> None:
     cloud.subscribe("ds/#")
-    agent = actuator_agent(tmp_path, broker, """
+    agent = actuator_agent(
+        tmp_path,
+        broker,
+        """
 [[actuators]]
 id = "pump"
 type = "relay"
@@ -173,7 +181,8 @@ type = "pwm"
 pin = 12
 blynk = "Heater"
 max_on = 0.3
-""")
+""",
+    )
 
     async def scenario() -> None:
         async with running(agent):
@@ -199,7 +208,10 @@ max_on = 0.3
 
 def test_max_on_is_not_delayed_by_min_switch_interval(broker: Any, cloud: Any, tmp_path: Any) -> None:
     cloud.subscribe("ds/#")
-    agent = actuator_agent(tmp_path, broker, """
+    agent = actuator_agent(
+        tmp_path,
+        broker,
+        """
 [[actuators]]
 id = "compressor"
 type = "relay"
@@ -207,7 +219,8 @@ pin = 17
 blynk = "Comp"
 max_on = 0.2
 min_switch_interval = 5
-""")
+""",
+    )
 
     async def scenario() -> None:
         async with running(agent):
@@ -290,7 +303,9 @@ def test_interlocked_outputs_are_never_on_together(broker: Any, cloud: Any, tmp_
 
 def test_failsafe_cannot_break_an_interlock(tmp_path: Any) -> None:
     """Fill is on; on a lost cloud fill goes off and drain on: off goes first."""
-    agent = offline_agent(tmp_path, """
+    agent = offline_agent(
+        tmp_path,
+        """
 [[actuators]]
 id = "drain"
 type = "relay"
@@ -307,7 +322,9 @@ pin = 17
 blynk = "Fill"
 initial = "on"
 failsafe_after = 0.2
-""", free_port())
+""",
+        free_port(),
+    )
 
     async def scenario() -> None:
         async with running(agent):
@@ -331,14 +348,17 @@ def test_interlock_naming_an_unknown_actuator_is_a_config_error(tmp_path: Any) -
     ]
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    ('initial = "keep"', 'initial = "keep" is not possible'),
-    ('on_shutdown = "keep"', 'on_shutdown = "keep" is not possible'),
-    ('interlock = ["a"]', "interlock names the actuator itself"),
-    ('restore = "last"', "Input should be 'safe' or 'cloud'"),
-    ("failsafe_after = 0", "greater than 0"),
-    ('input = { pin = 40 }', "less than or equal to 27"),
-])
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ('initial = "keep"', 'initial = "keep" is not possible'),
+        ('on_shutdown = "keep"', 'on_shutdown = "keep" is not possible'),
+        ('interlock = ["a"]', "interlock names the actuator itself"),
+        ('restore = "last"', "Input should be 'safe' or 'cloud'"),
+        ("failsafe_after = 0", "greater than 0"),
+        ("input = { pin = 40 }", "less than or equal to 27"),
+    ],
+)
 def test_safety_keys_are_checked(tmp_path: Any, extra: str, message: str) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(f'[[actuators]]\nid = "a"\ntype = "relay"\npin = 5\n{extra}\n')
@@ -349,7 +369,9 @@ def test_safety_keys_are_checked(tmp_path: Any, extra: str, message: str) -> Non
 
 def test_a_safety_value_the_type_does_not_take_keeps_that_actuator_closed(tmp_path: Any, caplog: Any) -> None:
     caplog.set_level(logging.ERROR, logger="agent.actuation")
-    agent = offline_agent(tmp_path, """
+    agent = offline_agent(
+        tmp_path,
+        """
 [[actuators]]
 id = "valve"
 type = "servo"
@@ -361,7 +383,9 @@ on_shutdown = 90
 id = "pump"
 type = "relay"
 pin = 17
-""", free_port())
+""",
+        free_port(),
+    )
 
     async def scenario() -> None:
         async with running(agent):
@@ -377,18 +401,23 @@ pin = 17
 # -- minimum switching interval -----------------------------------------------------
 
 
-def test_min_switch_interval_holds_changes_and_the_latest_wins(broker: Any, cloud: Any, tmp_path: Any,
-                                                                caplog: Any) -> None:
+def test_min_switch_interval_holds_changes_and_the_latest_wins(
+    broker: Any, cloud: Any, tmp_path: Any, caplog: Any
+) -> None:
     caplog.set_level(logging.INFO, logger="agent.actuation")
     cloud.subscribe("ds/#")
-    agent = actuator_agent(tmp_path, broker, """
+    agent = actuator_agent(
+        tmp_path,
+        broker,
+        """
 [[actuators]]
 id = "compressor"
 type = "relay"
 pin = 17
 blynk = "Comp"
 min_switch_interval = 0.4
-""")
+""",
+    )
 
     async def scenario() -> None:
         async with running(agent):
@@ -421,7 +450,10 @@ min_switch_interval = 0.4
 
 def test_local_button_and_switch_work_and_are_echoed(broker: Any, cloud: Any, tmp_path: Any) -> None:
     cloud.subscribe("ds/#")
-    agent = actuator_agent(tmp_path, broker, """
+    agent = actuator_agent(
+        tmp_path,
+        broker,
+        """
 [[actuators]]
 id = "light"
 type = "relay"
@@ -436,7 +468,8 @@ pin = 12
 input_max = 100
 blynk = "Fan"
 input = { pin = 6, mode = "switch", bounce_time = 0 }
-""")
+""",
+    )
 
     async def scenario() -> None:
         async with running(agent):
@@ -467,7 +500,9 @@ input = { pin = 6, mode = "switch", bounce_time = 0 }
 
 
 def test_local_button_works_without_the_cloud_and_takes_over_from_the_failsafe(tmp_path: Any) -> None:
-    agent = offline_agent(tmp_path, """
+    agent = offline_agent(
+        tmp_path,
+        """
 [[actuators]]
 id = "light"
 type = "relay"
@@ -483,7 +518,9 @@ pin = 22
 blynk = "Fan"
 initial = "on"
 failsafe_after = 0.3
-""", free_port())
+""",
+        free_port(),
+    )
 
     async def scenario() -> None:
         async with running(agent):

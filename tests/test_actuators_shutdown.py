@@ -99,8 +99,9 @@ SHUTDOWN_LINES = [
 ]
 
 
-def test_agent_stop_leaves_every_actuator_in_its_shutdown_state(broker: Any, cloud: Any, tmp_path: Path,
-                                                                caplog: Any) -> None:
+def test_agent_stop_leaves_every_actuator_in_its_shutdown_state(
+    broker: Any, cloud: Any, tmp_path: Path, caplog: Any
+) -> None:
     caplog.set_level(logging.INFO, logger="agent.actuation")
     cloud.subscribe("ds/#")
     agent = actuator_agent(tmp_path, broker, SHUTDOWN)
@@ -255,7 +256,7 @@ def test_sigterm_to_edge_agent_run_reaches_every_shutdown_state(broker: Any, clo
     assert any(v == 0.0 for _, v in events["GPIO17"])  # the pump was on (active low)
 
 
-CRASH = '''
+CRASH = """
 import asyncio
 import logging
 import sys
@@ -276,17 +277,18 @@ async def main():
 
 
 asyncio.run(main())
-'''
+"""
 
 
 def test_a_crash_that_skips_the_orderly_stop_still_reaches_the_shutdown_states(tmp_path: Path) -> None:
     env, log = recording_env(tmp_path)
     cfg = tmp_path / "agent.toml"
-    cfg.write_text(textwrap.dedent(f"""\
+    cfg.write_text(
+        textwrap.dedent(f"""\
         [agent]
         plugin_dirs = []
         pin_factory = "auto"
-        state_dir = "{tmp_path / 'state'}"
+        state_dir = "{tmp_path / "state"}"
 
         [[actuators]]
         id = "pump"
@@ -298,11 +300,13 @@ def test_a_crash_that_skips_the_orderly_stop_still_reaches_the_shutdown_states(t
         id = "fan"
         type = "pwm"
         pin = 12
-        """))
+        """)
+    )
     script = tmp_path / "crash.py"
     script.write_text(CRASH)
-    proc = subprocess.run([sys.executable, str(script), str(cfg)], env=env, cwd=ROOT, capture_output=True,
-                          text=True, timeout=30)
+    proc = subprocess.run(
+        [sys.executable, str(script), str(cfg)], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30
+    )
     assert proc.returncode == 1
     assert "RuntimeError: a bug escaped the agent" in proc.stderr
     assert "agent exiting without an orderly stop" in proc.stderr

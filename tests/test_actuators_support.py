@@ -40,11 +40,11 @@ def offline_agent(tmp_path: Path, actuators: str, port: int, name: str = "off") 
     directory = tmp_path / name
     directory.mkdir(parents=True, exist_ok=True)
     text = (
-        "[agent]\nplugin_dirs = []\npin_factory = \"mock\"\n"
-        f"state_dir = \"{tmp_path / ('state-' + name)}\"\n"
+        '[agent]\nplugin_dirs = []\npin_factory = "mock"\n'
+        f'state_dir = "{tmp_path / ("state-" + name)}"\n'
         "[blynk]\n"
-        f"server = \"mqtt://127.0.0.1:{port}\"\n"
-        "token = \"t0ken\"\ntemplate_id = \"TMPLtest01\"\n"
+        f'server = "mqtt://127.0.0.1:{port}"\n'
+        'token = "t0ken"\ntemplate_id = "TMPLtest01"\n'
         "backoff_initial = 0.05\nbackoff_max = 0.2\n"
     )
     return make_agent(directory, text + actuators)
@@ -70,7 +70,7 @@ def timeline(agent: Agent, number: int) -> Timeline:
     p = pin(agent, number)
     states = list(p.states)
     out: list[tuple[float, float]] = []
-    t = p._last_change  # noqa: SLF001 - the mock's own clock
+    t = p._last_change
     for s in reversed(states):
         out.append((t, float(s.state)))
         t -= s.timestamp

@@ -28,42 +28,119 @@ def make(cls: type, **options: Any) -> Any:
 
 
 PARSE_CASES: list[tuple[Any, Any, list[tuple[Any, Any]]]] = [
-    (Relay, {"pin": 17}, [
-        ("1", True), ("0", False), (" ON ", True), ("off", False), ("true", True), ("1.0", True), (1, True),
-        ("2", Refused), ("", Refused), ("1\x000", Refused), ("nan", Refused), ("maybe", Refused),
-    ]),
-    (Pwm, {"pin": 12, "input_max": 100}, [
-        ("0", 0.0), ("25", 0.25), ("100", 1.0), ("50.5", 0.505), ("on", 1.0), ("off", 0.0),
-        ("101", Refused), ("-1", Refused), ("inf", Refused), ("1e400", Refused), ("0x10", Refused),
-        ("1_0", Refused), ("25\x0050", Refused),
-    ]),
+    (
+        Relay,
+        {"pin": 17},
+        [
+            ("1", True),
+            ("0", False),
+            (" ON ", True),
+            ("off", False),
+            ("true", True),
+            ("1.0", True),
+            (1, True),
+            ("2", Refused),
+            ("", Refused),
+            ("1\x000", Refused),
+            ("nan", Refused),
+            ("maybe", Refused),
+        ],
+    ),
+    (
+        Pwm,
+        {"pin": 12, "input_max": 100},
+        [
+            ("0", 0.0),
+            ("25", 0.25),
+            ("100", 1.0),
+            ("50.5", 0.505),
+            ("on", 1.0),
+            ("off", 0.0),
+            ("101", Refused),
+            ("-1", Refused),
+            ("inf", Refused),
+            ("1e400", Refused),
+            ("0x10", Refused),
+            ("1_0", Refused),
+            ("25\x0050", Refused),
+        ],
+    ),
     (Pwm, {"pin": 12}, [("0.5", 0.5), ("1", 1.0), ("2", Refused)]),
     (Pwm, {"pin": 12, "input_max": 255}, [("255", 1.0), ("51", 0.2), ("256", Refused)]),
-    (Servo, {"pin": 18, "min_limit": 0, "max_limit": 60}, [
-        ("0", 0.0), ("60", 60.0), ("45.5", 45.5), ("off", None), ("detach", None),
-        ("61", Refused), ("-0.1", Refused), ("90", Refused), ("-90", Refused), ("", Refused), ("left", Refused),
-    ]),
-    (Buzzer, {"pin": 26, "beep_count": 3}, [
-        ("1", "on"), ("0", "off"), ("2", Beep(0.1, 0.1, 3)), ("beep", Beep(0.1, 0.1, 3)),
-        ("beep:0.2,0.3", Beep(0.2, 0.3, 0)), ("beep:0.2,0.3,5", Beep(0.2, 0.3, 5)),
-        ("beep:0,1", Refused), ("beep:0.1,61", Refused), ("beep:0.1,0.1,1.5", Refused),
-        ("beep:0.1,0.1,10001", Refused), ("beep:", Refused), ("3", Refused),
-    ]),
-    (Rgb, {"red": 5, "green": 6, "blue": 13}, [
-        ("#FF8000", (255, 128, 0)), ("ff8000", (255, 128, 0)), ("#000000", (0, 0, 0)), ("off", (0, 0, 0)),
-        ("255\x00128\x000", (255, 128, 0)), ("10,20,30", (10, 20, 30)), ("0", (0, 0, 0)),
-        ("#FF800", Refused), ("#GG0000", Refused), ("256,0,0", Refused), ("1\x002", Refused),
-        ("1.5,0,0", Refused), ("red", Refused),
-    ]),
-    (Motor, {"forward": 20, "backward": 21, "input_max": 100}, [
-        ("50", 0.5), ("-100", -1.0), ("0", 0.0), ("stop", 0.0), ("101", Refused), ("-101", Refused), ("fast", Refused),
-    ]),
+    (
+        Servo,
+        {"pin": 18, "min_limit": 0, "max_limit": 60},
+        [
+            ("0", 0.0),
+            ("60", 60.0),
+            ("45.5", 45.5),
+            ("off", None),
+            ("detach", None),
+            ("61", Refused),
+            ("-0.1", Refused),
+            ("90", Refused),
+            ("-90", Refused),
+            ("", Refused),
+            ("left", Refused),
+        ],
+    ),
+    (
+        Buzzer,
+        {"pin": 26, "beep_count": 3},
+        [
+            ("1", "on"),
+            ("0", "off"),
+            ("2", Beep(0.1, 0.1, 3)),
+            ("beep", Beep(0.1, 0.1, 3)),
+            ("beep:0.2,0.3", Beep(0.2, 0.3, 0)),
+            ("beep:0.2,0.3,5", Beep(0.2, 0.3, 5)),
+            ("beep:0,1", Refused),
+            ("beep:0.1,61", Refused),
+            ("beep:0.1,0.1,1.5", Refused),
+            ("beep:0.1,0.1,10001", Refused),
+            ("beep:", Refused),
+            ("3", Refused),
+        ],
+    ),
+    (
+        Rgb,
+        {"red": 5, "green": 6, "blue": 13},
+        [
+            ("#FF8000", (255, 128, 0)),
+            ("ff8000", (255, 128, 0)),
+            ("#000000", (0, 0, 0)),
+            ("off", (0, 0, 0)),
+            ("255\x00128\x000", (255, 128, 0)),
+            ("10,20,30", (10, 20, 30)),
+            ("0", (0, 0, 0)),
+            ("#FF800", Refused),
+            ("#GG0000", Refused),
+            ("256,0,0", Refused),
+            ("1\x002", Refused),
+            ("1.5,0,0", Refused),
+            ("red", Refused),
+        ],
+    ),
+    (
+        Motor,
+        {"forward": 20, "backward": 21, "input_max": 100},
+        [
+            ("50", 0.5),
+            ("-100", -1.0),
+            ("0", 0.0),
+            ("stop", 0.0),
+            ("101", Refused),
+            ("-101", Refused),
+            ("fast", Refused),
+        ],
+    ),
     (Motor, {"forward": 20, "backward": 21, "pwm": False}, [("1", 1.0), ("-1", -1.0), ("0.5", Refused)]),
 ]
 
 
-@pytest.mark.parametrize(("cls", "options", "cases"), PARSE_CASES,
-                         ids=[f"{c[0].type}-{i}" for i, c in enumerate(PARSE_CASES)])
+@pytest.mark.parametrize(
+    ("cls", "options", "cases"), PARSE_CASES, ids=[f"{c[0].type}-{i}" for i, c in enumerate(PARSE_CASES)]
+)
 def test_parse_accepts_and_refuses(cls: type, options: dict[str, Any], cases: list[tuple[Any, Any]]) -> None:
     actuator = make(cls, **options)
     for payload, expected in cases:
@@ -88,13 +165,16 @@ def test_every_builtin_type_declares_what_it_accepts() -> None:
         assert cls.__doc__ and cls.Options.__doc__, name
 
 
-@pytest.mark.parametrize("options", [
-    {"pin": 18, "min_angle": 10, "max_angle": 10},
-    {"pin": 18, "min_limit": -100},
-    {"pin": 18, "min_limit": 50, "max_limit": 40},
-    {"pin": 18, "min_pulse_width": 0.002, "max_pulse_width": 0.001},
-    {"pin": 18, "max_pulse_width": 0.02, "frame_width": 0.02},
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"pin": 18, "min_angle": 10, "max_angle": 10},
+        {"pin": 18, "min_limit": -100},
+        {"pin": 18, "min_limit": 50, "max_limit": 40},
+        {"pin": 18, "min_pulse_width": 0.002, "max_pulse_width": 0.001},
+        {"pin": 18, "max_pulse_width": 0.02, "frame_width": 0.02},
+    ],
+)
 def test_servo_options_that_could_drive_it_past_its_travel_are_refused(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Servo.Options(**options)
@@ -213,22 +293,32 @@ def test_every_type_driven_through_the_broker(broker: Any, cloud: Any, tmp_path:
 
     run(scenario())
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
-    assert "actuator pump: cloud value 'banana' refused: not an on/off value (1/0, on/off, true/false); " \
-           "output unchanged (off)" in refusals
+    assert (
+        "actuator pump: cloud value 'banana' refused: not an on/off value (1/0, on/off, true/false); "
+        "output unchanged (off)" in refusals
+    )
     assert "actuator fan: cloud value '250' refused: 250 is outside 0 … 100; output unchanged (duty 100 %)" in refusals
-    assert any(m.startswith("actuator valve: cloud value '61' refused: angle 61 is outside the limits 0 … 60")
-               for m in refusals)
+    assert any(
+        m.startswith("actuator valve: cloud value '61' refused: angle 61 is outside the limits 0 … 60")
+        for m in refusals
+    )
     assert any(m.startswith("actuator lamp: cloud value '#GGGGGG' refused: not a colour") for m in refusals)
-    assert any(m.startswith("actuator wheel: cloud value '101' refused: speed 101 is outside -100 … 100")
-               for m in refusals)
+    assert any(
+        m.startswith("actuator wheel: cloud value '101' refused: speed 101 is outside -100 … 100") for m in refusals
+    )
     assert len(refusals) == 8  # one line per refused command, no more
-    assert any("command for datastream 'Nobody' ignored" in r.getMessage() and r.levelno == logging.DEBUG
-               for r in caplog.records)
+    assert any(
+        "command for datastream 'Nobody' ignored" in r.getMessage() and r.levelno == logging.DEBUG
+        for r in caplog.records
+    )
 
 
 def test_common_anode_rgb_and_active_low_pwm_invert_the_pins(broker: Any, cloud: Any, tmp_path: Any) -> None:
     cloud.subscribe("ds/#")
-    agent = actuator_agent(tmp_path, broker, """
+    agent = actuator_agent(
+        tmp_path,
+        broker,
+        """
 [[actuators]]
 id = "strip"
 type = "rgb"
@@ -245,7 +335,8 @@ pin = 12
 active_high = false
 initial = 0.25
 blynk = "Dim"
-""")
+""",
+    )
 
     async def scenario() -> None:
         async with running(agent):

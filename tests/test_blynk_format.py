@@ -109,8 +109,9 @@ def test_truncate_utf8_boundary() -> None:
 
 # -- packing -------------------------------------------------------------------------------------
 
-names = st.text(alphabet=st.characters(blacklist_characters="/+#\x00", blacklist_categories=("Cs",)),
-                min_size=1, max_size=64)
+names = st.text(
+    alphabet=st.characters(blacklist_characters="/+#\x00", blacklist_categories=("Cs",)), min_size=1, max_size=64
+)
 values = st.one_of(
     st.integers(min_value=-(2**63), max_value=2**63),
     st.floats(allow_nan=False, allow_infinity=False),
@@ -120,8 +121,11 @@ values = st.one_of(
 
 
 @settings(max_examples=300, deadline=None)
-@given(names, st.lists(st.tuples(values, st.integers(min_value=0, max_value=2**45)), min_size=1, max_size=80),
-       st.integers(min_value=16, max_value=2048))
+@given(
+    names,
+    st.lists(st.tuples(values, st.integers(min_value=0, max_value=2**45)), min_size=1, max_size=80),
+    st.integers(min_value=16, max_value=2048),
+)
 def test_pack_timestamped_fits_and_is_exact(name: str, items: list[tuple[Any, int]], limit: int) -> None:
     points = [Point(name, v, ts) for v, ts in items]
     topic, payload, count = pack_timestamped(name, points, limit)
@@ -135,8 +139,9 @@ def test_pack_timestamped_fits_and_is_exact(name: str, items: list[tuple[Any, in
     decoded = strict_json(payload)
     assert decoded == [[p.ts_ms, json_value(p.value)] for p in points[:count]]
     if count < len(points):  # as full as possible: the next point would not have fitted
-        more = json.dumps([[p.ts_ms, json_value(p.value)] for p in points[: count + 1]],
-                          separators=(",", ":"), ensure_ascii=False)
+        more = json.dumps(
+            [[p.ts_ms, json_value(p.value)] for p in points[: count + 1]], separators=(",", ":"), ensure_ascii=False
+        )
         assert len(topic.encode()) + len(more.encode()) > limit
 
 
@@ -151,16 +156,22 @@ def test_pack_batch_fits_and_is_exact(data: dict[str, Any], limit: int) -> None:
     assert decoded == {p.datastream: json_value(p.value) for p in taken}
     assert list(decoded) == [p.datastream for p in taken]
     if len(taken) < len(points):
-        more = json.dumps({p.datastream: json_value(p.value) for p in points[: len(taken) + 1]},
-                          separators=(",", ":"), ensure_ascii=False)
+        more = json.dumps(
+            {p.datastream: json_value(p.value) for p in points[: len(taken) + 1]},
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
         assert len(b"batch_ds") + len(more.encode()) > limit
 
 
 def test_pack_examples() -> None:
-    topic, payload, count = pack_timestamped("Temp", [Point("Temp", 21.5, 1700000000000), Point("Temp", 22.0, 1700000001000)], 1024)
+    topic, payload, count = pack_timestamped(
+        "Temp", [Point("Temp", 21.5, 1700000000000), Point("Temp", 22.0, 1700000001000)], 1024
+    )
     assert (topic, payload, count) == ("ds/Temp/timestamped_batch", b"[[1700000000000,21.5],[1700000001000,22]]", 2)
-    payload, taken = pack_batch([Point("Temp", 21.5, 0), Point("Set Temperature", 20, 0), Point("On", True, 0),
-                                 Point("Name", "Pi 5", 0)], 1024)
+    payload, taken = pack_batch(
+        [Point("Temp", 21.5, 0), Point("Set Temperature", 20, 0), Point("On", True, 0), Point("Name", "Pi 5", 0)], 1024
+    )
     assert payload == b'{"Temp":21.5,"Set Temperature":20,"On":1,"Name":"Pi 5"}'
     assert len(taken) == 4
 
@@ -200,8 +211,11 @@ def _simulate(lim: SlidingWindowLimiter, arrivals: list[float]) -> list[float]:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.floats(min_value=0.1, max_value=100), st.floats(min_value=0.1, max_value=5),
-       st.lists(st.floats(min_value=0, max_value=20), min_size=1, max_size=120))
+@given(
+    st.floats(min_value=0.1, max_value=100),
+    st.floats(min_value=0.1, max_value=5),
+    st.lists(st.floats(min_value=0, max_value=20), min_size=1, max_size=120),
+)
 def test_limiter_never_exceeds_the_rate(rate: float, window: float, arrivals: list[float]) -> None:
     lim = SlidingWindowLimiter(rate, window)
     sent = _simulate(lim, sorted(arrivals))

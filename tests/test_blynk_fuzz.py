@@ -24,8 +24,23 @@ from tests.test_blynk_support import (
     until,
 )
 
-SUBTOPICS = ["redirect", "utc/all/json", "ota/json", "reboot", "ping", "diag", "reconfigure", "loc/all",
-             "meta/DeviceName", "ds/Pump", "ds/Temperature", "ds/", "ds", "", "unknown/thing"]
+SUBTOPICS = [
+    "redirect",
+    "utc/all/json",
+    "ota/json",
+    "reboot",
+    "ping",
+    "diag",
+    "reconfigure",
+    "loc/all",
+    "meta/DeviceName",
+    "ds/Pump",
+    "ds/Temperature",
+    "ds/",
+    "ds",
+    "",
+    "unknown/thing",
+]
 
 # what a broker accepts in a topic name: no wildcards, and (mosquitto) no
 # control characters, surrogates or non-characters
@@ -46,8 +61,23 @@ payloads = st.one_of(
     st.binary(max_size=1500),  # over rx_buffer (1024) too: dropped by the session
     st.text(max_size=200).map(str.encode),
     json_like,
-    st.sampled_from([b"1", b"0", b"on", b"", b"\x00", b"nan", b"1e999", b'{"time": 1e999}', b'{"time": "x"}',
-                     b'{"url": 1}', b"[]", b"null", b"9" * 400]),
+    st.sampled_from(
+        [
+            b"1",
+            b"0",
+            b"on",
+            b"",
+            b"\x00",
+            b"nan",
+            b"1e999",
+            b'{"time": 1e999}',
+            b'{"time": "x"}',
+            b'{"url": 1}',
+            b"[]",
+            b"null",
+            b"9" * 400,
+        ]
+    ),
 )
 
 
@@ -73,8 +103,12 @@ def test_fuzz_downlinks(broker: Any, cloud: Any, tmp_path: Path, caplog: Any) ->
         cloud.expect("info/mcu", timeout=15)
         sent: list[tuple[str, bytes]] = []
 
-        @settings(max_examples=200, deadline=None, database=None,
-                  suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+        @settings(
+            max_examples=200,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+        )
         @given(topics, payloads, st.sampled_from([0, 1]))
         def one(topic: str, payload: bytes, qos: int) -> None:
             assume(harmless(topic, payload))
@@ -89,6 +123,7 @@ def test_fuzz_downlinks(broker: Any, cloud: Any, tmp_path: Path, caplog: Any) ->
         sent.append(("downlink/ds/Pump", b"1" * 2000))
         # everything sent has been through the agent (a QoS 1 marker arrives after them)
         cloud.publish("downlink/diag", b"end of fuzz", qos=1)
+
         def handled() -> bool:
             seen = holder.call(lambda: link.counters.downlinks + link.session.counters.dropped_inbound)
             return seen >= len(sent) + 1
@@ -106,8 +141,9 @@ def test_fuzz_downlinks(broker: Any, cloud: Any, tmp_path: Path, caplog: Any) ->
         assert link._task is not None and not link._task.done()
         # still publishing: a fresh reading reaches the cloud...
         holder.call(lambda: link.submit(reading(123.25), "AfterFuzz"))
-        cloud.expect("#", timeout=10, predicate=lambda m: m.topic in ("ds/AfterFuzz", "batch_ds")
-                     and b"123.25" in m.payload)
+        cloud.expect(
+            "#", timeout=10, predicate=lambda m: m.topic in ("ds/AfterFuzz", "batch_ds") and b"123.25" in m.payload
+        )
         # ...and a valid command still drives the relay and is echoed
         for value in ("1", "0"):
             command_roundtrip_sync(cloud, value, value)

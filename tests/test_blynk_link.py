@@ -33,7 +33,6 @@ from tests.test_blynk_support import (
     until,
 )
 
-
 # -- 1. every transport ----------------------------------------------------------------
 
 
@@ -52,9 +51,12 @@ def test_exchange_over_each_transport(broker: Any, cloud: Any, tmp_path: Any, sc
             assert broker.url(scheme) in link.status.reason
             # uplink: the simulated sensor's readings reach the cloud
             await cloud.aexpect(
-                "#", timeout=10,
-                predicate=lambda m: m.topic in ("batch_ds", "ds/Temperature/timestamped_batch")
-                and b"Temperature" in m.topic.encode() + m.payload,
+                "#",
+                timeout=10,
+                predicate=lambda m: (
+                    m.topic in ("batch_ds", "ds/Temperature/timestamped_batch")
+                    and b"Temperature" in m.topic.encode() + m.payload
+                ),
             )
             # downlink: a command drives the relay, and its state is echoed
             await command_roundtrip(cloud, agent, "1", "1")
@@ -117,8 +119,16 @@ def test_wrong_token_is_refused_once(broker: Any, tmp_path: Any, caplog: Any) ->
 
 def test_wrong_token_retried_only_after_refused_wait(broker: Any, tmp_path: Any) -> None:
     """The refused window is what stops the retries (control for the test above)."""
-    agent = build_agent(tmp_path, broker, token="1" * 32, sensor=False, relay=False,
-                        backoff_initial=0.01, backoff_max=0.05, refused_wait=1.5)
+    agent = build_agent(
+        tmp_path,
+        broker,
+        token="1" * 32,
+        sensor=False,
+        relay=False,
+        backoff_initial=0.01,
+        backoff_max=0.05,
+        refused_wait=1.5,
+    )
     link = blynk_of(agent)
     refused_at: list[float] = []
     link.session.add_status_listener(

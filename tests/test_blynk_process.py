@@ -21,14 +21,17 @@ def edge_agent_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "agent"]
 
 
-def test_edge_agent_run_exchanges_and_restarts_on_reboot(broker: Any, cloud: Any, tmp_path: Path,
-                                                          caplog: Any) -> None:
+def test_edge_agent_run_exchanges_and_restarts_on_reboot(broker: Any, cloud: Any, tmp_path: Path, caplog: Any) -> None:
     cloud.subscribe("#")
     config = tmp_path / "agent.toml"
     config.write_text(config_text(tmp_path / "state", broker, "wss", sync=["Pump"]))
     proc = subprocess.Popen(
         [*edge_agent_command(), "run", "--config", str(config), "--log-level", "info"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=agent_env(), cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=agent_env(),
+        cwd=ROOT,
     )
     try:
         cloud.expect("info/mcu", timeout=30)
@@ -40,8 +43,7 @@ def test_edge_agent_run_exchanges_and_restarts_on_reboot(broker: Any, cloud: Any
         command_roundtrip_sync(cloud, "1", "1")
 
         # a second agent with the same token, in this process: locked out, naming the pid
-        second = build_agent(tmp_path, broker, name="second", sensor=False, relay=False,
-                             state_dir=tmp_path / "state2")
+        second = build_agent(tmp_path, broker, name="second", sensor=False, relay=False, state_dir=tmp_path / "state2")
 
         async def locked_out() -> None:
             async with running(second):
@@ -58,7 +60,7 @@ def test_edge_agent_run_exchanges_and_restarts_on_reboot(broker: Any, cloud: Any
     finally:
         if proc.poll() is None:
             proc.kill()
-        out, err = proc.communicate(timeout=10)
+        _out, err = proc.communicate(timeout=10)
     assert code == EXIT_RESTART, err[-3000:]
     assert "restart requested" in err
     # the relay was switched off on the way out

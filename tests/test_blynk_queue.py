@@ -171,7 +171,7 @@ def test_long_backlog_drains_exactly_and_in_linear_time(link: Any) -> None:
     timed: list[float] = []
     got: dict[str, list[int]] = {f"DS{j}": [] for j in range(k)}
     messages = 0
-    for topic, payload, taken in drain_all(link, timed):
+    for topic, payload, _taken in drain_all(link, timed):
         assert topic.endswith("/timestamped_batch") and len(topic) + len(payload) <= 1024
         got[topic[3:-18]].extend(v for _, v in json.loads(payload))
         messages += 1

@@ -36,8 +36,9 @@ async def exchange(cloud: Any, agent: Any, tag: float) -> None:
     """One uplink reading and one command round trip on the current connection."""
     link = blynk_of(agent)
     link.submit(reading(tag), "Probe")
-    msg = await cloud.aexpect("#", timeout=10, predicate=lambda m: m.topic in ("ds/Probe", "batch_ds")
-                              and str(tag).encode() in m.payload)
+    msg = await cloud.aexpect(
+        "#", timeout=10, predicate=lambda m: m.topic in ("ds/Probe", "batch_ds") and str(tag).encode() in m.payload
+    )
     assert msg is not None
     want = "0" if agent.actuators["pump"].state else "1"
     await command_roundtrip(cloud, agent, want, want)
@@ -146,9 +147,7 @@ def test_unreachable_redirect_falls_back_to_configured(broker: Any, cloud: Any, 
     agent = build_agent(tmp_path, broker, "mqtt", backoff_initial=0.05, backoff_max=0.2)
     link = blynk_of(agent)
     failures: list[str] = []
-    link.session.add_status_listener(
-        lambda s: failures.append(s.reason) if s.state is LinkState.BACKING_OFF else None
-    )
+    link.session.add_status_listener(lambda s: failures.append(s.reason) if s.state is LinkState.BACKING_OFF else None)
 
     async def scenario() -> None:
         async with running(agent):
@@ -209,8 +208,19 @@ def test_too_many_redirects_are_stopped(broker: Any, tmp_path: Path, caplog: Any
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"   ", b"\xff\xfe\x00garbage", b"http://x", b"mqtt://", b"mqtt://user:secret@h:1883",
-     b"ftp://blynk.cloud", b"mqtts://blynk.cloud:99999", b"mqtt://h/path", b"wss://h/mqtt?x=1", b"blynk.cloud"],
+    [
+        b"",
+        b"   ",
+        b"\xff\xfe\x00garbage",
+        b"http://x",
+        b"mqtt://",
+        b"mqtt://user:secret@h:1883",
+        b"ftp://blynk.cloud",
+        b"mqtts://blynk.cloud:99999",
+        b"mqtt://h/path",
+        b"wss://h/mqtt?x=1",
+        b"blynk.cloud",
+    ],
 )
 def test_bad_redirect_payloads_are_refused(tmp_path: Path, broker: Any, caplog: Any, payload: bytes) -> None:
     agent = build_agent(tmp_path, broker, sensor=False, relay=False)

@@ -72,9 +72,9 @@ def config_text(
     section.update(blynk)
     lines = [
         "[agent]",
-        "name = \"blynk-test\"",
+        'name = "blynk-test"',
         "plugin_dirs = []",
-        "pin_factory = \"mock\"",
+        'pin_factory = "mock"',
         f"state_dir = {toml_value(state_dir)}",
         "",
         "[blynk]",
@@ -84,22 +84,22 @@ def config_text(
         lines += [
             "",
             "[[sensors]]",
-            "id = \"air\"",
-            "type = \"simulated\"",
+            'id = "air"',
+            'type = "simulated"',
             f"interval = {sensor_interval!r}",
-            "quantities.t = { unit = \"C\" }",
-            "quantities.h = { unit = \"%\", start = 50.0 }",
-            "readings.t = { blynk = \"Temperature\" }",
-            "readings.h = { blynk = \"Humidity\" }",
+            'quantities.t = { unit = "C" }',
+            'quantities.h = { unit = "%", start = 50.0 }',
+            'readings.t = { blynk = "Temperature" }',
+            'readings.h = { blynk = "Humidity" }',
         ]
     if relay:
         lines += [
             "",
             "[[actuators]]",
-            "id = \"pump\"",
-            "type = \"relay\"",
+            'id = "pump"',
+            'type = "relay"',
             "pin = 17",
-            "blynk = \"Pump\"",
+            'blynk = "Pump"',
         ]
     return "\n".join(lines) + "\n"
 
@@ -207,7 +207,7 @@ class AgentThread:
 
         try:
             asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001 - reported by start()/stop()
+        except BaseException as exc:
             self._error = exc
             self._ready.set()
 
@@ -239,16 +239,18 @@ class AgentThread:
             raise AssertionError(f"agent thread failed: {self._error!r}")
 
 
-async def command_roundtrip(cloud: Any, agent: Agent, value: str, expect: str, datastream: str = "Pump",
-                            actuator: str = "pump") -> None:
+async def command_roundtrip(
+    cloud: Any, agent: Agent, value: str, expect: str, datastream: str = "Pump", actuator: str = "pump"
+) -> None:
     """downlink/ds/NAME -> the relay moves -> its real state is echoed on ds/NAME.
 
     Only an echo that arrived after this command counts (the agent also
     echoes every actuator's state on each connect)."""
     sent = time.monotonic()
     await cloud.apublish(f"downlink/ds/{datastream}", value, qos=1)
-    await cloud.aexpect(f"ds/{datastream}", timeout=10,
-                        predicate=lambda m: m.t >= sent and m.payload == expect.encode())
+    await cloud.aexpect(
+        f"ds/{datastream}", timeout=10, predicate=lambda m: m.t >= sent and m.payload == expect.encode()
+    )
     assert agent.actuators[actuator].state is (expect == "1")
 
 

@@ -129,8 +129,14 @@ def _publish_raw(broker: Broker, size: int) -> tuple[bool, bool]:
     try:
         cloud.subscribe("raw/#")
         session = MqttSession(
-            "raw", broker.url("mqtt"), f"raw-{uid()}", "device", broker.token,
-            max_outgoing=1 << 20, backoff_initial=5, backoff_max=5,
+            "raw",
+            broker.url("mqtt"),
+            f"raw-{uid()}",
+            "device",
+            broker.token,
+            max_outgoing=1 << 20,
+            backoff_initial=5,
+            backoff_max=5,
         )
         topic = "raw/x"
 

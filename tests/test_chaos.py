@@ -45,7 +45,7 @@ READ_IN_FLIGHT = 0.5
 #: increasing, and the same across agent restarts; with ``log`` set, every
 #: read is appended to that file before the value is returned (the ground
 #: truth of what was measured, even for a process that is killed)
-STAMP_PLUGIN = '''
+STAMP_PLUGIN = """
 from __future__ import annotations
 import os
 import time
@@ -72,7 +72,7 @@ class StampSensor(Sensor[StampOptions]):
             finally:
                 os.close(fd)
         return {"ms": value}
-'''
+"""
 
 
 def write_plugin(directory: Path) -> Path:
@@ -392,8 +392,14 @@ def test_agent_killed_ten_times_loss_and_duplicates_within_the_bound(broker: Bro
         log = tmp_path / f"agent-{len(runs)}.log"
         runs.append(log)
         with open(log, "wb") as err:  # a file, not a pipe: nobody has to drain it
-            return subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(config)], env=env, cwd=ROOT,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+            return subprocess.Popen(
+                [sys.executable, "-m", "agent", "run", "-c", str(config)],
+                env=env,
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
 
     moments = kill_moments(rng, first=4.0, last=RUN_SECONDS - 4.0, gap=6.0)
     t0 = time.monotonic()
@@ -467,10 +473,12 @@ def test_agent_killed_ten_times_loss_and_duplicates_within_the_bound(broker: Bro
             dup_messages.update(where[:-1])  # the earlier sends of what was sent again
     dup_points = sum(n - 1 for c in got.values() for n in c.values() if n > 1)
     total = sum(len(v) for v in taken.values())
-    print(f"\nkill -9 x{len(kills)}: {total} readings taken, {sum(len(w) for w in waiting.values())} still "
-          f"in the outbox, {len(lost)} lost (bound: taken within "
-          f"{window} s before a kill), {dup_points} duplicated (in {len(dup_messages)} messages; bound: one "
-          f"message per kill)")
+    print(
+        f"\nkill -9 x{len(kills)}: {total} readings taken, {sum(len(w) for w in waiting.values())} still "
+        f"in the outbox, {len(lost)} lost (bound: taken within "
+        f"{window} s before a kill), {dup_points} duplicated (in {len(dup_messages)} messages; bound: one "
+        f"message per kill)"
+    )
     assert not beyond, f"lost outside the {window} s before a kill: {beyond[:10]}"
     per_kill = SENSORS * (int(window) + 1)  # one read per sensor per second of the window
     assert len(lost) <= len(kills) * per_kill, lost

@@ -64,7 +64,7 @@ def test_plugins_lists_builtins_with_their_origin_as_json():
     data = json.loads(result.stdout)
     sensors = {s["type"]: s for s in data["sensors"]}
     assert sensors["simulated"]["origin"].startswith("entry point simulated (pi-edge-agent")
-    assert "text_file" in sensors                    # the demo's drop-in dir
+    assert "text_file" in sensors  # the demo's drop-in dir
     assert {a["type"] for a in data["actuators"]} >= {"relay"}
     assert data["failures"] == []
 
@@ -93,10 +93,10 @@ def test_run_shuts_down_cleanly_on_sigterm_and_sigint(tmp_path):
     )
     for sig in (signal.SIGTERM, signal.SIGINT):
         proc = spawn_agent("run", "--config", str(cfg), "--print-readings")
-        first = proc.stdout.readline()                 # wait for the first reading
+        first = proc.stdout.readline()  # wait for the first reading
         assert "s.value = " in first
         proc.send_signal(sig)
-        out, err = proc.communicate(timeout=10)
+        _out, err = proc.communicate(timeout=10)
         assert proc.returncode == 0, err
         assert "actuator pump: shutdown: on_shutdown off, now off [GPIO17=0]" in err
         assert "agent" in err and "stopped" in err

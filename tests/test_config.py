@@ -40,30 +40,35 @@ def test_check_accepts_every_example(example):
 
 
 BROKEN = {
-    "toml_syntax": ("[agent]\nname = \"x\nplugin_dirs = []\n", "", "TOML syntax error", "line 2"),
-    "unknown_key": ("[agent]\nnmae = \"x\"\n", "agent.nmae", "unknown key", None),
+    "toml_syntax": ('[agent]\nname = "x\nplugin_dirs = []\n', "", "TOML syntax error", "line 2"),
+    "unknown_key": ('[agent]\nnmae = "x"\n', "agent.nmae", "unknown key", None),
     "wrong_type": (
-        "[[sensors]]\nid = \"a\"\ntype = \"simulated\"\ninterval = \"often\"\n",
+        '[[sensors]]\nid = "a"\ntype = "simulated"\ninterval = "often"\n',
         "sensors[0].interval",
         "valid number",
         None,
     ),
-    "missing_required": ("[blynk]\ntoken = \"x\"\n", "blynk.template_id", "required key is missing", None),
+    "missing_required": ('[blynk]\ntoken = "x"\n', "blynk.template_id", "required key is missing", None),
     "duplicate_id": (
-        "[[sensors]]\nid = \"a\"\ntype = \"simulated\"\n[[sensors]]\nid = \"a\"\ntype = \"simulated\"\n",
+        '[[sensors]]\nid = "a"\ntype = "simulated"\n[[sensors]]\nid = "a"\ntype = "simulated"\n',
         "sensors",
         "duplicate id 'a'",
         None,
     ),
-    "unknown_plugin": ("[[sensors]]\nid = \"a\"\ntype = \"bme281\"\n", "sensors[0].type", "unknown sensor type 'bme281'", None),
+    "unknown_plugin": (
+        '[[sensors]]\nid = "a"\ntype = "bme281"\n',
+        "sensors[0].type",
+        "unknown sensor type 'bme281'",
+        None,
+    ),
     "plugin_option_type": (
-        "[[sensors]]\nid = \"a\"\ntype = \"bme280\"\naddress = \"left\"\n",
+        '[[sensors]]\nid = "a"\ntype = "bme280"\naddress = "left"\n',
         "sensors[0].address",
         "valid integer",
         None,
     ),
     "plugin_option_range": (
-        "[[sensors]]\nid = \"a\"\ntype = \"bme280\"\naddress = 0x99\n",
+        '[[sensors]]\nid = "a"\ntype = "bme280"\naddress = 0x99\n',
         "sensors[0].address",
         "(got 153)",
         None,
@@ -91,7 +96,7 @@ def test_missing_file_and_not_utf8(tmp_path):
     result = edge_agent("check", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2 and "file not found" in result.stderr
     bad = tmp_path / "bin.toml"
-    bad.write_bytes(b"name = \"\xff\"\n")
+    bad.write_bytes(b'name = "\xff"\n')
     with pytest.raises(ConfigError) as info:
         load_settings(bad)
     assert str(bad) in str(info.value)
@@ -161,7 +166,7 @@ def test_datastream_names_with_mqtt_wildcards_are_refused(tmp_path):
 
 
 def test_all_errors_reported_together(tmp_path):
-    path = write(tmp_path, "[agent]\nworkers = 0\nplugin_dirs = []\n[[sensors]]\nid = \"bad id!\"\ntype = \"simulated\"\n")
+    path = write(tmp_path, '[agent]\nworkers = 0\nplugin_dirs = []\n[[sensors]]\nid = "bad id!"\ntype = "simulated"\n')
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert len(info.value.lines) == 2
@@ -170,7 +175,7 @@ def test_all_errors_reported_together(tmp_path):
 
 
 def test_relative_plugin_dirs_are_relative_to_the_file(tmp_path):
-    path = write(tmp_path, "[agent]\nplugin_dirs = [\"plugins.d\"]\nstate_dir = \"state\"\n")
+    path = write(tmp_path, '[agent]\nplugin_dirs = ["plugins.d"]\nstate_dir = "state"\n')
     agent = load_settings(path).agent
     assert agent.plugin_dirs == [tmp_path / "plugins.d"]
     assert agent.state_dir == tmp_path / "state"

@@ -382,7 +382,7 @@ def check_runs(tmp_path_factory) -> dict[int, subprocess.CompletedProcess]:
         workdir = tmp_path_factory.mktemp(f"doc-line-{block.line_no}")
         if block in COMPLETE:
             (workdir / "agent.toml").write_text(block.text, encoding="utf-8")
-            env = agent_env(**{name: DUMMY_SECRET for name in re.findall(r"EDGE_AGENT_[A-Z0-9_]+", block.first)})
+            env = agent_env(**dict.fromkeys(re.findall(r"EDGE_AGENT_[A-Z0-9_]+", block.first), DUMMY_SECRET))
             args = ["check", "--config", "agent.toml"]
         else:
             expect = console_after(block)

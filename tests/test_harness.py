@@ -13,7 +13,7 @@ import time
 import gmqtt
 import pytest
 import smbus2
-from gmqtt.mqtt.constants import MQTTv311, MQTTv50
+from gmqtt.mqtt.constants import MQTTv50, MQTTv311
 from gmqtt.mqtt.handler import MQTTConnectError
 from smbus2 import i2c_msg
 from websockets.asyncio.client import connect as ws_connect
@@ -30,8 +30,9 @@ def _ssl_ctx(cafile: str) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
-async def _gmqtt_device(broker: Broker, *, tls: bool, password: str | None = None,
-                        cafile: str | None = None, version: int = MQTTv311) -> tuple[gmqtt.Client, asyncio.Queue]:
+async def _gmqtt_device(
+    broker: Broker, *, tls: bool, password: str | None = None, cafile: str | None = None, version: int = MQTTv311
+) -> tuple[gmqtt.Client, asyncio.Queue]:
     """A gmqtt client logged in as the device (TLS through the broker's CA)."""
     inbox: asyncio.Queue = asyncio.Queue()
     client = gmqtt.Client(f"device-{time.monotonic_ns()}")
@@ -39,8 +40,7 @@ async def _gmqtt_device(broker: Broker, *, tls: bool, password: str | None = Non
     client.set_auth_credentials("device", broker.token if password is None else password)
     client.on_message = lambda c, topic, payload, qos, props: inbox.put_nowait((topic, payload))
     if tls:
-        await client.connect("localhost", broker.port_tls, ssl=_ssl_ctx(cafile or broker.ca_file),
-                             version=version)
+        await client.connect("localhost", broker.port_tls, ssl=_ssl_ctx(cafile or broker.ca_file), version=version)
     else:
         await client.connect(broker.host, broker.port_tcp, version=version)
     return client, inbox
@@ -65,8 +65,15 @@ def _packet(first: int, body: bytes) -> bytes:
 
 def _connect_pkt(client_id: str, user: str, password: str) -> bytes:
     flags = 0xC2  # user name, password, clean session
-    return _packet(0x10, _s(b"MQTT") + bytes([4, flags]) + struct.pack("!H", 30)
-                   + _s(client_id.encode()) + _s(user.encode()) + _s(password.encode()))
+    return _packet(
+        0x10,
+        _s(b"MQTT")
+        + bytes([4, flags])
+        + struct.pack("!H", 30)
+        + _s(client_id.encode())
+        + _s(user.encode())
+        + _s(password.encode()),
+    )
 
 
 def _parse(buf: bytearray) -> tuple[int, bytes] | None:
@@ -84,8 +91,8 @@ def _parse(buf: bytearray) -> tuple[int, bytes] | None:
             break
     if len(buf) < i + length:
         return None
-    first, body = buf[0], bytes(buf[i:i + length])
-    del buf[:i + length]
+    first, body = buf[0], bytes(buf[i : i + length])
+    del buf[: i + length]
     return first, body
 
 
@@ -177,8 +184,9 @@ def test_wrong_password_is_refused_and_counted(broker: Broker) -> None:
         assert info.value.args[0] == 135  # MQTT 5 "not authorized"
 
     asyncio.run(scenario())
-    broker.wait_until(lambda: broker.connections_refused() == before_refused + 2, timeout=2,
-                      message="refusals not in the log")
+    broker.wait_until(
+        lambda: broker.connections_refused() == before_refused + 2, timeout=2, message="refusals not in the log"
+    )
     assert broker.connection_attempts() == before_all + 2
     assert broker.connection_attempts("device") == before_device + 2
     refused = [e for e in broker.connection_events() if not e.accepted][-2:]
@@ -260,6 +268,7 @@ def test_stop_cleans_up_and_frees_ports() -> None:
     assert not d.exists()
     with pytest.raises(ProcessLookupError):
         import os
+
         os.kill(pid, 0)
 
 
@@ -406,7 +415,7 @@ _pin_state: dict[str, object] = {}
 def test_mock_pins_give_pwm_pins(mock_pins, monkeypatch) -> None:
     import os
 
-    from gpiozero import LED, Button, Device, PWMLED
+    from gpiozero import LED, PWMLED, Button, Device
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     assert Device.pin_factory is mock_pins and isinstance(mock_pins, MockFactory)

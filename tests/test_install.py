@@ -51,14 +51,20 @@ def scratch_root(name: str) -> Path:
     return root
 
 
-def run_installer(root: Path, *args: str, env: dict[str, str] | None = None,
-                  timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_installer(
+    root: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
     """``sh install.sh --root ROOT ARGS`` with no terminal (as under CI or a pipe)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_") and k != "CREDENTIALS_DIRECTORY"}
     return subprocess.run(
         ["sh", str(INSTALL), "--root", str(root), "--non-interactive", *args],
-        capture_output=True, text=True, env={**base, **(env or {})}, timeout=timeout,
-        stdin=subprocess.DEVNULL, start_new_session=True, cwd="/",
+        capture_output=True,
+        text=True,
+        env={**base, **(env or {})},
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd="/",
     )
 
 
@@ -70,8 +76,15 @@ def snapshot(root: Path) -> dict[str, tuple[Any, ...]]:
             p = Path(dirpath, name)
             st = p.lstat()
             target = os.readlink(p) if p.is_symlink() else None
-            out[str(p.relative_to(root))] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_uid,
-                                             st.st_gid, st.st_size, st.st_mtime_ns, target)
+            out[str(p.relative_to(root))] = (
+                stat.S_IFMT(st.st_mode),
+                stat.S_IMODE(st.st_mode),
+                st.st_uid,
+                st.st_gid,
+                st.st_size,
+                st.st_mtime_ns,
+                target,
+            )
     return out
 
 
@@ -85,7 +98,7 @@ state_dir = "{root}/var/lib/edge-agent"
 plugin_dirs = ["{root}/etc/edge-agent/plugins.d"]
 
 [blynk]
-server = "{broker.url('mqtt')}"
+server = "{broker.url("mqtt")}"
 token = "REPLACE-WITH-DEVICE-AUTH-TOKEN"
 template_id = "TMPLSMOKE1"
 
@@ -133,8 +146,15 @@ def installed(wheelhouse: Path, broker: Any) -> Iterator[Installed]:
     root = scratch_root("root")
     template = root.parent / f"{root.name}-template.toml"
     template.write_text(smoke_config(root, broker))
-    args = ["--config-template", str(template), "--wheelhouse", str(wheelhouse), "--offline",
-            "--blynk-token", broker.token]
+    args = [
+        "--config-template",
+        str(template),
+        "--wheelhouse",
+        str(wheelhouse),
+        "--offline",
+        "--blynk-token",
+        broker.token,
+    ]
     env = {f"EDGE_AGENT_THINGSPEAK__{k}": v for k, v in TS.items()}
     began = time.monotonic()
     first = run_installer(root, *args, env=env)
@@ -334,11 +354,24 @@ def test_installed_agent_runs_the_demo_hardware(installed: Installed, broker: An
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         agent = subprocess.Popen(
-            [str(installed.state / "current/bin/edge-agent"), "run", "--config",
-             str(root / "etc/edge-agent/agent.toml"), "--print-readings"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=run_dir,
-            user=NOBODY, group=NOBODY, extra_groups=[], umask=0o077,
-            preexec_fn=_sandbox if sandboxed else None, start_new_session=True,
+            [
+                str(installed.state / "current/bin/edge-agent"),
+                "run",
+                "--config",
+                str(root / "etc/edge-agent/agent.toml"),
+                "--print-readings",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=run_dir,
+            user=NOBODY,
+            group=NOBODY,
+            extra_groups=[],
+            umask=0o077,
+            preexec_fn=_sandbox if sandboxed else None,
+            start_new_session=True,
         )
         try:
             lines: list[str] = []
@@ -349,8 +382,9 @@ def test_installed_agent_runs_the_demo_hardware(installed: Installed, broker: An
                 if listener.first("READY") and len(lines) >= 3 and len(listener.messages) >= 4:
                     break
                 time.sleep(0.05)
-            uid_line = next(x for x in Path(f"/proc/{agent.pid}/status").read_text().splitlines()
-                            if x.startswith("Uid:"))
+            uid_line = next(
+                x for x in Path(f"/proc/{agent.pid}/status").read_text().splitlines() if x.startswith("Uid:")
+            )
             agent.send_signal(signal.SIGTERM)
             code = agent.wait(20)
         finally:
@@ -371,8 +405,10 @@ def test_installed_agent_runs_the_demo_hardware(installed: Installed, broker: An
         assert stopping and stopping["STATUS"] == "stopping"
         assert broker.connections_accepted("device") >= 1, "connected with the token from the credential"
         assert broker.token not in stderr + "".join(lines)
-        print(f"\nsmoke: {len(lines)} readings, MDWE+NoNewPrivileges {'on' if sandboxed else 'unavailable'}, "
-              f"{len(pings)} watchdog pings")
+        print(
+            f"\nsmoke: {len(lines)} readings, MDWE+NoNewPrivileges {'on' if sandboxed else 'unavailable'}, "
+            f"{len(pings)} watchdog pings"
+        )
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
 
@@ -387,8 +423,10 @@ def test_prompt_reads_the_terminal_under_a_pipe(installed: Installed, broker: An
     pid, fd = pty.fork()
     if pid == 0:  # the child: a session whose controlling terminal is the pty
         os.chdir(SRC)
-        os.execvp("sh", ["sh", "-c", f"cat install.sh | sh -s -- --root '{installed.root}' "
-                                     f"--wheelhouse '{wheelhouse}' --offline"])
+        os.execvp(
+            "sh",
+            ["sh", "-c", f"cat install.sh | sh -s -- --root '{installed.root}' --wheelhouse '{wheelhouse}' --offline"],
+        )
     output = b""
     answered = False
     deadline = time.monotonic() + 120
@@ -595,11 +633,21 @@ def test_real_mode_in_a_private_mount_namespace(wheelhouse: Path) -> None:
         pytest.skip(f"no mount namespaces here: {probe.stderr.decode().strip()}")
     wheel = next((wheelhouse / "project").glob("*.whl"))
     host = [Path(f).read_bytes() for f in ("/etc/passwd", "/etc/group")]
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")},
-           "INSTALL": str(INSTALL), "WHEEL": str(wheel), "WH": str(wheelhouse)}
-    result = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", REAL_MODE],
-                            capture_output=True, text=True, env=env, timeout=300, stdin=subprocess.DEVNULL,
-                            start_new_session=True)
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("EDGE_AGENT_")},
+        "INSTALL": str(INSTALL),
+        "WHEEL": str(wheel),
+        "WH": str(wheelhouse),
+    }
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", REAL_MODE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     facts = dict(line.split(": ", 1) for line in result.stdout.splitlines() if ": " in line)
     assert facts["second"] == "0 changed"

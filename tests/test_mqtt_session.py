@@ -495,8 +495,14 @@ def test_half_open_link_is_detected_by_keepalive(broker: Any) -> None:
         proxy = BlackholeProxy(broker.port_tcp)
         port = await proxy.start()
         session = MqttSession(
-            "test-keepalive", f"mqtt://127.0.0.1:{port}", f"dev-{uid()}", "device", broker.token,
-            keepalive=1, backoff_initial=0.05, backoff_max=0.1,
+            "test-keepalive",
+            f"mqtt://127.0.0.1:{port}",
+            f"dev-{uid()}",
+            "device",
+            broker.token,
+            keepalive=1,
+            backoff_initial=0.05,
+            backoff_max=0.1,
         )
         seen: list[LinkStatus] = []
         session.add_status_listener(seen.append)

@@ -22,8 +22,9 @@ from tests.helpers import ROOT, agent_env
 
 
 def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "agent", *args], capture_output=True, text=True, env=agent_env(),
-                          cwd=ROOT, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, env=agent_env(), cwd=ROOT, timeout=300
+    )
 
 
 # -- what pack builds --------------------------------------------------------------------------
@@ -57,13 +58,16 @@ def test_inspect_prints_the_tag_and_contents(ota_packages: Packages) -> None:
     assert result.stdout.count(" sha256 ") == len(ota_packages.good.wheels)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--type", TEMPLATE, "--version", "1.2.0+local"], "has a local part (+local); Blynk's tag cannot carry '+'"),
-    (["--type", TEMPLATE, "--version", "1.2-RC1"], "is written '1.2rc1' by pip"),
-    (["--type", "TMPL/x", "--version", "1.2.0"], "tag fw-type: 'TMPL/x' holds '/'"),
-    (["--type", TEMPLATE, "--version", "1.2.0", "--build", "a+b"], "tag build: 'a+b' holds '+'"),
-    (["--type", TEMPLATE, "--version", "1.2.0", "--platform", "manylinux2014_aarch64"], "add --deps"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--type", TEMPLATE, "--version", "1.2.0+local"], "has a local part (+local); Blynk's tag cannot carry '+'"),
+        (["--type", TEMPLATE, "--version", "1.2-RC1"], "is written '1.2rc1' by pip"),
+        (["--type", "TMPL/x", "--version", "1.2.0"], "tag fw-type: 'TMPL/x' holds '/'"),
+        (["--type", TEMPLATE, "--version", "1.2.0", "--build", "a+b"], "tag build: 'a+b' holds '+'"),
+        (["--type", TEMPLATE, "--version", "1.2.0", "--platform", "manylinux2014_aarch64"], "add --deps"),
+    ],
+)
 def test_pack_refuses_what_the_tag_cannot_carry(tmp_path: Path, args: list[str], message: str) -> None:
     result = edge_agent("ota", "pack", "--source", str(SRC), "-o", str(tmp_path / "p.zip"), *args)
     assert result.returncode == 1 and message in result.stderr, result.stderr
@@ -75,29 +79,59 @@ def test_pack_for_a_named_platform_and_python(tmp_path: Path, wheelhouse: Path) 
     import platform
 
     tag = f"manylinux2014_{platform.machine()}"
-    info = pack(SRC, tmp_path / "p.zip", fw_type=TEMPLATE, version="2.0.0", deps=True, platforms=[tag],
-                python_versions=[f"{sys.version_info.major}.{sys.version_info.minor}"], wheelhouse=wheelhouse,
-                offline=True)
+    info = pack(
+        SRC,
+        tmp_path / "p.zip",
+        fw_type=TEMPLATE,
+        version="2.0.0",
+        deps=True,
+        platforms=[tag],
+        python_versions=[f"{sys.version_info.major}.{sys.version_info.minor}"],
+        wheelhouse=wheelhouse,
+        offline=True,
+    )
     assert info.platforms == (tag,) and any(w.name.startswith("pydantic_core-") for w in info.wheels)
 
 
 def test_pack_takes_the_type_from_the_config(tmp_path: Path, wheelhouse: Path) -> None:
     config = tmp_path / "agent.toml"
-    config.write_text('[agent]\nplugin_dirs = []\n[blynk]\ntoken = "t"\ntemplate_id = "TMPLcfg"\n'
-                      'firmware_type = "Pump_controller"\n')
-    result = edge_agent("ota", "pack", "--source", str(SRC), "--config", str(config), "--version", "2.0.1",
-                        "--wheelhouse", str(wheelhouse), "--offline", "-o", str(tmp_path / "p.zip"))
+    config.write_text(
+        '[agent]\nplugin_dirs = []\n[blynk]\ntoken = "t"\ntemplate_id = "TMPLcfg"\nfirmware_type = "Pump_controller"\n'
+    )
+    result = edge_agent(
+        "ota",
+        "pack",
+        "--source",
+        str(SRC),
+        "--config",
+        str(config),
+        "--version",
+        "2.0.1",
+        "--wheelhouse",
+        str(wheelhouse),
+        "--offline",
+        "-o",
+        str(tmp_path / "p.zip"),
+    )
     assert result.returncode == 0, result.stderr
-    assert open_package(tmp_path / "p.zip").tag == BlynkTag("2.0.1", "Pump_controller", open_package(
-        tmp_path / "p.zip").tag.build)
+    assert open_package(tmp_path / "p.zip").tag == BlynkTag(
+        "2.0.1", "Pump_controller", open_package(tmp_path / "p.zip").tag.build
+    )
     assert "dependencies: not included" in result.stdout
 
 
 # -- what the device (and inspect) refuse ------------------------------------------------------
 
 
-def rewrite(src: Path, dest: Path, *, comment: bytes | None = None, drop: str | None = None,
-            add: tuple[str, bytes] | None = None, replace: tuple[str, bytes] | None = None) -> Path:
+def rewrite(
+    src: Path,
+    dest: Path,
+    *,
+    comment: bytes | None = None,
+    drop: str | None = None,
+    add: tuple[str, bytes] | None = None,
+    replace: tuple[str, bytes] | None = None,
+) -> Path:
     """A copy of a package with one thing changed."""
     with zipfile.ZipFile(src) as old, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as new:
         for info in old.infolist():
@@ -134,8 +168,10 @@ def test_tampered_packages_are_refused(ota_packages: Packages, tmp_path: Path) -
         "extra entry": (dict(add=("wheels/evil-1.0-py3-none-any.whl", b"x")), "is not in the manifest"),
         "path outside": (dict(add=("../evil.whl", b"x")), "is not in the manifest"),
         "missing wheel": (dict(drop=agent_entry), "in the manifest but not in the package"),
-        "changed wheel": (dict(replace=(agent_entry, agent_bytes[:100] + bytes([agent_bytes[100] ^ 1]) + agent_bytes[101:])),
-                          "SHA-256 differs from the manifest"),
+        "changed wheel": (
+            dict(replace=(agent_entry, agent_bytes[:100] + bytes([agent_bytes[100] ^ 1]) + agent_bytes[101:])),
+            "SHA-256 differs from the manifest",
+        ),
     }
     for name, (change, message) in cases.items():
         bad = rewrite(good.path, tmp_path / f"{name}.zip", **change)

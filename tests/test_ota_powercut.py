@@ -44,9 +44,25 @@ template_id = "{TEMPLATE}"
 
 def install(root: Path, package: Path, point: str, log: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "tests.harness.killpoint", str(log), point, "--", "ota", "install", str(package),
-         "--config", str(root / "agent.toml")],
-        capture_output=True, text=True, env=agent_env(), cwd=ROOT, timeout=300, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.harness.killpoint",
+            str(log),
+            point,
+            "--",
+            "ota",
+            "install",
+            str(package),
+            "--config",
+            str(root / "agent.toml"),
+        ],
+        capture_output=True,
+        text=True,
+        env=agent_env(),
+        cwd=ROOT,
+        timeout=300,
+        start_new_session=True,
     )
 
 
@@ -88,13 +104,15 @@ def check_after_cut(root: Path, before: dict[str, Any], point: str) -> str:
     current = current_release(root)
     assert current in ("1.0.0", "1.1.0"), f"{point}: current is {current!r}"
     assert (root / RELEASES / current / MARKER).is_file(), f"{point}: current names an incomplete release"
-    ran = subprocess.run([str(root / "current" / "bin" / "edge-agent"), "version"], capture_output=True, text=True,
-                         timeout=60)
+    ran = subprocess.run(
+        [str(root / "current" / "bin" / "edge-agent"), "version"], capture_output=True, text=True, timeout=60
+    )
     assert (ran.returncode, ran.stdout.strip()) == (0, f"edge-agent {current}"), f"{point}: {ran.stderr[-500:]}"
     if current == "1.1.0":
         trial = load_state(root).trial
-        assert trial is not None and trial.version == "1.1.0" and trial.previous == "1.0.0", \
+        assert trial is not None and trial.version == "1.1.0" and trial.previous == "1.0.0", (
             f"{point}: the new release is current without a trial record"
+        )
     else:
         assert running_release(root) == before, f"{point}: the running release changed"
     return current

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from agent.releases import current_release
-from tests.harness.ota import PackageServer, Packages, fake_release_root, offer_for, tree
+from tests.harness.ota import Packages, PackageServer, fake_release_root, offer_for, tree
 from tests.test_blynk_support import build_agent, run, running, until
 
 OTA = {"allowed_hosts": ["localhost"], "attempts": 2, "retry_delay": 0.05, "event": "ota"}
@@ -72,8 +72,9 @@ def one_line(log: str, needle: str) -> str:
     return lines[0]
 
 
-def test_bad_sha256_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                               ota_packages: Packages, caplog: Any) -> None:
+def test_bad_sha256_is_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good, fault="bad_sha")
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url))
@@ -83,17 +84,18 @@ def test_bad_sha256_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_
     assert r.events and "SHA-256 mismatch" in r.events[0]
 
 
-def test_bad_md5_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                            ota_packages: Packages, caplog: Any) -> None:
+def test_bad_md5_is_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good, fault="bad_md5")
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url))
     assert r.outcome == "failed" and "MD5 mismatch" in r.detail
 
 
-def test_truncated_download_is_retried_then_refused(broker: Any, cloud: Any, tmp_path: Path,
-                                                    package_server: PackageServer, ota_packages: Packages,
-                                                    caplog: Any) -> None:
+def test_truncated_download_is_retried_then_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good, fault="truncate")
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url))
@@ -103,8 +105,16 @@ def test_truncated_download_is_retried_then_refused(broker: Any, cloud: Any, tmp
 
 
 @pytest.mark.parametrize("fault, requests", [("404", 1), ("500", 2)])
-def test_http_errors_are_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                 ota_packages: Packages, caplog: Any, fault: str, requests: int) -> None:
+def test_http_errors_are_refused(
+    broker: Any,
+    cloud: Any,
+    tmp_path: Path,
+    package_server: PackageServer,
+    ota_packages: Packages,
+    caplog: Any,
+    fault: str,
+    requests: int,
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good, fault=fault)
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url))
@@ -113,8 +123,9 @@ def test_http_errors_are_refused(broker: Any, cloud: Any, tmp_path: Path, packag
     one_line(r.log, "update to 1.1.0 failed")
 
 
-def test_size_mismatch_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                  ota_packages: Packages, caplog: Any) -> None:
+def test_size_mismatch_is_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good)
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url, size=ota_packages.good.size - 10))
@@ -122,9 +133,9 @@ def test_size_mismatch_is_refused(broker: Any, cloud: Any, tmp_path: Path, packa
     assert f"server sends {ota_packages.good.size} bytes, the offer says {ota_packages.good.size - 10}" in r.detail
 
 
-def test_wrong_type_is_refused_before_any_download(broker: Any, cloud: Any, tmp_path: Path,
-                                                   package_server: PackageServer, ota_packages: Packages,
-                                                   caplog: Any) -> None:
+def test_wrong_type_is_refused_before_any_download(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good)
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url, type="TMPLother"))
@@ -134,8 +145,9 @@ def test_wrong_type_is_refused_before_any_download(broker: Any, cloud: Any, tmp_
     assert r.events == ["update 1.1.0 refused: package type 'TMPLother' is not this device's 'TMPLtest01'"]
 
 
-def test_same_version_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                 ota_packages: Packages, caplog: Any) -> None:
+def test_same_version_is_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     from agent import __version__
 
     agent = ota_agent(tmp_path, broker, package_server)
@@ -145,8 +157,9 @@ def test_same_version_is_refused(broker: Any, cloud: Any, tmp_path: Path, packag
     assert package_server.requests["pkg.zip"] == 0
 
 
-def test_downgrade_is_refused_unless_allowed(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                             ota_packages: Packages, caplog: Any) -> None:
+def test_downgrade_is_refused_unless_allowed(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good)
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url, ver="0.0.1"))
@@ -154,9 +167,9 @@ def test_downgrade_is_refused_unless_allowed(broker: Any, cloud: Any, tmp_path: 
     assert package_server.requests["pkg.zip"] == 0
 
 
-def test_tag_not_matching_the_offer_is_refused(broker: Any, cloud: Any, tmp_path: Path,
-                                               package_server: PackageServer, ota_packages: Packages,
-                                               caplog: Any) -> None:
+def test_tag_not_matching_the_offer_is_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     """The server sends no x-fw-* headers, so only the tag inside the file can tell."""
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good, fw_headers=False)
@@ -166,17 +179,18 @@ def test_tag_not_matching_the_offer_is_refused(broker: Any, cloud: Any, tmp_path
     assert package_server.requests["pkg.zip"] == 1
 
 
-def test_fw_headers_not_matching_the_offer_are_refused(broker: Any, cloud: Any, tmp_path: Path,
-                                                       package_server: PackageServer, ota_packages: Packages,
-                                                       caplog: Any) -> None:
+def test_fw_headers_not_matching_the_offer_are_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good)
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url, build="Jan 01 2000 00:00:00"))
     assert r.outcome == "failed" and "x-fw-build" in r.detail
 
 
-def test_plain_http_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                               ota_packages: Packages, caplog: Any) -> None:
+def test_plain_http_is_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     package_server.serve("pkg.zip", ota_packages.good)
     url = package_server.url("pkg.zip", scheme="http")
@@ -185,8 +199,9 @@ def test_plain_http_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_
     assert package_server.requests["pkg.zip"] == 0
 
 
-def test_host_not_allowlisted_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                         ota_packages: Packages, caplog: Any) -> None:
+def test_host_not_allowlisted_is_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     package_server.serve("pkg.zip", ota_packages.good)
     url = package_server.url("pkg.zip", host="127.0.0.1")
@@ -205,35 +220,48 @@ def test_default_allowlist_is_the_blynk_servers_domain(broker: Any, tmp_path: Pa
     assert "scheme 'http'" in agent.ota.check_url("http://blynk.cloud/f.zip")
 
 
-def test_not_enough_disk_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                    ota_packages: Packages, caplog: Any, monkeypatch: Any) -> None:
+def test_not_enough_disk_is_refused(
+    broker: Any,
+    cloud: Any,
+    tmp_path: Path,
+    package_server: PackageServer,
+    ota_packages: Packages,
+    caplog: Any,
+    monkeypatch: Any,
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good)
     real = shutil.disk_usage
-    monkeypatch.setattr("agent.ota.offer.shutil.disk_usage",
-                        lambda p: real(p)._replace(free=50_000_000))  # 50 MB: less than the 100 MB reserve
+    monkeypatch.setattr(
+        "agent.ota.offer.shutil.disk_usage", lambda p: real(p)._replace(free=50_000_000)
+    )  # 50 MB: less than the 100 MB reserve
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url))
     assert r.outcome == "refused" and "not enough disk" in r.detail and "50 MB free" in r.detail
     assert package_server.requests["pkg.zip"] == 0
 
 
-def test_size_over_the_limit_is_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                        ota_packages: Packages, caplog: Any) -> None:
+def test_size_over_the_limit_is_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server, max_size=100_000)
     url = package_server.serve("pkg.zip", ota_packages.good)
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url))
     assert r.outcome == "refused" and "over the limit of 100000" in r.detail
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"{not json", "offer is not JSON"),
-    (b"[1, 2]", "not a JSON object"),
-    (b'{"url": "https://localhost/x", "size": -1, "type": "T", "ver": "1", "build": "b"}', "'size' is -1"),
-    (b'{"url": "https://localhost/x", "size": 10, "type": "T", "build": "b"}', "'ver' is missing"),
-    (b'{"url": "nowhere", "size": 10, "type": "T", "ver": "1", "build": "b"}', "has no scheme or host"),
-])
-def test_malformed_offers_are_refused(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                      caplog: Any, payload: bytes, message: str) -> None:
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"{not json", "offer is not JSON"),
+        (b"[1, 2]", "not a JSON object"),
+        (b'{"url": "https://localhost/x", "size": -1, "type": "T", "ver": "1", "build": "b"}', "'size' is -1"),
+        (b'{"url": "https://localhost/x", "size": 10, "type": "T", "build": "b"}', "'ver' is missing"),
+        (b'{"url": "nowhere", "size": 10, "type": "T", "ver": "1", "build": "b"}', "has no scheme or host"),
+    ],
+)
+def test_malformed_offers_are_refused(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, caplog: Any, payload: bytes, message: str
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     r = offer_and_wait(agent, cloud, caplog, payload)
     assert r.outcome == "refused" and message in r.detail
@@ -241,8 +269,8 @@ def test_malformed_offers_are_refused(broker: Any, cloud: Any, tmp_path: Path, p
 
 
 def test_duplicate_offers_are_ignored_and_a_failed_one_is_not_retried(
-        broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages,
-        caplog: Any) -> None:
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good, fault="slow")
     offer = json.dumps(offer_for(ota_packages.good, url, build="Jan 01 2000 00:00:00")).encode()
@@ -266,16 +294,18 @@ def test_duplicate_offers_are_ignored_and_a_failed_one_is_not_retried(
     assert agent.ota.outcomes[1][0] == "refused" and "not tried again for" in agent.ota.outcomes[1][1]
 
 
-def test_updates_disabled(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                          ota_packages: Packages, caplog: Any) -> None:
+def test_updates_disabled(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = ota_agent(tmp_path, broker, package_server, enabled=False)
     url = package_server.serve("pkg.zip", ota_packages.good)
     r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url))
     assert r.outcome == "refused" and "updates are disabled" in r.detail
 
 
-def test_not_installed_as_a_release(broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer,
-                                    ota_packages: Packages, caplog: Any) -> None:
+def test_not_installed_as_a_release(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
     agent = build_agent(tmp_path, broker, sensor=False, relay=False, state_dir=tmp_path / "plain")
     agent.ota.settings = agent.ota.settings.model_copy(update={**OTA, "ca_file": package_server.ca_file})
     agent.ota.allowed_hosts = ("localhost",)

@@ -16,10 +16,18 @@ def test_encoding_is_blynks_layout() -> None:
     assert BlynkTag.decode(tag.encode()) == (tag, len(tag.encode()))
 
 
-@pytest.mark.parametrize("value, bad", [
-    ("1.0.0+abc", "'+'"), ("a/b", "'/'"), ("", "empty"), ("   ", "empty"), ("v1;rm", "';'"), ("x" * 65, "longer"),
-    ("naïve", "'ï'"),
-])
+@pytest.mark.parametrize(
+    "value, bad",
+    [
+        ("1.0.0+abc", "'+'"),
+        ("a/b", "'/'"),
+        ("", "empty"),
+        ("   ", "empty"),
+        ("v1;rm", "';'"),
+        ("x" * 65, "longer"),
+        ("naïve", "'ï'"),
+    ],
+)
 def test_values_blynk_cannot_carry_are_refused(value: str, bad: str) -> None:
     with pytest.raises(TagError, match="tag mcu") as err:
         check_value("mcu", value)
@@ -59,9 +67,15 @@ def test_missing_cut_duplicate_and_conflicting_tags(tmp_path: Path) -> None:
     assert read_tag(same) == a
 
 
-@pytest.mark.parametrize("text, message", [
-    ("1.0.0+local", "local part"), ("1!2.0", "epoch"), ("1.0-RC1", "written '1.0rc1'"), ("banana", "PEP 440"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("1.0.0+local", "local part"),
+        ("1!2.0", "epoch"),
+        ("1.0-RC1", "written '1.0rc1'"),
+        ("banana", "PEP 440"),
+    ],
+)
 def test_versions_a_package_cannot_carry(text: str, message: str) -> None:
     with pytest.raises(VersionError, match=message):
         package_version(text)

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.ota.trial import load_state
 from agent.releases import current_release, list_releases
-from tests.harness.ota import BUILD, TEMPLATE, PackageServer, Packages, make_release_root, offer_for
+from tests.harness.ota import BUILD, TEMPLATE, Packages, PackageServer, make_release_root, offer_for
 from tests.helpers import agent_env
 from tests.test_blynk_support import uid
 
@@ -27,8 +27,16 @@ EXIT_RESTART = 75
 
 
 def device_config(root: Path, broker: Any, server: PackageServer, **ota: Any) -> Path:
-    settings = {"allowed_hosts": '["localhost"]', "ca_file": f'"{server.ca_file}"', "healthy_period": 1.5,
-                "trial_timeout": 8, "max_starts": 2, "event": '"ota"', "retry_delay": 0.1, **ota}
+    settings = {
+        "allowed_hosts": '["localhost"]',
+        "ca_file": f'"{server.ca_file}"',
+        "healthy_period": 1.5,
+        "trial_timeout": 8,
+        "max_starts": 2,
+        "event": '"ota"',
+        "retry_delay": 0.1,
+        **ota,
+    }
     path = root / "agent.toml"
     path.write_text(f"""[agent]
 name = "ota-device"
@@ -37,7 +45,7 @@ plugin_dirs = []
 state_dir = "{root}"
 
 [blynk]
-server = "{broker.url('mqtt')}"
+server = "{broker.url("mqtt")}"
 token = "{broker.token}"
 template_id = "{TEMPLATE}"
 client_id = "ota-{uid()}"
@@ -80,7 +88,11 @@ class Service:
         self.release = current_release(self.root)
         self.proc = subprocess.Popen(
             [str(self.root / "current" / "bin" / "edge-agent"), "run", "--config", str(self.config)],
-            stdout=subprocess.DEVNULL, stderr=open(self.log_path, "w"), text=True, env=agent_env(), cwd="/",
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.log_path, "w"),
+            text=True,
+            env=agent_env(),
+            cwd="/",
         )
         return self.proc
 
@@ -91,8 +103,10 @@ class Service:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"start {len(self.starts)} of {self.release} did not exit within {timeout} s:\n"
-                                 + self.log_path.read_text()[-3000:]) from None
+            raise AssertionError(
+                f"start {len(self.starts)} of {self.release} did not exit within {timeout} s:\n"
+                + self.log_path.read_text()[-3000:]
+            ) from None
         start = Start(self.release, code, self.log_path.read_text())
         self.starts.append(start)
         self.proc = None
@@ -118,30 +132,48 @@ def events(cloud: Any) -> list[str]:
     return [m.text for m in cloud.messages if m.topic == "event/ota"]
 
 
-def test_offer_download_swap_restart_report_commit(broker: Any, cloud: Any, package_server: PackageServer,
-                                                   ota_packages: Packages, wheelhouse: Path) -> None:
+def test_offer_download_swap_restart_report_commit(
+    broker: Any, cloud: Any, package_server: PackageServer, ota_packages: Packages, wheelhouse: Path
+) -> None:
     root = make_release_root(ota_packages.v1, wheelhouse)
     service = Service(root, device_config(root, broker, package_server))
     cloud.subscribe("#")
     try:
         service.start()
-        assert mcu_version(cloud, "1.0.0") == {"tmpl": TEMPLATE, "ver": "1.0.0", "build": BUILD, "type": TEMPLATE,
-                                               "rxbuff": 1024}
+        assert mcu_version(cloud, "1.0.0") == {
+            "tmpl": TEMPLATE,
+            "ver": "1.0.0",
+            "build": BUILD,
+            "type": TEMPLATE,
+            "rxbuff": 1024,
+        }
         url = package_server.serve("good.zip", ota_packages.good)
         cloud.publish("downlink/ota/json", json.dumps(offer_for(ota_packages.good, url)))
         first = service.wait(120)
         assert first.code == EXIT_RESTART, first.log[-3000:]
-        for step in ("accepted", "downloading", "size and SHA-256 and MD5 match the offer", "package checked",
-                     "building the release (offline from the package)", "self-check passed",
-                     "current switched from 1.0.0 to 1.1.0 (on trial)", "restarting into the new release"):
+        for step in (
+            "accepted",
+            "downloading",
+            "size and SHA-256 and MD5 match the offer",
+            "package checked",
+            "building the release (offline from the package)",
+            "self-check passed",
+            "current switched from 1.0.0 to 1.1.0 (on trial)",
+            "restarting into the new release",
+        ):
             assert step in first.log, step
         assert current_release(root) == "1.1.0"
         trial = load_state(root).trial
         assert trial is not None and (trial.version, trial.previous, trial.state) == ("1.1.0", "1.0.0", "trial")
 
         service.start()  # systemd restarts it (exit 75): from current, the new release
-        assert mcu_version(cloud, "1.1.0") == {"tmpl": TEMPLATE, "ver": "1.1.0", "build": BUILD, "type": TEMPLATE,
-                                               "rxbuff": 1024}
+        assert mcu_version(cloud, "1.1.0") == {
+            "tmpl": TEMPLATE,
+            "ver": "1.1.0",
+            "build": BUILD,
+            "type": TEMPLATE,
+            "rxbuff": 1024,
+        }
         deadline = time.monotonic() + 30
         while load_state(root).trial is not None and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -181,8 +213,9 @@ def update_to(service: Service, cloud: Any, server: PackageServer, package: Any)
     assert current_release(service.root) == package.version
 
 
-def test_a_release_that_crashes_at_start_is_rolled_back(broker: Any, cloud: Any, package_server: PackageServer,
-                                                        ota_packages: Packages, wheelhouse: Path) -> None:
+def test_a_release_that_crashes_at_start_is_rolled_back(
+    broker: Any, cloud: Any, package_server: PackageServer, ota_packages: Packages, wheelhouse: Path
+) -> None:
     root = make_release_root(ota_packages.v1, wheelhouse)
     service = Service(root, device_config(root, broker, package_server))
     cloud.subscribe("#")
@@ -210,8 +243,9 @@ def test_a_release_that_crashes_at_start_is_rolled_back(broker: Any, cloud: Any,
         service.kill()
 
 
-def test_a_release_that_never_connects_is_rolled_back(broker: Any, cloud: Any, package_server: PackageServer,
-                                                      ota_packages: Packages, wheelhouse: Path) -> None:
+def test_a_release_that_never_connects_is_rolled_back(
+    broker: Any, cloud: Any, package_server: PackageServer, ota_packages: Packages, wheelhouse: Path
+) -> None:
     root = make_release_root(ota_packages.v1, wheelhouse)
     service = Service(root, device_config(root, broker, package_server, trial_timeout=4))
     cloud.subscribe("#")

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from agent.outbox import DROP_AGE, DROP_FULL, DROP_LINK, DROP_SKIPPED, Outbox, OutboxError, read_status
 
-
 #: a recent epoch (readings older than max_age, 31 days by default, are dropped)
 T0 = time.time() - 10_000
 
@@ -230,9 +229,11 @@ def test_sqlite_runs_on_its_own_thread_never_on_the_loop(tmp_path: Path, monkeyp
         def __getattr__(self, name: str) -> Any:
             attr = getattr(self._conn, name)
             if callable(attr):
+
                 def wrapped(*a: Any, **k: Any) -> Any:
                     threads.add(threading.current_thread().name)
                     return attr(*a, **k)
+
                 return wrapped
             return attr
 
@@ -361,8 +362,9 @@ def test_matches_a_bounded_list_model(tmp_path_factory: Any, ops: list[tuple[str
     run(scenario())
 
 
-def test_a_failing_storage_keeps_the_readings_in_memory_and_retries(tmp_path: Path, caplog: Any,
-                                                                    monkeypatch: Any) -> None:
+def test_a_failing_storage_keeps_the_readings_in_memory_and_retries(
+    tmp_path: Path, caplog: Any, monkeypatch: Any
+) -> None:
     """A commit that fails (a full SD card) loses nothing: the readings stay
     in memory, one error line is logged, and the next attempt stores them."""
     import agent.outbox as outbox_module

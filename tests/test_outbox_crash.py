@@ -58,5 +58,7 @@ def test_a_crash_between_the_puback_and_the_ack_sends_that_one_message_again(
     in_flight = [int(v) for _, v, _ in points_in(box["first"][0])]
     assert set(values) == set(range(200))  # nothing lost
     assert doubled == in_flight  # exactly the message in flight was sent again
-    print(f"\nsent again after the simulated crash: one message of {len(in_flight)} points; "
-          f"{len(values)} readings delivered")
+    print(
+        f"\nsent again after the simulated crash: one message of {len(in_flight)} points; "
+        f"{len(values)} readings delivered"
+    )

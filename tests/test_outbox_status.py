@@ -24,7 +24,7 @@ def offline_config(tmp_path: Path) -> Path:
 name = "status-test"
 plugin_dirs = []
 pin_factory = "mock"
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 
 [blynk]
 server = "mqtt://127.0.0.1:{free_port()}"
@@ -53,8 +53,14 @@ def test_status_of_a_running_agent_and_after_it_stopped(tmp_path: Path) -> None:
     config = offline_config(tmp_path)
     log = tmp_path / "agent.log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "agent", "run", "-c", str(config)], env=agent_env(),
-                                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "run", "-c", str(config)],
+            env=agent_env(),
+            cwd=ROOT,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         deadline = time.monotonic() + 20
         data: dict[str, Any] = {}
@@ -95,14 +101,29 @@ def test_status_lines_show_backfill_progress_and_channels() -> None:
     live = {
         "pid": -1,
         "written_at": now - 2,
-        "outbox": {"max_readings": 1000000, "max_age": 2678400,
-                   "queues": {"blynk": {"depth": 3000, "oldest_ts": now - 3600, "dropped": {"too_old": 4}}}},
+        "outbox": {
+            "max_readings": 1000000,
+            "max_age": 2678400,
+            "queues": {"blynk": {"depth": 3000, "oldest_ts": now - 3600, "dropped": {"too_old": 4}}},
+        },
         "links": {
-            "blynk": {"state": "connected", "reason": "mqtts://blynk.cloud:8883",
-                      "backfill": {"active": True, "sent": 1200, "total": 4200, "percent": 28.6, "rate": 452.0}},
-            "thingspeak": {"state": "connected", "channels": {"1234": {
-                "last_update_ago": 7.0, "backfill": "on (write_api_key)", "readings_sent": 10,
-                "coalesced": 30, "skipped": 0}}},
+            "blynk": {
+                "state": "connected",
+                "reason": "mqtts://blynk.cloud:8883",
+                "backfill": {"active": True, "sent": 1200, "total": 4200, "percent": 28.6, "rate": 452.0},
+            },
+            "thingspeak": {
+                "state": "connected",
+                "channels": {
+                    "1234": {
+                        "last_update_ago": 7.0,
+                        "backfill": "on (write_api_key)",
+                        "readings_sent": 10,
+                        "coalesced": 30,
+                        "skipped": 0,
+                    }
+                },
+            },
         },
     }
     lines = _status_lines(Path("/x/outbox.sqlite"), live, None, None)
@@ -134,4 +155,3 @@ def test_the_summary_line_is_logged_while_readings_wait(tmp_path: Path, caplog: 
     lines = [r.getMessage() for r in caplog.records if "waiting (oldest" in r.getMessage()]
     assert lines, caplog.text
     assert "blynk 1 waiting (oldest 1m3" in lines[0] and "thingspeak 1 waiting (oldest 3" in lines[0]
-

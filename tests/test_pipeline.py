@@ -53,12 +53,12 @@ def test_throttle_uses_monotonic_time():
 def test_heartbeat_resends_after_quiet_period_behind_delta():
     c = chain({"delta": 1}, {"heartbeat": 30})
     assert [x.value for x in c.process(r(5, mono=0))] == [5]
-    assert c.process(r(5.1, mono=10)) == []          # suppressed by delta
-    assert c.tick(20) == []                            # quiet only 20 s
+    assert c.process(r(5.1, mono=10)) == []  # suppressed by delta
+    assert c.tick(20) == []  # quiet only 20 s
     beat = c.tick(31)
     assert [x.value for x in beat] == [5]
     assert beat[0].mono == 31 and beat[0].ts == pytest.approx(1031)
-    assert c.tick(40) == []                            # next beat 30 s later
+    assert c.tick(40) == []  # next beat 30 s later
     assert [x.value for x in c.tick(61)] == [5]
 
 
@@ -90,7 +90,7 @@ def test_timeout_marks_unavailable_once():
     assert c.tick(4) == []
     (expired,) = c.tick(6)
     assert expired.value is None
-    assert c.tick(20) == []                            # once, not repeated
+    assert c.tick(20) == []  # once, not repeated
     assert [x.value for x in c.process(r(2, mono=21))] == [2]
     assert [x.value for x in c.tick(27)] == [None]
 

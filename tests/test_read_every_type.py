@@ -180,7 +180,7 @@ def test_read_prints_every_quantity(type_name: str, reads: dict[str, subprocess.
         pytest.fail(
             f"sensor type {type_name!r} is registered in the {SENSOR_GROUP} entry-point group "
             f"but has no entry in MINIMAL_OPTIONS in {Path(__file__).name}: add the smallest "
-            "valid options of its [[sensors]] table there (\"\" if every option has a default)"
+            'valid options of its [[sensors]] table there ("" if every option has a default)'
         )
     result = reads[type_name]
     shown = f"\n--- config:\n{config_text(type_name)}--- stdout:\n{result.stdout}--- stderr:\n{result.stderr}"
@@ -229,7 +229,8 @@ def test_sensor_doc_examples_pass_edge_agent_check(tmp_path: Path) -> None:
     """Every ```toml block of docs/sensors.md that holds [[sensors]] tables
     (and no [agent] table) is put into one config and checked."""
     blocks = [
-        body for lang, body in FENCE.findall(SENSORS_DOC.read_text())
+        body
+        for lang, body in FENCE.findall(SENSORS_DOC.read_text())
         if lang == "toml" and "[[sensors]]" in body and "[agent]" not in body
     ]
     config = tmp_path / "agent.toml"

@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from agent.plugin import Sensor, SensorError
+from agent.plugin import Sensor
 from agent.scheduler import SensorRunner, SensorState, WorkerPool
 from tests.agent_builder import make_agent, run_agent
 
@@ -117,7 +117,7 @@ def test_failing_sensor_recovers_by_itself_and_logs_once_each_way(caplog):
     caplog.set_level(logging.INFO, logger="agent")
     sensor = Flaky(fail=12)
     runner, delivered = run_runner(sensor, interval=0.1, seconds=1.5)
-    assert delivered[0] is None                      # unavailable, once
+    assert delivered[0] is None  # unavailable, once
     assert delivered.count(None) == 1
     assert delivered[-1] == {"v": 1.0} and runner.state is SensorState.OK
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sensor flaky")]
@@ -168,7 +168,9 @@ def test_worker_pool_shutdown_does_not_wait_for_a_hung_call():
 def test_sensor_that_fails_to_open_is_reported_and_retried(tmp_path, caplog):
     marker = tmp_path / "value.txt"
     toml = (
-        '[agent]\npin_factory = "mock"\nplugin_dirs = ["' + str(__import__("tests.helpers").helpers.EXAMPLES / "plugins.d") + '"]\n'
+        '[agent]\npin_factory = "mock"\nplugin_dirs = ["'
+        + str(__import__("tests.helpers").helpers.EXAMPLES / "plugins.d")
+        + '"]\n'
         f'[[sensors]]\nid = "file"\ntype = "text_file"\npath = "{marker}"\ninterval = 0.1\n'
         '[[sensors]]\nid = "ok"\ntype = "simulated"\ninterval = 0.1\n'
     )

@@ -65,8 +65,10 @@ class NotifyListener:
                 if key in m and (value is None or m[key] == value) and contains in m[key]:
                     return m
             time.sleep(0.01)
-        raise AssertionError(f"no {key}={value or '*'}{' containing ' + contains if contains else ''} "
-                             f"within {timeout} s; got {[m for _, m in self.messages]}")
+        raise AssertionError(
+            f"no {key}={value or '*'}{' containing ' + contains if contains else ''} "
+            f"within {timeout} s; got {[m for _, m in self.messages]}"
+        )
 
     def close(self) -> None:
         self._stop.set()
@@ -157,13 +159,15 @@ def test_status_line() -> None:
         return SimpleNamespace(name=name, status=LinkStatus(state, reason, retry_at=retry), pending=pending)
 
     states = {"a": SensorState.OK, "b": SensorState.OK, "c": SensorState.OK, "d": SensorState.FAILING}
-    agent: Any = SimpleNamespace(links=[link("blynk", LinkState.CONNECTED, "mqtts://blynk.cloud:8883")],
-                                 sensor_states=lambda: states)
+    agent: Any = SimpleNamespace(
+        links=[link("blynk", LinkState.CONNECTED, "mqtts://blynk.cloud:8883")], sensor_states=lambda: states
+    )
     assert status_line(agent) == "blynk: connected; 3 sensors ok, 1 failing; queue 0"
     agent.links = [link("blynk", LinkState.BACKING_OFF, "connection refused", 7, time.time() + 12.2)]
     agent.sensor_states = lambda: {"a": SensorState.STARTING}
     assert status_line(agent) == (
-        "blynk: backing off (connection refused), retry in 12 s; 0 sensors ok, 1 starting; queue 7")
+        "blynk: backing off (connection refused), retry in 12 s; 0 sensors ok, 1 starting; queue 7"
+    )
     agent.links, agent.sensor_states = [], dict
     assert status_line(agent) == "no cloud links; no sensors; queue 0"
     assert not links_attempted([link("blynk", LinkState.IDLE)])
@@ -181,7 +185,7 @@ def _config(tmp_path: Path, server: str, token: str) -> Path:
 name = "notify-test"
 pin_factory = "mock"
 hardware = "simulated"
-state_dir = "{tmp_path / 'state'}"
+state_dir = "{tmp_path / "state"}"
 plugin_dirs = []
 
 [blynk]
@@ -252,8 +256,10 @@ def test_agent_ready_watchdog_status_and_blocked_loop(
     # the gap spanning the blocked loop is the block itself
     spanning = min(t for t in pings if t >= seen["block_end"] - 0.01) - max(before)
     assert spanning >= 1.4, spanning
-    print(f"\nwatchdog: median ping interval {median:.3f} s for WATCHDOG_USEC=0.3 s; "
-          f"gap across the 1.5 s block {spanning:.2f} s; none during it")
+    print(
+        f"\nwatchdog: median ping interval {median:.3f} s for WATCHDOG_USEC=0.3 s; "
+        f"gap across the 1.5 s block {spanning:.2f} s; none during it"
+    )
 
     statuses = listener.values("STATUS")
     assert statuses[0] == "starting"

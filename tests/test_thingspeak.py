@@ -16,7 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -123,7 +123,7 @@ class BulkServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = json.loads(self.rfile.read(length))
                 outer.requests.append((time.monotonic(), self.path, body))
@@ -181,7 +181,7 @@ def test_bulk_entries_one_per_interval_with_unique_created_at() -> None:
     assert [e["field2"] for e in entries] == ["-14", "-29", "-39"]
     stamps = [e["created_at"] for e in entries]
     assert len(set(stamps)) == 3
-    assert stamps[0] == datetime.fromtimestamp((t0 + 14_300) // 1000, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert stamps[0] == datetime.fromtimestamp((t0 + 14_300) // 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert all(e["latitude"] == "1.5" for e in entries)
 
 
@@ -224,13 +224,18 @@ fields = { 5 = "air.h" }
 
     async def scenario() -> None:
         async with running(agent):
-            await until(lambda: len(updates(cloud.messages, 1001)) >= 5 and len(updates(cloud.messages, 2002)) >= 5,
-                        20, "five updates per channel")
+            await until(
+                lambda: len(updates(cloud.messages, 1001)) >= 5 and len(updates(cloud.messages, 2002)) >= 5,
+                20,
+                "five updates per channel",
+            )
 
     run(scenario())
     main, other = updates(cloud.messages, 1001), updates(cloud.messages, 2002)
-    print(f"channel 1001: {len(main)} updates, tightest gap {assert_spaced(main):.3f} s; "
-          f"channel 2002: {len(other)}, tightest {assert_spaced(other):.3f} s")
+    print(
+        f"channel 1001: {len(main)} updates, tightest gap {assert_spaced(main):.3f} s; "
+        f"channel 2002: {len(other)}, tightest {assert_spaced(other):.3f} s"
+    )
     # 0.2 s readings, 1.7 s between updates: ~8 readings per field coalesced into each
     assert link.counters(1001).coalesced > 4 * len(main)
     for m in main:
@@ -304,8 +309,9 @@ def _outage(fresh_broker: Broker, make_cloud: Any, agent: Any, seconds: float) -
     return box["cloud"], taken, box["down"], box["up"]
 
 
-def test_backfill_over_https_with_a_write_key(fresh_broker: Broker, make_cloud: Any, bulk_server: BulkServer,
-                                              tmp_path: Path, caplog: Any) -> None:
+def test_backfill_over_https_with_a_write_key(
+    fresh_broker: Broker, make_cloud: Any, bulk_server: BulkServer, tmp_path: Path, caplog: Any
+) -> None:
     extra = f'write_api_key = "WRITEKEY1234ABCD"\napi_url = "{bulk_server.url}"\napi_ca_file = "{bulk_server.ca_file}"'
     agent = make_agent(tmp_path, ts_config(tmp_path / "state", fresh_broker, ts_user(fresh_broker), extra=extra))
     link = ts_of(agent)
@@ -319,8 +325,7 @@ def test_backfill_over_https_with_a_write_key(fresh_broker: Broker, make_cloud: 
     # one entry per min_interval of the outage (±1), each with its own time
     outage = [r for r in taken if down + 0.5 < r.ts < up - 0.5]
     assert len(entries) >= int((up - down) / (INTERVAL + 0.2)) - 1, (len(entries), up - down)
-    stamps = [datetime.strptime(e["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc).timestamp()
-              for e in entries]
+    stamps = [datetime.strptime(e["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp() for e in entries]
     assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)
     assert stamps[0] <= outage[0].ts + 1 and stamps[-1] >= outage[-1].ts - 1
     for e in entries:
@@ -342,8 +347,9 @@ def test_backfill_over_https_with_a_write_key(fresh_broker: Broker, make_cloud: 
     print(f"outage {up - down:.1f} s: {len(entries)} bulk entries, {c.coalesced} readings coalesced")
 
 
-def test_without_a_key_only_the_latest_values_and_the_rest_counted(fresh_broker: Broker, make_cloud: Any,
-                                                                   tmp_path: Path, caplog: Any) -> None:
+def test_without_a_key_only_the_latest_values_and_the_rest_counted(
+    fresh_broker: Broker, make_cloud: Any, tmp_path: Path, caplog: Any
+) -> None:
     agent = make_agent(tmp_path, ts_config(tmp_path / "state", fresh_broker, ts_user(fresh_broker)))
     link = ts_of(agent)
     with caplog.at_level(logging.WARNING, logger="agent"):
@@ -365,8 +371,9 @@ def test_without_a_key_only_the_latest_values_and_the_rest_counted(fresh_broker:
 # -- legacy mode ---------------------------------------------------------------------------------
 
 
-def test_legacy_mode_puts_the_write_key_in_the_topic_and_never_in_a_log(broker: Broker, make_cloud: Any,
-                                                                          tmp_path: Path, caplog: Any) -> None:
+def test_legacy_mode_puts_the_write_key_in_the_topic_and_never_in_a_log(
+    broker: Broker, make_cloud: Any, tmp_path: Path, caplog: Any
+) -> None:
     cloud = make_cloud(broker)
     cloud.subscribe("channels/#")
     user = ts_user(broker)
@@ -395,10 +402,15 @@ def test_an_actuator_follows_a_channel_field(broker: Broker, make_cloud: Any, tm
     feed = f"channels/{channel}/subscribe"
 
     def entry(n: int, value: str, created: float) -> str:
-        return json.dumps({
-            "channel_id": channel, "entry_id": n, "field1": "21.5", "field4": value,
-            "created_at": datetime.fromtimestamp(created, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        })
+        return json.dumps(
+            {
+                "channel_id": channel,
+                "entry_id": n,
+                "field1": "21.5",
+                "field4": value,
+                "created_at": datetime.fromtimestamp(created, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            }
+        )
 
     # the channel's last entry (retained: the broker replays it on subscribe, as ThingSpeak does)
     cloud.publish(feed, entry(7, "1", time.time() - 3600), qos=1, retain=True)
@@ -464,8 +476,14 @@ def test_bulk_refusals_wrong_key_switches_the_backfill_off_bad_content_drops_tha
         server = BulkServer(broker, status=status)
         try:
             settings = ThingSpeakSection(
-                channel_id=5, client_id="c", username="u", password="p", write_api_key="SECRETKEY0123456",
-                api_url=server.url, api_ca_file=server.ca_file, min_interval=1,
+                channel_id=5,
+                client_id="c",
+                username="u",
+                password="p",
+                write_api_key="SECRETKEY0123456",
+                api_url=server.url,
+                api_ca_file=server.ca_file,
+                min_interval=1,
             )
             outbox = Outbox(tmp_path / f"o{status}.sqlite", commit_interval=0)
             link = ThingSpeakLink(settings, tmp_path, outbox)

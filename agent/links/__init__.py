@@ -75,8 +75,10 @@ def build_links(agent: Agent) -> list[Link]:
         known = {a.entry.id for a in agent.config.actuators}
         for command in settings.thingspeak.commands:
             if command.actuator not in known:
-                log.error("thingspeak: commands: actuator %r is not configured; its channel field is ignored",
-                          command.actuator)
+                log.error(
+                    "thingspeak: commands: actuator %r is not configured; its channel field is ignored",
+                    command.actuator,
+                )
         if settings.thingspeak.channels:
             agent.router.add_tap(link.tap)
         links.append(link)

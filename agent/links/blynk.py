@@ -270,7 +270,7 @@ class BlynkLink:
             "since": s.since,
             "waiting": self.pending,
             "backfill": self.backfill.info(),
-            **{k: v for k, v in self.counters.__dict__.items()},
+            **dict(self.counters.__dict__.items()),
         }
 
     # -- uplink --------------------------------------------------------------
@@ -278,7 +278,7 @@ class BlynkLink:
     def submit(self, reading: Reading, target: Any) -> None:
         """Store one reading for datastream ``target`` in the outbox (called on the loop)."""
         value = reading.value
-        if value is None or isinstance(value, float) and not math.isfinite(value):
+        if value is None or (isinstance(value, float) and not math.isfinite(value)):
             # Blynk has no "unavailable" value (and JSON no NaN): say nothing rather than a fake one
             self.counters.unavailable_skipped += 1
             return
@@ -340,7 +340,10 @@ class BlynkLink:
                 self._truncated_warned.add(what)
                 log.warning(
                     "blynk: %s value of %d bytes cut to %d to fit the %d-byte message limit",
-                    what, len(text.encode()), len(cut.encode()), self.settings.max_message_bytes,
+                    what,
+                    len(text.encode()),
+                    len(cut.encode()),
+                    self.settings.max_message_bytes,
                 )
         return cut
 
@@ -354,7 +357,7 @@ class BlynkLink:
                 raise
             except OutboxError:
                 return  # the outbox closed under us: the agent is stopping
-            except Exception:  # noqa: BLE001 - a bug must never end the uplink
+            except Exception:
                 log.exception("blynk: uplink error; going on in 1 s")
                 await asyncio.sleep(1.0)
 
@@ -379,7 +382,7 @@ class BlynkLink:
             message = await self._next_message()
         except OutboxError:
             raise
-        except Exception:  # noqa: BLE001 - a bug must cost one reading, never the uplink
+        except Exception:
             log.exception("blynk: could not pack the next reading; dropped")
             await self._drop_head()
             return
@@ -433,8 +436,7 @@ class BlynkLink:
             except OutboxError:
                 raise
             except Exception as exc:  # noqa: BLE001 - sqlite3 errors from the database thread
-                log.warning("blynk: could not mark %d readings as sent (%s); retrying in %.0f s",
-                            len(ids), exc, delay)
+                log.warning("blynk: could not mark %d readings as sent (%s); retrying in %.0f s", len(ids), exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(30.0, delay * 2)
 
@@ -476,7 +478,7 @@ class BlynkLink:
         limit = self.settings.max_message_bytes
         head = window[0]
         backlog = head.ts_ms < live_from or now_ms - head.ts_ms > LIVE_MAX_DELAY_MS
-        if is_multi(head.value) or isinstance(head.value, str) and len(window) == 1 and not backlog:
+        if is_multi(head.value) or (isinstance(head.value, str) and len(window) == 1 and not backlog):
             return self._single(head)
         same = [e for e in window if e.target == head.target]
         if len(same) > 1 or backlog:
@@ -497,8 +499,11 @@ class BlynkLink:
         for e in window:
             seen[e.target] = seen.get(e.target, 0) + 1
         singles = [
-            e for e in window
-            if seen[e.target] == 1 and not is_multi(e.value) and e.ts_ms >= live_from
+            e
+            for e in window
+            if seen[e.target] == 1
+            and not is_multi(e.value)
+            and e.ts_ms >= live_from
             and now_ms - e.ts_ms <= LIVE_MAX_DELAY_MS
         ]
         if len(singles) > 1:
@@ -551,7 +556,8 @@ class BlynkLink:
                 self._too_old_logged = now
                 log.warning(
                     "blynk: %d readings outside Blynk's one-month window dropped (%d so far)",
-                    dropped, self.counters.points_dropped,
+                    dropped,
+                    self.counters.points_dropped,
                 )
         return window
 
@@ -565,7 +571,8 @@ class BlynkLink:
             if b.total >= BACKFILL_LOG_MIN:
                 log.info(
                     "blynk: backfill of %d readings started (oldest taken %s ago)",
-                    b.total, _ago(time.time() - head.ts_ms / 1000),
+                    b.total,
+                    _ago(time.time() - head.ts_ms / 1000),
                 )
             return
         b.total = max(b.total, b.sent + self.outbox.depth(NAME))
@@ -574,7 +581,11 @@ class BlynkLink:
             info = b.info()
             log.info(
                 "blynk: backfill: %d of %d readings sent (%.0f%%), %.0f points/s; oldest waiting taken %s ago",
-                b.sent, b.total, info["percent"], info["rate"], _ago(time.time() - head.ts_ms / 1000),
+                b.sent,
+                b.total,
+                info["percent"],
+                info["rate"],
+                _ago(time.time() - head.ts_ms / 1000),
             )
 
     def _backfill_done(self) -> None:
@@ -584,8 +595,12 @@ class BlynkLink:
         took = time.monotonic() - b.started
         b.active = False
         if b.total >= BACKFILL_LOG_MIN:
-            log.info("blynk: backfill done: %d readings in %.1f s (%.0f points/s)",
-                     b.sent, took, b.sent / took if took > 0 else 0.0)
+            log.info(
+                "blynk: backfill done: %d readings in %.1f s (%.0f points/s)",
+                b.sent,
+                took,
+                b.sent / took if took > 0 else 0.0,
+            )
 
     # -- connect -------------------------------------------------------------
 
@@ -646,7 +661,9 @@ class BlynkLink:
             if self._redirects.failures_on_redirect >= REDIRECT_FAILURES_BEFORE_FALLBACK:
                 log.warning(
                     "blynk: redirected server %s failed %d times; back to %s",
-                    self.session.endpoint.url, self._redirects.failures_on_redirect, self._configured.url,
+                    self.session.endpoint.url,
+                    self._redirects.failures_on_redirect,
+                    self._configured.url,
                 )
                 self._redirects.failures_on_redirect = 0
                 self._forget_redirect()
@@ -711,7 +728,10 @@ class BlynkLink:
         if len(recent) >= REDIRECT_LIMIT or endpoint.url in recent[-REDIRECT_LIMIT:-1]:
             log.error(
                 "blynk: redirect loop (%d redirects in %d s, back to %s); staying on %s",
-                len(recent) + 1, REDIRECT_WINDOW, endpoint.url, self.session.endpoint.url,
+                len(recent) + 1,
+                REDIRECT_WINDOW,
+                endpoint.url,
+                self.session.endpoint.url,
             )
             return
         if endpoint == self.session.endpoint:
@@ -763,8 +783,9 @@ class BlynkLink:
         except FileNotFoundError:
             pass
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            log.warning("blynk: remembered server in %s unusable (%s); using %s", self._redirect_file, exc,
-                        self._configured.url)
+            log.warning(
+                "blynk: remembered server in %s unusable (%s); using %s", self._redirect_file, exc, self._configured.url
+            )
         return self._configured
 
     def _remember_redirect(self, endpoint: Endpoint) -> None:
@@ -781,6 +802,7 @@ class BlynkLink:
             self._redirect_file.unlink(missing_ok=True)
         except OSError:
             pass
+
 
 def _point(entry: Entry) -> Point:
     return Point(entry.target, entry.value, entry.ts_ms)

@@ -52,7 +52,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -158,7 +158,7 @@ class _Feed:
 
 def iso_utc(ts: float) -> str:
     """Epoch seconds as the ISO 8601 UTC time ThingSpeak's created_at takes."""
-    return datetime.fromtimestamp(int(ts), tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def value_text(value: Any) -> str:
@@ -194,9 +194,7 @@ def form_payload(items: Mapping[str, str], limit: int = MAX_PAYLOAD) -> str:
     return text
 
 
-def bulk_entries(
-    rows: list[tuple[int, Entry]], interval: float, extra: Mapping[str, Any]
-) -> list[dict[str, Any]]:
+def bulk_entries(rows: list[tuple[int, Entry]], interval: float, extra: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Readings ``(field, entry)`` (in time order) as bulk-update entries: one
     per ``interval`` of measurement time, carrying the latest value of each
     field in it and ``created_at`` = the time of its newest reading (unique:
@@ -319,8 +317,11 @@ class ThingSpeakLink:
         try:
             self._lock.acquire()
         except LockHeld as exc:
-            log.error("thingspeak: another agent (pid %s) already uses this MQTT device; link disabled (lock %s)",
-                      exc.holder or "?", exc.path)
+            log.error(
+                "thingspeak: another agent (pid %s) already uses this MQTT device; link disabled (lock %s)",
+                exc.holder or "?",
+                exc.path,
+            )
             return
         try:
             await self.outbox.open()
@@ -376,7 +377,8 @@ class ThingSpeakLink:
             "channels": {
                 str(ch.id): {
                     "last_update_ago": None if ch.last_update_at is None else now - ch.last_update_at,
-                    "backfill": "disabled: " + ch.bulk_disabled if ch.bulk_disabled
+                    "backfill": "disabled: " + ch.bulk_disabled
+                    if ch.bulk_disabled
                     else ("on (write_api_key)" if ch.write_api_key else "off (latest values only)"),
                     **ch.counters.__dict__,
                 }
@@ -406,8 +408,9 @@ class ThingSpeakLink:
         except UnicodeEncodeError as exc:  # a lone surrogate: it could never be sent
             if reading.key not in self._bad_warned:
                 self._bad_warned.add(reading.key)
-                log.warning("thingspeak: %s: a value that is not valid text cannot be sent (%s); dropped",
-                            reading.key, exc)
+                log.warning(
+                    "thingspeak: %s: a value that is not valid text cannot be sent (%s); dropped", reading.key, exc
+                )
             return
         self.outbox.put(NAME, ch.target(field_no), reading.ts, reading.value)
 
@@ -463,7 +466,7 @@ class ThingSpeakLink:
                 raise
             except OutboxError:
                 return
-            except Exception:  # noqa: BLE001 - a bug must not end the channel's updates
+            except Exception:
                 log.exception("thingspeak: channel %d: update failed", ch.id)
                 await asyncio.sleep(interval)
 
@@ -528,7 +531,9 @@ class ThingSpeakLink:
             log.warning(
                 "thingspeak: channel %d: %d readings taken while offline skipped (only the latest values are sent; "
                 "set write_api_key for the bulk backfill); %d skipped so far",
-                ch.id, skipped, ch.counters.skipped,
+                ch.id,
+                skipped,
+                ch.counters.skipped,
             )
         return True
 
@@ -565,13 +570,16 @@ class ThingSpeakLink:
         entries = bulk_entries(rows, self.settings.min_interval, extra)
         if len(entries) > BULK_MAX_ENTRIES:
             entries = entries[:BULK_MAX_ENTRIES]
-            last = datetime.strptime(entries[-1]["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+            last = datetime.strptime(entries[-1]["created_at"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
             limit_ms = int(last.timestamp()) * 1000 + 1000  # created_at is the newest reading, to the second
             rows = [(n, e) for n, e in rows if e.ts_ms < limit_ms]
         if ch.backfill_started is None:
             ch.backfill_started = time.monotonic()
-            log.info("thingspeak: channel %d: backfill of %d waiting readings over HTTPS started",
-                     ch.id, self.outbox.depth(NAME))
+            log.info(
+                "thingspeak: channel %d: backfill of %d waiting readings over HTTPS started",
+                ch.id,
+                self.outbox.depth(NAME),
+            )
         assert ch.write_api_key is not None
         body = json.dumps({"write_api_key": ch.write_api_key.get_secret_value(), "updates": entries}).encode()
         url = f"{self.settings.api_url.rstrip('/')}/channels/{ch.id}/bulk_update.json"
@@ -584,14 +592,17 @@ class ThingSpeakLink:
             if exc.code in (401, 403, 404) or ch.bulk_rejected_in_row >= BULK_REJECTS_BEFORE_OFF:
                 # a wrong key or channel (or a server that refuses everything): stop trying
                 ch.bulk_disabled = str(exc)
-                log.error("thingspeak: channel %d: bulk update refused (%s); backfill disabled, "
-                          "only the latest values will be sent", ch.id, exc)
+                log.error(
+                    "thingspeak: channel %d: bulk update refused (%s); backfill disabled, "
+                    "only the latest values will be sent",
+                    ch.id,
+                    exc,
+                )
                 return
             # this request's content was refused: its readings can never go up this way
             dropped = await self.outbox.discard(NAME, [e.id for _, e in rows], DROP_REJECTED)
             ch.counters.skipped += dropped
-            log.error("thingspeak: channel %d: bulk update refused (%s); its %d readings dropped",
-                      ch.id, exc, dropped)
+            log.error("thingspeak: channel %d: bulk update refused (%s); its %d readings dropped", ch.id, exc, dropped)
             return
         except (OSError, ValueError) as exc:
             ch.counters.bulk_failures += 1
@@ -610,8 +621,13 @@ class ThingSpeakLink:
         ch.counters.readings_sent += fields_sent
         ch.counters.coalesced += max(0, acked - fields_sent)
         left = await self._has_rows(ch)
-        log.info("thingspeak: channel %d: backfill: %d entries (%d readings) sent over HTTPS; %s",
-                 ch.id, len(entries), acked, "more waiting" if left else "done")
+        log.info(
+            "thingspeak: channel %d: backfill: %d entries (%d readings) sent over HTTPS; %s",
+            ch.id,
+            len(entries),
+            acked,
+            "more waiting" if left else "done",
+        )
         if not left or not await self._has_backlog(ch, self._backlog_before_ms()):
             took = time.monotonic() - (ch.backfill_started or time.monotonic())
             log.info("thingspeak: channel %d: backfill done in %.0f s", ch.id, took)
@@ -711,8 +727,12 @@ class ThingSpeakLink:
                 if created is None or created <= last:
                     log.info(
                         "thingspeak: channel %d field%d: replayed entry %d (%s) is not newer than actuator %s's "
-                        "last command; ignored", channel, follow.field, entry_id,
-                        entry.get("created_at"), follow.actuator,
+                        "last command; ignored",
+                        channel,
+                        follow.field,
+                        entry_id,
+                        entry.get("created_at"),
+                        follow.actuator,
                     )
                     continue
             self._command(follow, text, entry_id, replay)
@@ -732,9 +752,15 @@ class ThingSpeakLink:
 
     def _command(self, follow: _Follow, text: str, entry_id: int, replay: bool) -> None:
         self._last_command[follow.actuator] = time.time()
-        log.info("thingspeak: channel %d field%d entry %d%s -> actuator %s: %r",
-                 follow.channel, follow.field, entry_id, " (replayed, newer)" if replay else "",
-                 follow.actuator, text[:64])
+        log.info(
+            "thingspeak: channel %d field%d entry %d%s -> actuator %s: %r",
+            follow.channel,
+            follow.field,
+            entry_id,
+            " (replayed, newer)" if replay else "",
+            follow.actuator,
+            text[:64],
+        )
         if self.on_command is None:
             log.debug("thingspeak: no command handler; %r for %s ignored", text[:64], follow.actuator)
             return
@@ -750,5 +776,5 @@ def _parse_time(value: Any) -> float | None:
     except ValueError:
         return None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
     return parsed.timestamp()

@@ -17,8 +17,8 @@ from .websocket import WebSocketHandshakeError
 __all__ = [
     "CREDENTIAL_REFUSALS",
     "DEFAULT_PORTS",
-    "MQTT_V311",
     "MQTT_V5",
+    "MQTT_V311",
     "AckTimeout",
     "Backoff",
     "Endpoint",

@@ -237,7 +237,7 @@ async def close_client(client: GmqttClient, *, send_disconnect: bool, timeout: f
         else:
             client._is_active = False
             await asyncio.wait_for(connection.close(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         _abort(connection)
     except (OSError, ssl.SSLError, EOFError, RuntimeError):
         pass

@@ -46,8 +46,8 @@ from .websocket import open_websocket
 
 __all__ = [
     "CREDENTIAL_REFUSALS",
-    "MQTT_V311",
     "MQTT_V5",
+    "MQTT_V311",
     "MqttSession",
     "OnConnect",
     "OnMessage",
@@ -681,7 +681,7 @@ class MqttSession:
             attempt = await self._open(endpoint)
         except _Interrupted:
             return
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure to connect is one more attempt, never a crash
             if self._stopping:
                 return
             self._counters.connect_failures += 1
@@ -774,7 +774,11 @@ class MqttSession:
                 context.run(_HOOK_ATTEMPT.set, attempt)
                 hook = self._run_hook()
                 await self._step(
-                    hook, attempt, loop.time() + self._connect_timeout, "the end of the on_connect hook", "on_connect",
+                    hook,
+                    attempt,
+                    loop.time() + self._connect_timeout,
+                    "the end of the on_connect hook",
+                    "on_connect",
                     context=context,
                 )
             return attempt
@@ -854,5 +858,5 @@ class MqttSession:
 def _is_up(client: GmqttClient) -> bool:
     try:
         return bool(client.is_connected)
-    except Exception:  # no connection object yet
+    except Exception:  # noqa: BLE001 - no connection object yet
         return False

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 __all__ = ["LinkState", "LinkStatus", "SessionCounters"]
 
 
-class LinkState(str, enum.Enum):
+class LinkState(enum.StrEnum):
     """The states of one MQTT session.
 
     idle:        created, not started

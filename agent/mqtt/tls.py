@@ -46,9 +46,7 @@ def build_ssl_context(
         raise ValueError("a TLS client key needs a client certificate")
     if client_cert is not None:
         try:
-            context.load_cert_chain(
-                certfile=str(client_cert), keyfile=None if client_key is None else str(client_key)
-            )
+            context.load_cert_chain(certfile=str(client_cert), keyfile=None if client_key is None else str(client_key))
         except (OSError, ssl.SSLError) as exc:
             raise ValueError(
                 f"cannot load TLS client certificate {str(client_cert)!r}"

@@ -265,7 +265,7 @@ class WebSocketTransport(asyncio.Transport):
             self._writer.cancel()
         try:
             self._protocol.connection_lost(error)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("mqtt-ws %s: protocol.connection_lost failed", self._name)
 
 

@@ -53,13 +53,22 @@ def cmd_pack(args: argparse.Namespace) -> int:
             return _print_config_error(exc)
         blynk = getattr(settings, "blynk", None)
         if blynk is None:
-            return _fail("give --type (the template id, or the firmware_type the devices announce) or a --config "
-                         "with a [blynk] section")
+            return _fail(
+                "give --type (the template id, or the firmware_type the devices announce) or a --config "
+                "with a [blynk] section"
+            )
         fw_type = blynk.firmware_type or blynk.template_id
     try:
         info = pack(
-            args.source, args.output, fw_type=fw_type, version=args.version, build=args.build, deps=args.deps,
-            platforms=args.platform, python_versions=args.python_version, wheelhouse=args.wheelhouse,
+            args.source,
+            args.output,
+            fw_type=fw_type,
+            version=args.version,
+            build=args.build,
+            deps=args.deps,
+            platforms=args.platform,
+            python_versions=args.python_version,
+            wheelhouse=args.wheelhouse,
             offline=args.offline,
         )
     except PackageError as exc:
@@ -120,14 +129,21 @@ def cmd_install(args: argparse.Namespace) -> int:
     except (LockHeld, OSError) as exc:
         return _fail(f"another update is running ({exc})")
     try:
-        previous = stage_and_swap(info, Path(root), config_path=path, allow_index=ota.allow_index,
-                                  rules=TrialRules(ota.max_starts, ota.trial_timeout, ota.healthy_period))
+        previous = stage_and_swap(
+            info,
+            Path(root),
+            config_path=path,
+            allow_index=ota.allow_index,
+            rules=TrialRules(ota.max_starts, ota.trial_timeout, ota.healthy_period),
+        )
     except InstallError as exc:
         return _fail(str(exc))
     finally:
         lock.release()
-    print(f"current: {previous} -> {info.version} (on trial from its next start); "
-          "restart the agent: systemctl restart edge-agent")
+    print(
+        f"current: {previous} -> {info.version} (on trial from its next start); "
+        "restart the agent: systemctl restart edge-agent"
+    )
     return EXIT_OK
 
 
@@ -148,8 +164,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"releases: none under {root}")
     for r in releases:
         flags = ("current" if r.current else "") + ("" if r.complete else " incomplete")
-        print(f"release {r.version}  built {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.built_at))}"
-              f"  {flags}".rstrip())
+        print(
+            f"release {r.version}  built {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(r.built_at))}"
+            f"  {flags}".rstrip()
+        )
     state = load_state(root)
     t = state.trial
     if t is None:
@@ -170,16 +188,26 @@ def add_ota_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     osub = ota.add_subparsers(dest="ota_command", required=True, metavar="SUBCOMMAND")
     p = osub.add_parser("pack", parents=[common], help="build the package to upload to Blynk.Air (in a clone)")
     p.add_argument("--source", type=Path, default=Path("."), help="the source tree (default: .)")
-    p.add_argument("--type", help="the package type: the template id, or the devices' [blynk] firmware_type "
-                                  "(default: from --config)")
+    p.add_argument(
+        "--type",
+        help="the package type: the template id, or the devices' [blynk] firmware_type (default: from --config)",
+    )
     p.add_argument("--version", help="the version (default: pyproject.toml's); PEP 440, no '+'")
     p.add_argument("--build", help="the build time (default: now, UTC, as 'Mar 05 2024 18:29:27')")
     p.add_argument("--deps", action="store_true", help="include the dependency wheels (no package index needed)")
-    p.add_argument("--platform", action="append", default=[],
-                   help="with --deps: a pip platform tag to include wheels for, e.g. manylinux2014_aarch64 "
-                        "(repeatable; default: this machine)")
-    p.add_argument("--python-version", action="append", default=[],
-                   help="with --deps: a Python version to include wheels for, e.g. 3.11 (repeatable)")
+    p.add_argument(
+        "--platform",
+        action="append",
+        default=[],
+        help="with --deps: a pip platform tag to include wheels for, e.g. manylinux2014_aarch64 "
+        "(repeatable; default: this machine)",
+    )
+    p.add_argument(
+        "--python-version",
+        action="append",
+        default=[],
+        help="with --deps: a Python version to include wheels for, e.g. 3.11 (repeatable)",
+    )
     p.add_argument("--wheelhouse", type=Path, help="a directory of wheels pip may take from")
     p.add_argument("--offline", action="store_true", help="never use the package index")
     p.add_argument("-o", "--output", type=Path, help="the package file (default: ./pi-edge-agent-VERSION-ota.zip)")

@@ -14,7 +14,6 @@ import hashlib
 import http.client
 import logging
 import os
-import socket
 import ssl
 import threading
 import time
@@ -100,14 +99,15 @@ def download(
     except DownloadError:
         raise
     except urllib.error.HTTPError as exc:
-        raise DownloadError(f"HTTP {exc.code} {exc.reason} from {shown}", retry=exc.code >= 500 or exc.code == 429) \
-            from None
+        raise DownloadError(
+            f"HTTP {exc.code} {exc.reason} from {shown}", retry=exc.code >= 500 or exc.code == 429
+        ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         reason = getattr(exc, "reason", exc)
         raise DownloadError(f"cannot reach {shown}: {reason}", retry=True) from None
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sha, md5 = hashlib.sha256(), hashlib.md5()  # noqa: S324 - md5 only to compare with Blynk's x-md5
+    sha, md5 = hashlib.sha256(), hashlib.md5()
     received = 0
     with response:
         headers = {k.lower(): v for k, v in response.headers.items()}
@@ -121,8 +121,9 @@ def download(
                     if cancel is not None and cancel.is_set():
                         raise DownloadError("cancelled", retry=False)
                     if time.monotonic() - began > total_timeout:
-                        raise DownloadError(f"not complete after {total_timeout:.0f} s ({received} of {offer.size} "
-                                            "bytes)", retry=True)
+                        raise DownloadError(
+                            f"not complete after {total_timeout:.0f} s ({received} of {offer.size} bytes)", retry=True
+                        )
                     chunk = response.read(CHUNK)
                     if not chunk:
                         break
@@ -135,19 +136,25 @@ def download(
                     now = time.monotonic()
                     if now - last >= PROGRESS_EVERY:
                         last = now
-                        log.info("%s: download: %d of %d bytes (%.0f%%), %.0f kB/s", name, received, offer.size,
-                                 100.0 * received / offer.size, received / 1000 / max(now - began, 1e-6))
+                        log.info(
+                            "%s: download: %d of %d bytes (%.0f%%), %.0f kB/s",
+                            name,
+                            received,
+                            offer.size,
+                            100.0 * received / offer.size,
+                            received / 1000 / max(now - began, 1e-6),
+                        )
                 out.flush()
                 os.fsync(out.fileno())
         except http.client.IncompleteRead as exc:
             received += len(exc.partial)
             raise DownloadError(f"truncated download: {received} of {offer.size} bytes", retry=True) from None
-        except (socket.timeout, TimeoutError):
-            raise DownloadError(f"no data for {timeout:.0f} s after {received} of {offer.size} bytes", retry=True) \
-                from None
+        except TimeoutError:
+            raise DownloadError(
+                f"no data for {timeout:.0f} s after {received} of {offer.size} bytes", retry=True
+            ) from None
         except (OSError, http.client.HTTPException) as exc:
-            raise DownloadError(f"connection lost after {received} of {offer.size} bytes: {exc}", retry=True) \
-                from None
+            raise DownloadError(f"connection lost after {received} of {offer.size} bytes: {exc}", retry=True) from None
     if received != offer.size:
         raise DownloadError(f"truncated download: {received} of {offer.size} bytes", retry=True)
     return Downloaded(dest, received, sha.digest(), md5.hexdigest(), headers, time.monotonic() - began)

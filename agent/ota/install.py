@@ -45,7 +45,7 @@ from agent.releases import (
 
 log = logging.getLogger("agent.ota")
 
-__all__ = ["InstallError", "SMOKE_TEST", "TrialRules", "stage_and_swap", "staging_dir"]
+__all__ = ["SMOKE_TEST", "InstallError", "TrialRules", "stage_and_swap", "staging_dir"]
 
 #: what the self-check imports and prints in the new release: the modules a
 #: start needs, then the version and build it will report
@@ -117,8 +117,12 @@ def stage_and_swap(
     try:
         wheel = extract_wheels(package, work)
         offline = package.dependencies or not allow_index
-        log.info("%s: %s: building the release (%s)", name, version,
-                 "offline from the package" if offline else "dependencies from the package index")
+        log.info(
+            "%s: %s: building the release (%s)",
+            name,
+            version,
+            "offline from the package" if offline else "dependencies from the package index",
+        )
         try:
             build_release(wheel, version, root, wheelhouse=work, offline=offline)
         except ReleaseError as exc:
@@ -130,9 +134,15 @@ def stage_and_swap(
             shutil.rmtree(target, ignore_errors=True)
             raise
         log.info("%s: %s: self-check passed", name, version)
-        state.trial = Trial(version=version, previous=previous, build=package.tag.build,
-                            max_starts=rules.max_starts, trial_timeout=rules.trial_timeout,
-                            healthy_period=rules.healthy_period, swapped_at=time.time())
+        state.trial = Trial(
+            version=version,
+            previous=previous,
+            build=package.tag.build,
+            max_starts=rules.max_starts,
+            trial_timeout=rules.trial_timeout,
+            healthy_period=rules.healthy_period,
+            swapped_at=time.time(),
+        )
         save_state(root, state)
         try:
             flip_current(root, version)
@@ -165,7 +175,10 @@ def self_check(release: Path, package: PackageInfo, config_path: Path | None) ->
         raise InstallError(f"self-check failed: the new release reports {reported}, the package says {want}")
     if config_path is not None:
         try:
-            run_tool([str(release / "bin" / "edge-agent"), "check", "--config", str(config_path)],
-                     "check the live configuration with the new release", timeout=120)
+            run_tool(
+                [str(release / "bin" / "edge-agent"), "check", "--config", str(config_path)],
+                "check the live configuration with the new release",
+                timeout=120,
+            )
         except ReleaseError as exc:
             raise InstallError(f"self-check failed: {exc}") from None

@@ -119,8 +119,13 @@ class OtaManager:
         """The rules an offer is held to right now."""
         s = self.settings
         return OfferPolicy(
-            fw_type=self.fw_type, running=running_version(), allowed_hosts=self.allowed_hosts,
-            allow_http=s.allow_http, allow_downgrade=s.allow_downgrade, max_size=s.max_size, reserve=s.reserve,
+            fw_type=self.fw_type,
+            running=running_version(),
+            allowed_hosts=self.allowed_hosts,
+            allow_http=s.allow_http,
+            allow_downgrade=s.allow_downgrade,
+            max_size=s.max_size,
+            reserve=s.reserve,
             space_dir=self.root,
         )
 
@@ -138,8 +143,7 @@ class OtaManager:
             if offer.key == self.active.key:
                 log.info("ota: offer of %s ignored: that update is in progress", offer.version)
             else:
-                log.warning("ota: offer of %s ignored: busy with the update to %s", offer.version,
-                            self.active.version)
+                log.warning("ota: offer of %s ignored: busy with the update to %s", offer.version, self.active.version)
             return
         if self.trial is not None:
             self._refuse(offer, f"this release ({self.trial.version}) is on trial; updates wait until it is committed")
@@ -159,8 +163,10 @@ class OtaManager:
         if failed is not None:
             wait = failed.get("at", 0) + self.settings.retry_after - time.time()
             if wait > 0:
-                return (f"this package failed {age_text(time.time() - failed.get('at', 0))} ago ({failed.get('reason')}); "
-                        f"not tried again for {age_text(wait)}")
+                return (
+                    f"this package failed {age_text(time.time() - failed.get('at', 0))} ago ({failed.get('reason')}); "
+                    f"not tried again for {age_text(wait)}"
+                )
         return None
 
     def _refuse(self, offer: Offer | None, reason: str) -> None:
@@ -201,7 +207,7 @@ class OtaManager:
         except asyncio.CancelledError:
             self._cancel.set()
             raise
-        except Exception as exc:  # noqa: BLE001 - an update failure must never end the agent
+        except Exception as exc:
             log.exception("ota: update to %s failed unexpectedly", offer.version)
             await self._failed(offer, f"{type(exc).__name__}: {exc}")
         finally:
@@ -224,9 +230,15 @@ class OtaManager:
             rules = TrialRules(self.settings.max_starts, self.settings.trial_timeout, self.settings.healthy_period)
             log.info("ota: %s: staging beside the running %s", offer.version, running_version())
             try:
-                previous = await in_thread(lambda: stage_and_swap(
-                    package, self.root, config_path=self.config_path, allow_index=self.settings.allow_index,
-                    rules=rules))
+                previous = await in_thread(
+                    lambda: stage_and_swap(
+                        package,
+                        self.root,
+                        config_path=self.config_path,
+                        allow_index=self.settings.allow_index,
+                        rules=rules,
+                    )
+                )
             except InstallError as exc:
                 await self._failed(offer, str(exc))
                 return
@@ -244,22 +256,41 @@ class OtaManager:
         the failure was recorded."""
         s = self.settings
         for attempt in range(1, s.attempts + 1):
-            log.info("ota: %s: downloading from %s (attempt %d of %d)", offer.version, safe_url(offer.url),
-                     attempt, s.attempts)
+            log.info(
+                "ota: %s: downloading from %s (attempt %d of %d)",
+                offer.version,
+                safe_url(offer.url),
+                attempt,
+                s.attempts,
+            )
             try:
-                got = await in_thread(lambda: download(
-                    offer, dest, check_url=self.check_url, ca_file=s.ca_file, timeout=s.timeout,
-                    total_timeout=s.download_timeout, cancel=self._cancel))
+                got = await in_thread(
+                    lambda: download(
+                        offer,
+                        dest,
+                        check_url=self.check_url,
+                        ca_file=s.ca_file,
+                        timeout=s.timeout,
+                        total_timeout=s.download_timeout,
+                        cancel=self._cancel,
+                    )
+                )
                 verify_headers(got, offer)
                 if "x-md5" not in got.headers:
                     log.info("ota: %s: the server sent no x-md5 header; SHA-256 checked", offer.version)
-                log.info("ota: %s: downloaded %d bytes in %.1f s; size and SHA-256%s match the offer",
-                         offer.version, got.size, got.seconds, " and MD5" if "x-md5" in got.headers else "")
+                log.info(
+                    "ota: %s: downloaded %d bytes in %.1f s; size and SHA-256%s match the offer",
+                    offer.version,
+                    got.size,
+                    got.seconds,
+                    " and MD5" if "x-md5" in got.headers else "",
+                )
                 break
             except DownloadError as exc:
                 if exc.retry and attempt < s.attempts:
-                    log.warning("ota: %s: download failed: %s; trying again in %.0f s", offer.version, exc,
-                                s.retry_delay)
+                    log.warning(
+                        "ota: %s: download failed: %s; trying again in %.0f s", offer.version, exc, s.retry_delay
+                    )
                     await asyncio.sleep(s.retry_delay)
                     continue
                 await self._failed(offer, f"download: {exc}")
@@ -270,14 +301,21 @@ class OtaManager:
             await self._failed(offer, f"package: {exc}")
             return None
         tag = package.tag
-        mismatch = [f"{k} {a!r} (offer {b!r})" for k, a, b in
-                    (("mcu", tag.version, offer.version), ("fw-type", tag.fw_type, offer.type),
-                     ("build", tag.build, offer.build)) if a != b]
+        mismatch = [
+            f"{k} {a!r} (offer {b!r})"
+            for k, a, b in (
+                ("mcu", tag.version, offer.version),
+                ("fw-type", tag.fw_type, offer.type),
+                ("build", tag.build, offer.build),
+            )
+            if a != b
+        ]
         if mismatch:
             await self._failed(offer, "the package's tag does not match the offer: " + ", ".join(mismatch))
             return None
-        log.info("ota: %s: package checked: tag matches the offer, %d wheels intact", offer.version,
-                 len(package.wheels))
+        log.info(
+            "ota: %s: package checked: tag matches the offer, %d wheels intact", offer.version, len(package.wheels)
+        )
         return package
 
     async def _failed(self, offer: Offer, reason: str) -> None:
@@ -307,14 +345,15 @@ class OtaManager:
         if decision.trial is not None:
             self.trial = decision.trial
             self._trial_task = asyncio.get_running_loop().create_task(
-                self._watch_trial(decision.trial, ready), name="ota:trial")
+                self._watch_trial(decision.trial, ready), name="ota:trial"
+            )
         elif decision.rolled_back is not None:
             t = decision.rolled_back
             self._pending_report = f"update {t.version} rolled back to {running_version()}: {t.reason}"
             self._trial_task = asyncio.get_running_loop().create_task(self._report_rollback(), name="ota:report")
 
     async def _report_rollback(self) -> None:
-        while not self.connected():
+        while not self.connected():  # noqa: ASYNC110 - the link offers no event to wait on
             await asyncio.sleep(0.2)
         if self._pending_report:
             self._event(self._pending_report)
@@ -328,8 +367,12 @@ class OtaManager:
                 await self._fail_trial(trial, f"not ready and connected within {trial.trial_timeout:.0f} s")
                 return
             await asyncio.sleep(0.1)
-        log.info("ota: %s: ready and connected after %.1f s; committing after %.0f s healthy", trial.version,
-                 time.monotonic() - began, trial.healthy_period)
+        log.info(
+            "ota: %s: ready and connected after %.1f s; committing after %.0f s healthy",
+            trial.version,
+            time.monotonic() - began,
+            trial.healthy_period,
+        )
         await asyncio.sleep(trial.healthy_period)
         if await in_thread(commit, self.root, trial.version):
             self.trial = None
@@ -354,4 +397,3 @@ class OtaManager:
             if task is not None:
                 await cancel_and_wait(task)
         self._task = self._trial_task = None
-

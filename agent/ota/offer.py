@@ -165,8 +165,7 @@ class OfferPolicy:
         need = self.space_needed(offer.size)
         free = free_bytes(self.space_dir)
         if free < need:
-            return (f"not enough disk in {self.space_dir}: {free // 1_000_000} MB free, "
-                    f"{need // 1_000_000} MB needed")
+            return f"not enough disk in {self.space_dir}: {free // 1_000_000} MB free, {need // 1_000_000} MB needed"
         return None
 
     def space_needed(self, size: int) -> int:
@@ -182,4 +181,3 @@ def free_bytes(path: Path) -> int:
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     return shutil.disk_usage(probe).free
-

@@ -92,10 +92,12 @@ class PackageInfo:
             f"tag: mcu={t.version} fw-type={t.fw_type} build={t.build}"
             + "".join(f" {k}={v}" for k, v in t.extra.items()),
             f"agent: {self.agent_wheel}",
-            "dependencies: " + (
+            "dependencies: "
+            + (
                 f"included for {', '.join(self.platforms) or 'the packing machine'}"
                 f" (Python {', '.join(self.python_versions) or 'of the packing machine'})"
-                if self.dependencies else "not included (the device installs them from its package index)"
+                if self.dependencies
+                else "not included (the device installs them from its package index)"
             ),
         ]
         lines += [f"  {w.name}  {w.size} bytes  sha256 {w.sha256}" for w in self.wheels]
@@ -149,8 +151,9 @@ def pack(
     with tempfile.TemporaryDirectory(prefix="edge-agent-pack-") as tmp:
         work = Path(tmp)
         try:
-            wheel = build_wheel(source, work / "agent", wheelhouse=wheelhouse, offline=offline,
-                                version=version, build=tag.build)
+            wheel = build_wheel(
+                source, work / "agent", wheelhouse=wheelhouse, offline=offline, version=version, build=tag.build
+            )
         except ReleaseError as exc:
             raise PackageError(f"cannot build the agent wheel: {exc}") from None
         if wheel_version(wheel) != version:
@@ -167,8 +170,9 @@ def pack(
             "dependencies": deps,
             "platforms": list(platforms),
             "python_versions": list(python_versions),
-            "wheels": {f"wheels/{w.name}": {"size": w.stat().st_size, "sha256": file_sha256(w)}
-                       for w in [wheel, *dep_wheels]},
+            "wheels": {
+                f"wheels/{w.name}": {"size": w.stat().st_size, "sha256": file_sha256(w)} for w in [wheel, *dep_wheels]
+            },
             "created": {"at": time.time(), "by": f"edge-agent {__version__}"},
         }
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -193,21 +197,28 @@ def _dependency_wheels(
     """The wheels of every dependency of ``wheel`` for each target."""
     pip = [sys.executable, "-m", "pip"]
     index = (["--no-index"] if offline else []) + (
-        ["--find-links", str(Path(wheelhouse).resolve())] if wheelhouse is not None else [])
+        ["--find-links", str(Path(wheelhouse).resolve())] if wheelhouse is not None else []
+    )
     quiet = ["--disable-pip-version-check", "--no-input", "--quiet"]
     dest.mkdir(parents=True, exist_ok=True)
     if not platforms and not python_versions:
         # the packing machine: pip wheel also turns an sdist-only dependency into a wheel
-        run_tool([*pip, "wheel", *quiet, *index, "--wheel-dir", str(dest), str(wheel)], "collect dependency wheels",
-                 timeout=1800)
+        run_tool(
+            [*pip, "wheel", *quiet, *index, "--wheel-dir", str(dest), str(wheel)],
+            "collect dependency wheels",
+            timeout=1800,
+        )
     else:
         for platform in platforms or [None]:
             for py in python_versions or [None]:
                 target = (["--platform", platform] if platform else []) + (
-                    ["--python-version", py, "--implementation", "cp"] if py else [])
-                run_tool([*pip, "download", *quiet, *index, "--only-binary=:all:", *target, "--dest", str(dest),
-                          str(wheel)], f"download dependency wheels for {platform or 'this platform'}"
-                         f" / Python {py or 'this one'}", timeout=1800)
+                    ["--python-version", py, "--implementation", "cp"] if py else []
+                )
+                run_tool(
+                    [*pip, "download", *quiet, *index, "--only-binary=:all:", *target, "--dest", str(dest), str(wheel)],
+                    f"download dependency wheels for {platform or 'this platform'} / Python {py or 'this one'}",
+                    timeout=1800,
+                )
     found = sorted(p for p in dest.glob("*.whl") if not p.name.startswith(f"{DIST}-"))
     if not found:
         raise PackageError("no dependency wheels were collected")
@@ -283,8 +294,10 @@ def _manifest(data: bytes, path: Path) -> dict[str, Any]:
     except ValueError as exc:
         raise PackageError(f"{path}: {MANIFEST} is not JSON: {exc}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PackageError(f"{path}: {MANIFEST}: unknown format {manifest.get('format') if isinstance(manifest, dict) else manifest!r}"
-                           f" (this agent reads {FORMAT})")
+        raise PackageError(
+            f"{path}: {MANIFEST}: unknown format {manifest.get('format') if isinstance(manifest, dict) else manifest!r}"
+            f" (this agent reads {FORMAT})"
+        )
     if not isinstance(manifest.get("wheels"), dict) or not manifest["wheels"]:
         raise PackageError(f"{path}: {MANIFEST} lists no wheels")
     return manifest
@@ -292,8 +305,14 @@ def _manifest(data: bytes, path: Path) -> dict[str, Any]:
 
 def _check_entry_name(name: str, path: Path) -> None:
     p = PurePosixPath(name)
-    if len(p.parts) != 2 or p.parts[0] != "wheels" or not p.name.endswith(".whl") or p.name.startswith(".") \
-            or "\\" in name or "\x00" in name:
+    if (
+        len(p.parts) != 2
+        or p.parts[0] != "wheels"
+        or not p.name.endswith(".whl")
+        or p.name.startswith(".")
+        or "\\" in name
+        or "\x00" in name
+    ):
         raise PackageError(f"{path}: entry {name!r} is not a wheel under wheels/")
 
 

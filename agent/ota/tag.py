@@ -166,7 +166,7 @@ def read_tag(path: Path) -> BlynkTag:
     if not found:
         raise TagError(f"{path}: no Blynk tag (no {MAGIC[:-1].decode()} marker) in the file")
     tags: list[BlynkTag] = []
-    for offset, item in found:
+    for _offset, item in found:
         if isinstance(item, TagError):
             raise TagError(f"{path}: {item}")
         tags.append(item)

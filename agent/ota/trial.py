@@ -38,8 +38,18 @@ from agent.releases import MARKER, RELEASES, ReleaseError, current_release, flip
 
 log = logging.getLogger("agent.ota")
 
-__all__ = ["OtaState", "StartDecision", "Trial", "commit", "load_state", "on_start", "release_root", "roll_back",
-           "save_state", "state_path"]
+__all__ = [
+    "OtaState",
+    "StartDecision",
+    "Trial",
+    "commit",
+    "load_state",
+    "on_start",
+    "release_root",
+    "roll_back",
+    "save_state",
+    "state_path",
+]
 
 STATE_DIR = "ota"
 STATE_FILE = "state.json"
@@ -168,15 +178,18 @@ def _on_start(root: Path) -> StartDecision:
             # rolled back, but current points at the failed release again
             # (an interrupted rollback, or someone flipped it): roll back again
             return _roll_back_now(root, state, trial.reason or "rolled back earlier")
-        log.warning("ota: update to %s failed its trial (%s); rolled back to %s", trial.version, trial.reason,
-                    current)
+        log.warning("ota: update to %s failed its trial (%s); rolled back to %s", trial.version, trial.reason, current)
         state.trial = None
         state.record(trial.version, "rolled_back", trial.reason)
         save_state(root, state)
         return StartDecision(root=root, rolled_back=trial)
     if current != trial.version:
-        log.warning("ota: update to %s was interrupted before the switch (current is %s); staying on %s",
-                    trial.version, current, current)
+        log.warning(
+            "ota: update to %s was interrupted before the switch (current is %s); staying on %s",
+            trial.version,
+            current,
+            current,
+        )
         state.trial = None
         state.record(trial.version, "interrupted", f"current stayed {current}")
         save_state(root, state)
@@ -184,11 +197,17 @@ def _on_start(root: Path) -> StartDecision:
     trial.starts += 1
     save_state(root, state)
     if trial.starts > trial.max_starts:
-        return _roll_back_now(
-            root, state, f"started {trial.starts - 1} times without committing (crashes or no cloud)")
-    log.info("ota: %s on trial (start %d of %d; rolled back to %s unless it is ready and connected within "
-             "%.0f s, then healthy for %.0f s)", trial.version, trial.starts, trial.max_starts, trial.previous,
-             trial.trial_timeout, trial.healthy_period)
+        return _roll_back_now(root, state, f"started {trial.starts - 1} times without committing (crashes or no cloud)")
+    log.info(
+        "ota: %s on trial (start %d of %d; rolled back to %s unless it is ready and connected within "
+        "%.0f s, then healthy for %.0f s)",
+        trial.version,
+        trial.starts,
+        trial.max_starts,
+        trial.previous,
+        trial.trial_timeout,
+        trial.healthy_period,
+    )
     return StartDecision(root=root, trial=trial)
 
 
@@ -209,8 +228,13 @@ def roll_back(root: Path, reason: str, state: OtaState | None = None) -> bool:
         return False
     previous = trial.previous
     if not (Path(root) / RELEASES / previous / MARKER).is_file():
-        log.error("ota: %s failed its trial (%s) but the previous release %s is gone; keeping %s",
-                  trial.version, reason, previous, trial.version)
+        log.error(
+            "ota: %s failed its trial (%s) but the previous release %s is gone; keeping %s",
+            trial.version,
+            reason,
+            previous,
+            trial.version,
+        )
         state.trial = None
         state.record(trial.version, "kept", f"{reason}; no previous release to roll back to")
         save_state(root, state)
@@ -239,6 +263,11 @@ def commit(root: Path, version: str) -> bool:
     state.record(version, "committed", f"replaced {trial.previous}")
     state.failed = {k: v for k, v in state.failed.items() if not k.startswith(f"{version}|")}
     save_state(root, state)
-    log.info("ota: %s committed (after %d start%s); %s kept as the previous release", version, trial.starts,
-             "" if trial.starts == 1 else "s", trial.previous)
+    log.info(
+        "ota: %s committed (after %d start%s); %s kept as the previous release",
+        version,
+        trial.starts,
+        "" if trial.starts == 1 else "s",
+        trial.previous,
+    )
     return True

@@ -42,8 +42,10 @@ def package_version(text: str) -> str:
         raise VersionError(f"version {text!r} has an epoch; Blynk's tag cannot carry '!'")
     canonical = str(version)
     if canonical != text:
-        raise VersionError(f"version {text!r} is written {canonical!r} by pip; use that form so the device "
-                           f"reports exactly what the package says")
+        raise VersionError(
+            f"version {text!r} is written {canonical!r} by pip; use that form so the device "
+            f"reports exactly what the package says"
+        )
     try:
         check_value("mcu", canonical)
     except TagError as exc:

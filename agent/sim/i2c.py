@@ -43,21 +43,22 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Iterable, Mapping, Sequence
 from ctypes import memmove
-from typing import Iterable, Mapping, NamedTuple, Sequence, Union
+from typing import NamedTuple
 
 import smbus2
 from smbus2 import I2cFunc, i2c_msg
 
 __all__ = [
-    "I2COp",
-    "FakeI2CDevice",
-    "RegisterDevice",
-    "FakeSMBus",
-    "FakeI2C",
-    "FakeSMBusRegistry",
     "I2C_M_RD",
     "PI_FUNCS",
+    "FakeI2C",
+    "FakeI2CDevice",
+    "FakeSMBus",
+    "FakeSMBusRegistry",
+    "I2COp",
+    "RegisterDevice",
 ]
 
 #: ``i2c_msg.flags`` bit of a read message (``linux/i2c.h``).
@@ -68,13 +69,11 @@ BLOCK_MAX = 32
 
 #: What ``i2c-bcm2835`` reports: plain I2C plus the kernel's SMBus emulation,
 #: which cannot do SMBus block reads. PEC is left out (not simulated).
-PI_FUNCS = I2cFunc(
-    (I2cFunc.I2C | I2cFunc.SMBUS_EMUL) & ~I2cFunc.SMBUS_PEC
-)
+PI_FUNCS = I2cFunc((I2cFunc.I2C | I2cFunc.SMBUS_EMUL) & ~I2cFunc.SMBUS_PEC)
 
 # A message of a transaction: (address, is_read, bytes to write | length to read).
 # The read length _BLOCK_READ means an SMBus block read (first byte is the count).
-_Msg = tuple[int, bool, Union[bytes, int]]
+_Msg = tuple[int, bool, bytes | int]
 _BLOCK_READ = -1
 
 
@@ -304,7 +303,7 @@ class FakeSMBus(smbus2.SMBus):
     ``OSError(EBADF)``. ``funcs`` reports what the Pi's adapter reports.
     """
 
-    def __init__(self, bus: int, registry: "FakeI2C", force: bool = False) -> None:
+    def __init__(self, bus: int, registry: FakeI2C, force: bool = False) -> None:
         super().__init__(bus=None, force=force)
         self._registry = registry
         self.bus: int = bus
@@ -312,7 +311,7 @@ class FakeSMBus(smbus2.SMBus):
         self.funcs = registry.funcs
 
     # --- life cycle ------------------------------------------------------------
-    def open(self, bus: int | str) -> None:  # noqa: A003 - smbus2 API
+    def open(self, bus: int | str) -> None:
         """(Re)open on another bus number of the same registry."""
         self.bus = self._registry._resolve_bus(bus)
         self._registry._check_bus_exists(self.bus)
@@ -334,7 +333,7 @@ class FakeSMBus(smbus2.SMBus):
 
     def enable_pec(self, enable: bool = True) -> None:
         """PEC is not simulated (and not reported in ``funcs``)."""
-        raise IOError("SMBUS_PEC is not a feature")
+        raise OSError("SMBUS_PEC is not a feature")
 
     pec = property(smbus2.SMBus._get_pec, enable_pec)
 
@@ -410,7 +409,9 @@ class FakeSMBus(smbus2.SMBus):
         payload = bytes([_check_byte("register", register), len(block)]) + block
         self._smbus("write_block_data", i2c_addr, force, [(False, payload)])
 
-    def block_process_call(self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None) -> list[int]:
+    def block_process_call(
+        self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
+    ) -> list[int]:
         """SMBus block write then block read; ``EOPNOTSUPP`` like on a Pi unless
         ``block_read_supported``."""
         block = _check_block(data)
@@ -429,7 +430,9 @@ class FakeSMBus(smbus2.SMBus):
         reg = bytes([_check_byte("register", register)])
         return list(self._smbus("read_i2c_block_data", i2c_addr, force, [(False, reg), (True, length)])[0])
 
-    def write_i2c_block_data(self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None) -> None:
+    def write_i2c_block_data(
+        self, i2c_addr: int, register: int, data: Sequence[int], force: bool | None = None
+    ) -> None:
         """Write the register then up to 32 bytes."""
         payload = bytes([_check_byte("register", register)]) + _check_block(data)
         self._smbus("write_i2c_block_data", i2c_addr, force, [(False, payload)])
@@ -477,7 +480,7 @@ class FakeI2C:
         self._devices: dict[tuple[int, int], FakeI2CDevice] = {}
         self._buses: set[int] = set()
         self._bus_locks: dict[int, threading.Lock] = {}
-        self._handles: "weakref.WeakSet[FakeSMBus]" = weakref.WeakSet()
+        self._handles: weakref.WeakSet[FakeSMBus] = weakref.WeakSet()
         #: Every transaction in order (a live list; use :meth:`clear_log`).
         self.log: list[I2COp] = []
 
@@ -523,9 +526,9 @@ class FakeI2C:
             raise TypeError(f"Unexpected type(bus)={type(bus)}")
         if isinstance(bus, str):
             prefix = "/dev/i2c-"
-            if not bus.startswith(prefix) or not bus[len(prefix):].isdigit():
+            if not bus.startswith(prefix) or not bus[len(prefix) :].isdigit():
                 raise FileNotFoundError(_errno.ENOENT, os.strerror(_errno.ENOENT), bus)
-            return int(bus[len(prefix):])
+            return int(bus[len(prefix) :])
         return bus
 
     def _check_bus_exists(self, bus: int) -> None:
@@ -534,7 +537,7 @@ class FakeI2C:
                 path = f"/dev/i2c-{bus}"
                 raise FileNotFoundError(_errno.ENOENT, os.strerror(_errno.ENOENT), path)
 
-    def open(self, bus: int | str) -> FakeSMBus:  # noqa: A003
+    def open(self, bus: int | str) -> FakeSMBus:
         """A new :class:`FakeSMBus` on ``bus`` (``1`` or ``"/dev/i2c-1"``).
         ``FileNotFoundError`` if the bus has no devices and was not declared."""
         number = self._resolve_bus(bus)
@@ -560,7 +563,8 @@ class FakeI2C:
         with self._lock:
             entries = list(self.log)
         return [
-            e for e in entries
+            e
+            for e in entries
             if (bus is None or e.bus == bus)
             and (address is None or e.address == address)
             and (op is None or e.op == op)
@@ -623,9 +627,7 @@ class FakeI2C:
                             else:
                                 data = bytes(device.on_read(x))  # type: ignore[arg-type]
                             if x != _BLOCK_READ and len(data) != x:
-                                raise RuntimeError(
-                                    f"{type(device).__name__}.on_read({x}) returned {len(data)} bytes"
-                                )
+                                raise RuntimeError(f"{type(device).__name__}.on_read({x}) returned {len(data)} bytes")
                             read += data
                             results.append(data)
                 except OSError as exc:

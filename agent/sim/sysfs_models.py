@@ -66,13 +66,15 @@ def thermal_zone(temperature_c: float = 48.3, zone: int = 0) -> Files:
 
 
 def loadavg(
-    load_1m: float = 0.42, load_5m: float = 0.35, load_15m: float = 0.30,
-    running: int = 1, total: int = 213, last_pid: int = 4321,
+    load_1m: float = 0.42,
+    load_5m: float = 0.35,
+    load_15m: float = 0.30,
+    running: int = 1,
+    total: int = 213,
+    last_pid: int = 4321,
 ) -> Files:
     """``/proc/loadavg``: three averages, running/total tasks, last PID."""
-    return {
-        "/proc/loadavg": f"{load_1m:.2f} {load_5m:.2f} {load_15m:.2f} {running}/{total} {last_pid}\n"
-    }
+    return {"/proc/loadavg": f"{load_1m:.2f} {load_5m:.2f} {load_15m:.2f} {running}/{total} {last_pid}\n"}
 
 
 def meminfo(total_kb: int = 3884400, available_kb: int = 3120512, free_kb: int = 2712340) -> Files:

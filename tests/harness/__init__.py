@@ -13,4 +13,4 @@
 from .broker import Broker, BrokerError, ConnectionEvent, free_port
 from .cloud import CloudClient, Message, topic_matches
 
-__all__ = ["Broker", "BrokerError", "ConnectionEvent", "free_port", "CloudClient", "Message", "topic_matches"]
+__all__ = ["Broker", "BrokerError", "CloudClient", "ConnectionEvent", "Message", "free_port", "topic_matches"]

@@ -49,13 +49,16 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Sequence, TypeVar
+from typing import NamedTuple, TypeVar
 
-__all__ = ["Broker", "BrokerError", "ConnectionEvent", "free_port", "MOSQUITTO", "MOSQUITTO_PASSWD"]
+__all__ = ["MOSQUITTO", "MOSQUITTO_PASSWD", "Broker", "BrokerError", "ConnectionEvent", "free_port"]
 
 MOSQUITTO = os.environ.get("EDGE_TEST_MOSQUITTO", "/usr/sbin/mosquitto")
-MOSQUITTO_PASSWD = os.environ.get("EDGE_TEST_MOSQUITTO_PASSWD", shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd")
+MOSQUITTO_PASSWD = os.environ.get(
+    "EDGE_TEST_MOSQUITTO_PASSWD", shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+)
 OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
 
 HOST = "127.0.0.1"
@@ -142,13 +145,68 @@ def _make_pki(d: Path) -> None:
     cnf.write_text(_OPENSSL_CNF)
     newkey = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
     for name, cn in (("ca", "Pi Edge Agent test CA"), ("rogue-ca", "Rogue test CA")):
-        _run([OPENSSL, "req", "-x509", "-config", str(cnf), "-extensions", "v3_ca", *newkey,
-              "-keyout", f"{name}.key", "-out", f"{name}.crt", "-days", "7", "-subj", f"/CN={cn}"], d)
-    _run([OPENSSL, "req", "-new", "-config", str(cnf), *newkey, "-keyout", "server.key",
-          "-out", "server.csr", "-subj", "/CN=localhost"], d)
-    _run([OPENSSL, "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-          "-set_serial", "0x" + secrets.token_hex(8), "-days", "7", "-extfile", str(cnf),
-          "-extensions", "v3_server", "-out", "server.crt"], d)
+        _run(
+            [
+                OPENSSL,
+                "req",
+                "-x509",
+                "-config",
+                str(cnf),
+                "-extensions",
+                "v3_ca",
+                *newkey,
+                "-keyout",
+                f"{name}.key",
+                "-out",
+                f"{name}.crt",
+                "-days",
+                "7",
+                "-subj",
+                f"/CN={cn}",
+            ],
+            d,
+        )
+    _run(
+        [
+            OPENSSL,
+            "req",
+            "-new",
+            "-config",
+            str(cnf),
+            *newkey,
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+        d,
+    )
+    _run(
+        [
+            OPENSSL,
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "0x" + secrets.token_hex(8),
+            "-days",
+            "7",
+            "-extfile",
+            str(cnf),
+            "-extensions",
+            "v3_server",
+            "-out",
+            "server.crt",
+        ],
+        d,
+    )
     for key in d.glob("*.key"):
         key.chmod(0o600)
 
@@ -251,10 +309,12 @@ class Broker:
     # ------------------------------------------------------------------ basics
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        return (f"<Broker {state} tcp={self.port_tcp} tls={self.port_tls} ws={self.port_ws} "
-                f"wss={self.port_wss} dir={self.dir}>")
+        return (
+            f"<Broker {state} tcp={self.port_tcp} tls={self.port_tls} ws={self.port_ws} "
+            f"wss={self.port_wss} dir={self.dir}>"
+        )
 
-    def __enter__(self) -> "Broker":
+    def __enter__(self) -> Broker:
         if not self.running:
             try:
                 self.start()
@@ -337,12 +397,18 @@ class Broker:
             before = self._current_log().count("Reloading config.")
             proc.send_signal(signal.SIGHUP)
             self._poke()
-            self._wait(lambda: self._current_log().count("Reloading config.") > before, timeout,
-                       lambda: f"mosquitto did not log 'Reloading config.' after SIGHUP\n{self.log_tail()}")
+            self._wait(
+                lambda: self._current_log().count("Reloading config.") > before,
+                timeout,
+                lambda: f"mosquitto did not log 'Reloading config.' after SIGHUP\n{self.log_tail()}",
+            )
             port = self._probe(self.port_tcp)  # type: ignore[arg-type]
             pat = f"New connection from 127.0.0.1:{port} on port {self.port_tcp}."
-            self._wait(lambda: pat in self._current_log().split("Reloading config.")[-1], timeout,
-                       lambda: f"mosquitto did not log the probe connection after reloading\n{self.log_tail()}")
+            self._wait(
+                lambda: pat in self._current_log().split("Reloading config.")[-1],
+                timeout,
+                lambda: f"mosquitto did not log the probe connection after reloading\n{self.log_tail()}",
+            )
 
     # ----------------------------------------------------------- lifecycle
     def _require_running(self) -> subprocess.Popen:
@@ -389,7 +455,7 @@ class Broker:
         ]
         self.config_file.write_text("\n".join(lines))
 
-    def start(self) -> "Broker":
+    def start(self) -> Broker:
         """Start mosquitto (on the same ports as before, if it ran before) and
         wait until all four listeners accept connections."""
         with self._lock:
@@ -423,7 +489,10 @@ class Broker:
         try:
             proc = subprocess.Popen(
                 [MOSQUITTO, "-c", str(self.config_file)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
                 # Dies with the test process (only when started from the main thread:
                 # PDEATHSIG fires when the forking *thread* exits).
                 preexec_fn=_set_pdeathsig if threading.current_thread() is threading.main_thread() else None,
@@ -438,8 +507,11 @@ class Broker:
             return log_path.exists() and any(_RUNNING_RE.match(l) for l in self._lines(run))
 
         try:
-            self._wait(ready, max(0.1, deadline - time.monotonic()),
-                       lambda: f"mosquitto did not start within {self.start_timeout}s\n{self._tail(run)}")
+            self._wait(
+                ready,
+                max(0.1, deadline - time.monotonic()),
+                lambda: f"mosquitto did not start within {self.start_timeout}s\n{self._tail(run)}",
+            )
             for port in (self.port_tcp, self.port_tls, self.port_ws, self.port_wss):
                 while True:
                     try:
@@ -495,7 +567,7 @@ class Broker:
         with self._lock:
             self._terminate(signal.SIGKILL)
 
-    def restart(self) -> "Broker":
+    def restart(self) -> Broker:
         """Stop (if running) and start again on the same ports."""
         with self._lock:
             self.stop()
@@ -577,8 +649,9 @@ class Broker:
             m = _ACCEPT_RE.match(line)
             if m:
                 u = _USER_RE.search(m.group("flags"))
-                events.append(ConnectionEvent(True, m.group("id"), u.group("user") if u else None,
-                                              m.group("addr"), 0, run))
+                events.append(
+                    ConnectionEvent(True, m.group("id"), u.group("user") if u else None, m.group("addr"), 0, run)
+                )
                 continue
             m = _CONNACK_RE.match(line)
             if m and int(m.group("rc")) != 0:

@@ -21,8 +21,9 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import gmqtt
 from gmqtt.mqtt.constants import MQTTv311
@@ -34,7 +35,6 @@ __all__ = ["CloudClient", "Message", "topic_matches"]
 
 T = TypeVar("T")
 Predicate = Callable[["Message"], bool]
-
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,9 @@ class CloudClient:
             lines.append(f"  ... {len(msgs) - len(shown)} earlier not shown")
         for i, m in shown:
             mark = "*" if i in consumed else " "
-            match = "" if topic_filter is None else (" [matches filter]" if topic_matches(topic_filter, m.topic) else "")
+            match = (
+                "" if topic_filter is None else (" [matches filter]" if topic_matches(topic_filter, m.topic) else "")
+            )
             payload = m.payload if len(m.payload) <= 120 else m.payload[:120] + b"..."
             lines.append(f" {mark} {m.topic!r} qos={m.qos} retain={m.retain} {payload!r}{match}")
         return "\n".join(lines)
@@ -299,8 +301,9 @@ class CloudClient:
                 return found
         return None
 
-    def collect(self, topic_filter: str, count: int, timeout: float = 5.0,
-                predicate: Predicate | None = None) -> list[Message]:
+    def collect(
+        self, topic_filter: str, count: int, timeout: float = 5.0, predicate: Predicate | None = None
+    ) -> list[Message]:
         """Wait for ``count`` not-yet-consumed messages matching the filter (and
         predicate), consume and return them in arrival order."""
         deadline = time.monotonic() + timeout
@@ -316,7 +319,11 @@ class CloudClient:
                 self._cond.wait(remaining)
             got = 0
             for i, m in enumerate(self._messages):
-                if i not in self._consumed and topic_matches(topic_filter, m.topic) and (predicate is None or predicate(m)):
+                if (
+                    i not in self._consumed
+                    and topic_matches(topic_filter, m.topic)
+                    and (predicate is None or predicate(m))
+                ):
                     got += 1
         what = f"{count} message(s)" if count != 1 else "a message"
         cond = " satisfying the predicate" if predicate is not None else ""
@@ -340,7 +347,9 @@ class CloudClient:
                 found = self._take(topic_filter, predicate, 1)
                 if found is not None:
                     m = self._messages[found[0]]
-                    raise AssertionError(f"unexpected message on {m.topic!r}: {m.payload!r}\n{self._summary(topic_filter)}")
+                    raise AssertionError(
+                        f"unexpected message on {m.topic!r}: {m.payload!r}\n{self._summary(topic_filter)}"
+                    )
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return
@@ -356,8 +365,9 @@ class CloudClient:
                 return value
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"condition {getattr(fn, '__name__', fn)!r} not met within {timeout}s\n"
-                                     f"{self._summary(None)}")
+                raise AssertionError(
+                    f"condition {getattr(fn, '__name__', fn)!r} not met within {timeout}s\n{self._summary(None)}"
+                )
             with self._cond:
                 self._cond.wait(min(interval, remaining))
 
@@ -366,8 +376,9 @@ class CloudClient:
         """:meth:`expect` for coroutines."""
         return await asyncio.to_thread(self.expect, topic_filter, timeout, predicate)
 
-    async def acollect(self, topic_filter: str, count: int, timeout: float = 5.0,
-                       predicate: Predicate | None = None) -> list[Message]:
+    async def acollect(
+        self, topic_filter: str, count: int, timeout: float = 5.0, predicate: Predicate | None = None
+    ) -> list[Message]:
         """:meth:`collect` for coroutines."""
         return await asyncio.to_thread(self.collect, topic_filter, count, timeout, predicate)
 
@@ -413,7 +424,7 @@ class CloudClient:
             self._closed = True
             self._shutdown_loop()
 
-    def __enter__(self) -> "CloudClient":
+    def __enter__(self) -> CloudClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

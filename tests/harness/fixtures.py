@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -25,8 +25,16 @@ from .broker import Broker, free_port
 from .cloud import CloudClient
 from .ota import ota_packages, package_server, wheelhouse  # noqa: F401 - fixtures
 
-__all__ = ["broker", "fresh_broker", "cloud", "make_cloud", "mock_pins", "fake_smbus", "free_port",
-           "FakeSMBusRegistry"]
+__all__ = [
+    "FakeSMBusRegistry",
+    "broker",
+    "cloud",
+    "fake_smbus",
+    "free_port",
+    "fresh_broker",
+    "make_cloud",
+    "mock_pins",
+]
 
 
 @pytest.fixture(scope="session")
@@ -102,11 +110,7 @@ def mock_pins(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     finally:
         with factory._res_lock:
             devices = {
-                dev
-                for refs in factory._reservations.values()
-                for ref in refs
-                for dev in (ref(),)
-                if dev is not None
+                dev for refs in factory._reservations.values() for ref in refs for dev in (ref(),) if dev is not None
             }
         for dev in devices:
             with contextlib.suppress(Exception):

@@ -23,8 +23,15 @@ import sys
 import threading
 
 WATCHED = {
-    ("posix", "replace"), ("posix", "rename"), ("posix", "symlink"), ("posix", "unlink"), ("posix", "rmdir"),
-    ("posix", "mkdir"), ("posix", "fsync"), ("posix", "ftruncate"), ("_posixsubprocess", "fork_exec"),
+    ("posix", "replace"),
+    ("posix", "rename"),
+    ("posix", "symlink"),
+    ("posix", "unlink"),
+    ("posix", "rmdir"),
+    ("posix", "mkdir"),
+    ("posix", "fsync"),
+    ("posix", "ftruncate"),
+    ("_posixsubprocess", "fork_exec"),
 }
 
 
@@ -48,7 +55,7 @@ def main() -> None:
         while f is not None:
             name = f.f_code.co_filename
             if f"{os.sep}agent{os.sep}" in name and "tests" not in name:
-                path.append(f"{name[name.rindex(os.sep + 'agent' + os.sep) + 1:]}:{f.f_lineno}")
+                path.append(f"{name[name.rindex(os.sep + 'agent' + os.sep) + 1 :]}:{f.f_lineno}")
             f = f.f_back
         key = f"{arg.__name__}@{'<'.join(path)}"
         log.write(key + "\n")

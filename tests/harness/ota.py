@@ -33,11 +33,12 @@ import tempfile
 import threading
 import tomllib
 from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -74,8 +75,20 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
             project = tomllib.loads((SRC / "pyproject.toml").read_text())
             wanted = [*project["project"]["dependencies"], *project["build-system"]["requires"]]
             subprocess.run(
-                [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir",
-                 str(wh), *wanted], check=True, timeout=600, capture_output=True,
+                [
+                    sys.executable,
+                    "-m",
+                    "pip",
+                    "wheel",
+                    "--quiet",
+                    "--disable-pip-version-check",
+                    "--wheel-dir",
+                    str(wh),
+                    *wanted,
+                ],
+                check=True,
+                timeout=600,
+                capture_output=True,
             )
             build_wheel(SRC, wh / "project", wheelhouse=wh, offline=True)
     return wh
@@ -111,17 +124,36 @@ class Packages:
 
 @pytest.fixture(scope="session")
 def ota_packages(wheelhouse: Path, tmp_path_factory: pytest.TempPathFactory) -> Packages:
-    wanted = {"v1": ("1.0.0", {}), "good": ("1.1.0", {}),
-              "crash": ("1.2.0", {"agent/runtime.py": ("        self.first_reading = asyncio.Event()\n",
-                                                       '        raise RuntimeError("this release is broken")\n')}),
-              "silent": ("1.3.0", {"agent/links/blynk.py": ('username="device",', 'username="not-the-device",')})}
+    wanted = {
+        "v1": ("1.0.0", {}),
+        "good": ("1.1.0", {}),
+        "crash": (
+            "1.2.0",
+            {
+                "agent/runtime.py": (
+                    "        self.first_reading = asyncio.Event()\n",
+                    '        raise RuntimeError("this release is broken")\n',
+                )
+            },
+        ),
+        "silent": ("1.3.0", {"agent/links/blynk.py": ('username="device",', 'username="not-the-device",')}),
+    }
     with built_once(tmp_path_factory, "packages") as (out, empty):
         if empty:
+
             def make(name: str) -> None:
                 version, edits = wanted[name]
                 source = source_variant(out / f"{name}-src", edits) if edits else SRC
-                pack(source, out / f"{name}.zip", fw_type=TEMPLATE, version=version, build=BUILD, deps=True,
-                     wheelhouse=wheelhouse, offline=True)
+                pack(
+                    source,
+                    out / f"{name}.zip",
+                    fw_type=TEMPLATE,
+                    version=version,
+                    build=BUILD,
+                    deps=True,
+                    wheelhouse=wheelhouse,
+                    offline=True,
+                )
 
             with ThreadPoolExecutor(len(wanted)) as pool:  # four pip runs at once: they wait on I/O a lot
                 list(pool.map(make, wanted))
@@ -143,7 +175,7 @@ def fake_release_root(root: Path, version: str = "0.1.0") -> Path:
     """A state dir with a stand-in complete release as ``current``."""
     release = root / RELEASES / version
     (release / "bin").mkdir(parents=True)
-    (release / MARKER).write_text('{"version": "%s"}\n' % version)
+    (release / MARKER).write_text(f'{{"version": "{version}"}}\n')
     flip_current(root, version)
     return root
 
@@ -192,7 +224,7 @@ class PackageServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 path, _, query = self.path.partition("?")
                 name = path.rsplit("/", 1)[-1]
                 outer.requests[name] += 1
@@ -206,11 +238,11 @@ class PackageServer:
                     return
                 data = served.path.read_bytes()
                 sha = hashlib.sha256(data).digest()
-                md5 = hashlib.md5(data).hexdigest()  # noqa: S324 - Blynk's header
+                md5 = hashlib.md5(data).hexdigest()
                 if served.fault == "bad_sha":
                     sha = hashlib.sha256(data + b"x").digest()
                 if served.fault == "bad_md5":
-                    md5 = hashlib.md5(data + b"x").hexdigest()  # noqa: S324
+                    md5 = hashlib.md5(data + b"x").hexdigest()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(data)))
@@ -230,7 +262,7 @@ class PackageServer:
                     import time
 
                     for i in range(0, len(data), 65536):
-                        self.wfile.write(data[i:i + 65536])
+                        self.wfile.write(data[i : i + 65536])
                         time.sleep(0.05)
                     return
                 self.wfile.write(data)
@@ -277,7 +309,12 @@ def package_server(broker: Any) -> Iterator[PackageServer]:
 
 def offer_for(package: PackageInfo, url: str, **override: Any) -> dict[str, Any]:
     """The ``downlink/ota/json`` Blynk would send for ``package``."""
-    offer = {"url": url, "size": package.size, "type": package.tag.fw_type, "ver": package.tag.version,
-             "build": package.tag.build}
+    offer = {
+        "url": url,
+        "size": package.size,
+        "type": package.tag.fw_type,
+        "ver": package.tag.version,
+        "build": package.tag.build,
+    }
     offer.update(override)
     return offer

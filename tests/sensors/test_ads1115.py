@@ -164,9 +164,7 @@ def test_out_of_range_input_is_an_error(fake: FakeI2C, hw: Hardware) -> None:
         negative.read()
 
 
-def test_one_saturated_channel_leaves_the_others(
-    fake: FakeI2C, hw: Hardware, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_one_saturated_channel_leaves_the_others(fake: FakeI2C, hw: Hardware, caplog: pytest.LogCaptureFixture) -> None:
     fake.add(1, 0x48, ADS1115Chip(inputs={"A0": 1.0, "A3": 3.0}))
     sensor, _ = make(hw, channels={"ok": {"input": "A0"}, "hot": {"input": "A3", "gain": 0.512}})
     sensor.open()

@@ -187,7 +187,7 @@ def test_busy_bit_is_polled(fake: FakeI2C, hw: Hardware) -> None:
 
 def test_still_busy_is_an_error_after_bounded_polls(fake: FakeI2C, hw: Hardware) -> None:
     chip = fake.add(1, 0x38, AHT20Chip())
-    sensor, waits = make(hw)
+    sensor, _waits = make(hw)
     sensor.open()
     chip.stay_busy = True
     fake.clear_log()

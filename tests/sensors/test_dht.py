@@ -75,9 +75,7 @@ def test_dht22_negative_and_fractional(fake_root: Any, tmp_path: Path, open_sens
     assert sensor.read() == {"temperature": pytest.approx(-5.3), "humidity": pytest.approx(61.7)}
 
 
-def test_auto_picks_the_dht11_among_other_iio_devices(
-    fake_root: Any, tmp_path: Path, open_sensor: Any
-) -> None:
+def test_auto_picks_the_dht11_among_other_iio_devices(fake_root: Any, tmp_path: Path, open_sensor: Any) -> None:
     sysfs_models.write_tree(tmp_path, sysfs_models.iio_device(0, "ads1015"))
     make_device(tmp_path, 1, "19000\n", "52000\n")
     sensor = open_sensor(DHT11, fake_root)
@@ -114,9 +112,7 @@ def test_missing_device_says_how_to_enable_it(fake_root: Any, device: Any) -> No
     assert "/boot/firmware/config.txt" in message
 
 
-def test_timeouts_are_retried(
-    fake_root: Any, tmp_path: Path, open_sensor: Any, no_sleep: list[float]
-) -> None:
+def test_timeouts_are_retried(fake_root: Any, tmp_path: Path, open_sensor: Any, no_sleep: list[float]) -> None:
     make_device(tmp_path, 0, "24000\n", "50000\n")
     sensor = open_sensor(DHT11, fake_root, retries=3, retry_delay=0.25)
     log = failing_reads(sensor, [errno.ETIMEDOUT, errno.ETIMEDOUT])

@@ -21,7 +21,6 @@ from pydantic import ValidationError
 from agent.hardware import Hardware
 from agent.i2c import ChipAbsent
 from agent.plugin import SensorError
-from agent.sim.hardware import SimulatedHardware
 from agent.sim.chips.ds18b20 import (
     FakeW1Bus,
     celsius_from_raw,
@@ -31,6 +30,7 @@ from agent.sim.chips.ds18b20 import (
     scratchpad,
     w1_slave_text,
 )
+from agent.sim.hardware import SimulatedHardware
 from sensors.ds18b20 import (
     DS18B20,
     POWER_ON_PLAUSIBLE_ABOVE_C,
@@ -112,10 +112,7 @@ def test_model_crc_table_matches_the_bitwise_definition(data: bytes) -> None:
 
 
 def test_parse_real_w1_slave_text() -> None:
-    text = (
-        "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n"
-        "72 01 4b 46 7f ff 0e 10 57 t=23125\n"
-    )
+    text = "72 01 4b 46 7f ff 0e 10 57 : crc=57 YES\n72 01 4b 46 7f ff 0e 10 57 t=23125\n"
     reading = parse_w1_slave(text)
     assert reading.crc_ok
     assert reading.millidegrees == 23125

@@ -54,9 +54,7 @@ def bound(sensor: Any) -> Sink:
 # -- Button
 
 
-def test_button_press_reaches_the_sink_at_once(
-    gpio_hardware: Any, open_sensor: Any, record_property: Any
-) -> None:
+def test_button_press_reaches_the_sink_at_once(gpio_hardware: Any, open_sensor: Any, record_property: Any) -> None:
     button = open_sensor(Button, gpio_hardware, pin=17)  # pull-up, 50 ms debounce
     pin = gpio_hardware.pin_factory().pin(17)
     sink = bound(button)
@@ -309,9 +307,7 @@ class FakeTime:
 @settings(max_examples=300, deadline=None)
 @given(
     bounce=st.sampled_from([0.0, 0.01, 0.05]),
-    steps=st.lists(
-        st.tuples(st.floats(min_value=0.0, max_value=0.08), st.booleans()), max_size=40
-    ),
+    steps=st.lists(st.tuples(st.floats(min_value=0.0, max_value=0.08), st.booleans()), max_size=40),
 )
 def test_edge_filter_properties(bounce: float, steps: list[tuple[float, bool]]) -> None:
     ft = FakeTime()

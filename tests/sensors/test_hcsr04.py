@@ -75,9 +75,7 @@ def test_no_echo_is_a_sensor_error(gpio_hardware: Any, open_sensor: Any) -> None
 def test_beyond_max_distance_is_a_sensor_error(gpio_hardware: Any, open_sensor: Any) -> None:
     # An object at 1.5 m (8.75 ms) when only 1 m is accepted.
     install_mock_echo(gpio_hardware.pin_factory(), TRIG, ECHO, 150.0)
-    sensor = open_sensor(
-        HCSR04, gpio_hardware, trigger_pin=TRIG, echo_pin=ECHO, samples=3, max_distance_m=1.0
-    )
+    sensor = open_sensor(HCSR04, gpio_hardware, trigger_pin=TRIG, echo_pin=ECHO, samples=3, max_distance_m=1.0)
     with pytest.raises(SensorError, match="beyond max_distance_m"):
         sensor.read()
 

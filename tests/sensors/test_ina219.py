@@ -151,7 +151,7 @@ def test_negative_current(fake: FakeI2C, hw: Hardware) -> None:
 def test_waits_for_conversion_ready(fake: FakeI2C, hw: Hardware) -> None:
     # 128-sample averaging: 68.10 ms per ADC, shunt then bus.
     chip = fake.add(1, 0x40, INA219Chip(shunt_ohms=0.1, current=1.0, bus_voltage=3.3))
-    sensor, waits = make(hw, samples=128)
+    sensor, _waits = make(hw, samples=128)
     sensor.open()
     fake.clear_log()
     values = sensor.read()

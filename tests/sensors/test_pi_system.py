@@ -81,9 +81,7 @@ def test_load_average_garbage(fake_root: Any, tmp_path: Path, open_sensor: Any) 
 
 
 def test_memory(fake_root: Any, tmp_path: Path, open_sensor: Any) -> None:
-    sysfs_models.write_tree(
-        tmp_path, sysfs_models.meminfo(total_kb=3884400, available_kb=3120512, free_kb=2712340)
-    )
+    sysfs_models.write_tree(tmp_path, sysfs_models.meminfo(total_kb=3884400, available_kb=3120512, free_kb=2712340))
     # used      = 3884400 - 3120512 = 763888 kB
     # used %    = 763888 / 3884400 x 100 = 19.665 -> 19.7
     # available = 3120512 KiB x 1024 B = 3195404288 B = 3195.404 MB -> 3195.4

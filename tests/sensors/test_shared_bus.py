@@ -86,7 +86,7 @@ def hammer(locking: bool, reads: int = 40) -> list[str]:
         try:
             for _ in range(reads):
                 sensor.read()
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=loop, args=(s,)) for s in sensors]

@@ -236,7 +236,9 @@ class Bmx280Chip(RegisterDevice):
         adc_t = adc_t if osrs_t else 0x80000
         adc_p = adc_p if osrs_p else 0x80000
         adc_h = adc_h if osrs_h else 0x8000
-        data = bytes([adc_p >> 12, (adc_p >> 4) & 0xFF, (adc_p & 0xF) << 4, adc_t >> 12, (adc_t >> 4) & 0xFF, (adc_t & 0xF) << 4])
+        data = bytes(
+            [adc_p >> 12, (adc_p >> 4) & 0xFF, (adc_p & 0xF) << 4, adc_t >> 12, (adc_t >> 4) & 0xFF, (adc_t & 0xF) << 4]
+        )
         if self.has_humidity:
             data += bytes([adc_h >> 8, adc_h & 0xFF])
         self.regs[0xF7 : 0xF7 + len(data)] = data

@@ -113,9 +113,7 @@ class _SensirionChip(FakeI2CDevice):
     def _measurement(self) -> bytes:
         s_t = self.raw_t if self.raw_t is not None else raw_temperature(self.temperature)
         s_rh = self.raw_rh if self.raw_rh is not None else self._raw_humidity()
-        return word(s_t, corrupt="temperature" in self.corrupt) + word(
-            s_rh, corrupt="humidity" in self.corrupt
-        )
+        return word(s_t, corrupt="temperature" in self.corrupt) + word(s_rh, corrupt="humidity" in self.corrupt)
 
     def _answer(self, data: bytes, *, measurement: bool = False) -> None:
         """Make ``data`` the answer to the next read."""
