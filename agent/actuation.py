@@ -42,11 +42,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agent import clock
 from agent.actuators import OutputActuator, quote
 from agent.config import ActuatorEntry, ActuatorSpec
 from agent.hardware import Hardware
@@ -410,7 +410,7 @@ class ActuatorManager:
         if self._stopping:
             log.info("actuator %s: command %s ignored: the agent is stopping", slot.id, quote(value))
             return Outcome(slot.id, "ignored", slot.actuator.state, "stopping")
-        slot.last_command_at = time.time()
+        slot.last_command_at = clock.wall()
         act = slot.actuator
         try:
             target = act.parse(value)
@@ -431,7 +431,7 @@ class ActuatorManager:
     def _request(self, slot: Slot, target: Any, source: str, raw: Any, fresh: bool = True) -> Outcome:
         act = slot.actuator
         if fresh:
-            slot.last_command_at = time.time()
+            slot.last_command_at = clock.wall()
             self._cancel_held(slot)
             slot.in_failsafe = False
             if source.startswith("local"):
@@ -495,7 +495,7 @@ class ActuatorManager:
         interval = slot.entry.min_switch_interval
         if interval <= 0 or slot.last_switch is None:
             return 0.0
-        return max(0.0, slot.last_switch + interval - time.monotonic())
+        return max(0.0, slot.last_switch + interval - clock.monotonic())
 
     def _drive(self, slot: Slot, target: Any, why: str) -> bool:
         """Drive ``target`` now (all checks done); one log line either way."""
@@ -544,7 +544,7 @@ class ActuatorManager:
         act = slot.actuator
         now_state = act.state
         if not act.same(before, now_state):
-            slot.last_switch = time.monotonic()
+            slot.last_switch = clock.monotonic()
         self._track_on(slot)
         if slot.settle_timer is not None:
             slot.settle_timer.cancel()
@@ -565,7 +565,7 @@ class ActuatorManager:
         act = slot.actuator
         on = act.is_on(act.state)
         if on and slot.on_since is None:
-            slot.on_since = time.monotonic()
+            slot.on_since = clock.monotonic()
             if slot.entry.max_on is not None:
                 slot.max_on_timer = self._call_later(slot.entry.max_on, self._max_on_expired, slot)
         elif not on:
@@ -592,7 +592,7 @@ class ActuatorManager:
             self._sync_deadline = None
         if state == _CONNECTED:
             self._connected = True
-            self._sync_deadline = time.monotonic() + SYNC_WINDOW
+            self._sync_deadline = clock.monotonic() + SYNC_WINDOW
             if self._outage:
                 self._outage_ends()
             for slot in self.slots.values():
@@ -662,9 +662,9 @@ class ActuatorManager:
         if datastream not in self._sync_pending:
             return False
         self._sync_pending.discard(datastream)
-        return self._sync_deadline is None or time.monotonic() <= self._sync_deadline
+        return self._sync_deadline is None or clock.monotonic() <= self._sync_deadline
 
-    def _sync_answer(self, slot: Slot, text: str) -> Outcome:
+    def _sync_answer(self, slot: Slot, text: str) -> Outcome | None:
         if slot.entry.restore == "cloud":
             return self.command(slot.id, text, "cloud sync (restore = cloud)")
         act = slot.actuator
@@ -729,7 +729,7 @@ class ActuatorManager:
         if slot is None or slot.input is None or self._stopping:
             return
         inp = slot.input
-        now = time.monotonic()
+        now = clock.monotonic()
         if now < inp.quiet_until:
             if inp.recheck is None:
                 inp.recheck = self._call_later(inp.quiet_until - now, self._input_settle, slot)
@@ -740,7 +740,7 @@ class ActuatorManager:
         if slot.input is None or self._stopping:
             return
         slot.input.recheck = None
-        self._input_level(slot, bool(slot.input.device.is_pressed), time.monotonic())
+        self._input_level(slot, bool(slot.input.device.is_pressed), clock.monotonic())
 
     def _input_level(self, slot: Slot, level: bool, now: float) -> None:
         inp = slot.input

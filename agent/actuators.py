@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import math
 import re
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, model_validator
 
+from agent import clock
 from agent.plugin import Actuator, PluginOptions
 
 #: BCM GPIO numbers on the 40-pin header.
@@ -701,7 +701,7 @@ class Buzzer(OutputActuator):
             self.device.beep(state.on_time, state.off_time, n=state.count or None, background=True)
             self._beep = state
             duration = state.duration
-            self._beep_until = None if duration is None else time.monotonic() + duration
+            self._beep_until = None if duration is None else clock.monotonic() + duration
         else:
             self._beep = None
             self._beep_until = None
@@ -742,7 +742,7 @@ class Buzzer(OutputActuator):
         """off / on / the beep pattern playing now."""
         beep = self._beep
         if beep is not None:
-            if self._beep_until is None or time.monotonic() < self._beep_until:
+            if self._beep_until is None or clock.monotonic() < self._beep_until:
                 return beep
             self._beep = None
         return "on" if self.device.is_active else "off"

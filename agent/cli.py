@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, __version__
+from agent.cli_common import config_path, print_config_error, setup_logging
 from agent.config import DEFAULT_CONFIG, Config, ConfigError, load_settings, resolve_plugins
 from agent.plugin import PluginInfo, PluginRegistry, load_registry
 from agent.scheduler import describe_error
@@ -30,32 +31,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.cli")
 
 
-def setup_logging(level: str = "info") -> None:
-    """One line per event on stderr; journald adds its own timestamps."""
-    fmt = "%(levelname)s %(name)s: %(message)s"
-    if "JOURNAL_STREAM" not in os.environ:
-        fmt = "%(asctime)s " + fmt
-    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
-    # gmqtt logs every packet at INFO; our session layer logs the events that matter
-    from agent.mqtt._gmqtt import quiet_gmqtt_logging
-
-    quiet_gmqtt_logging(max(logging.WARNING, logging.getLevelName(level.upper())))
-
-
-def _config_path(args: argparse.Namespace) -> Path:
-    return Path(args.config or os.environ.get("EDGE_AGENT_CONFIG") or DEFAULT_CONFIG)
-
-
-def _print_config_error(exc: ConfigError) -> int:
-    for line in exc.lines:
-        print(line, file=sys.stderr)
-    return EXIT_CONFIG
-
-
 def _load(args: argparse.Namespace, skip_broken: bool = False) -> Config:
-    path = _config_path(args)
+    path = config_path(args)
     settings = load_settings(path)
-    types = {e.type for e in [*settings.sensors, *settings.actuators]}
+    types = {e.type for e in settings.sensors} | {e.type for e in settings.actuators}
     registry = load_registry([*settings.agent.plugin_dirs, *getattr(args, "plugin_dir", [])], names=types)
     return resolve_plugins(path, settings, registry, skip_broken=skip_broken)
 
@@ -79,7 +58,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _load(args, skip_broken=True)
     except ConfigError as exc:
-        return _print_config_error(exc)
+        return print_config_error(exc)
     setup_logging(args.log_level or config.settings.agent.log_level)
     return asyncio.run(_run(config, print_readings=args.print_readings, decision=decision))
 
@@ -140,7 +119,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        return _print_config_error(exc)
+        return print_config_error(exc)
     s = config.settings
     links = ["blynk"] if s.blynk is not None else []
     if s.thingspeak is not None:
@@ -158,12 +137,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List every plugin the agent can find, where it came from, its options."""
     dirs: list[Path] = list(args.plugin_dir)
-    path = _config_path(args)
+    path = config_path(args)
     if args.config or path.exists():
         try:
             dirs = [*load_settings(path).agent.plugin_dirs, *dirs]
         except ConfigError as exc:
-            return _print_config_error(exc)
+            return print_config_error(exc)
     registry = load_registry(dirs)
     if args.json:
         print(json.dumps(_plugins_json(registry), indent=2, ensure_ascii=False))
@@ -218,7 +197,7 @@ def cmd_read(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
     except ConfigError as exc:
-        return _print_config_error(exc)
+        return print_config_error(exc)
     spec = config.sensor(args.sensor_id)
     if spec is None:
         known = ", ".join(s.entry.id for s in config.sensors) or "none"
@@ -282,9 +261,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     outbox, and the outbox database itself (read-only, so it also works while
     the agent is stopped). Exit 0 when either could be read, 1 otherwise."""
     try:
-        settings = load_settings(_config_path(args))
+        settings = load_settings(config_path(args))
     except ConfigError as exc:
-        return _print_config_error(exc)
+        return print_config_error(exc)
     from agent.outbox import OUTBOX_FILE, STATUS_FILE, read_status
 
     section = settings.outbox

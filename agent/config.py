@@ -730,6 +730,6 @@ def load_config(path: Path, registry: PluginRegistry | None = None) -> Config:
     if registry is None:
         from agent.plugin import load_registry
 
-        types = {e.type for e in [*settings.sensors, *settings.actuators]}
+        types = {e.type for e in settings.sensors} | {e.type for e in settings.actuators}
         registry = load_registry(settings.agent.plugin_dirs, names=types)
     return resolve_plugins(path, settings, registry)

@@ -50,11 +50,13 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from agent.locks import InstanceLock, LockHeld
 
 log = logging.getLogger("agent.outbox")
+
+_R = TypeVar("_R")
 
 OUTBOX_FILE = "outbox.sqlite"
 STATUS_FILE = "outbox-status.json"
@@ -502,7 +504,7 @@ class Outbox:
 
     # -- plumbing between the loop and the database thread ---------------------------
 
-    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def _call(self, fn: Callable[..., _R], *args: Any) -> _R:
         thread = self._thread
         if thread is None or not thread.is_alive() or self._opening is None or not self._opening.done():
             if self._opening is not None and not self._opening.done():
@@ -510,7 +512,7 @@ class Outbox:
             else:
                 raise OutboxError("the outbox is not open")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[Any] = loop.create_future()
+        future: asyncio.Future[_R] = loop.create_future()
         self._jobs.put((fn, args, future, loop))
         return await future
 

@@ -10,6 +10,7 @@ rest of the agent runs on.
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import importlib.util
 import logging
@@ -74,7 +75,7 @@ class Sensor(ABC, Generic[O]):
     """
 
     type: ClassVar[str]
-    Options: ClassVar[type[PluginOptions]] = NoOptions
+    Options: ClassVar[builtins.type[PluginOptions]] = NoOptions
     quantities: ClassVar[Mapping[str, str]] = {}
     #: Seconds; the default poll interval when the config does not set one.
     default_interval: ClassVar[float] = 10.0
@@ -152,7 +153,7 @@ class Actuator(ABC, Generic[O]):
     """
 
     type: ClassVar[str]
-    Options: ClassVar[type[PluginOptions]] = NoOptions
+    Options: ClassVar[builtins.type[PluginOptions]] = NoOptions
 
     def __init__(self, actuator_id: str, options: O, hardware: Hardware) -> None:
         self.id = actuator_id
@@ -188,7 +189,7 @@ class PluginInfo:
 
     kind: str  # "sensor" | "actuator"
     type: str
-    cls: type
+    cls: builtins.type[Any]
     origin: str  # "entry point NAME (DIST)" or a file path
 
 

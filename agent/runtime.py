@@ -13,18 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from agent import clock
 from agent.actuation import ActuatorManager, Outcome
 from agent.config import Config, SensorSpec
 from agent.hardware import Hardware
 from agent.outbox import Outbox, cancel_and_wait
 from agent.pipeline import FilterChain, Reading, ReadingSink, Router
 from agent.plugin import Actuator, Sensor, SensorError
-from agent.scheduler import SensorRunner, SensorState, WorkerPool, describe_error
+from agent.scheduler import Readable, SensorRunner, SensorState, WorkerPool, describe_error
 
 if TYPE_CHECKING:
     from agent.ota.manager import OtaManager
@@ -110,8 +110,6 @@ class Agent:
         #: Blynk.Air updates (made with the Blynk link by build_links; None without one)
         self.ota: OtaManager | None = None
         if links is None:
-            from agent.links import build_links
-
             links = build_links(self)
         self.links = list(links)
         for link in self.links:
@@ -177,7 +175,7 @@ class Agent:
         loop = asyncio.get_running_loop()
 
         def sink(values: Mapping[str, Any]) -> None:
-            ts, mono = time.time(), time.monotonic()
+            ts, mono = clock.wall(), clock.monotonic()
             try:
                 loop.call_soon_threadsafe(self._emitted, entry.id, values, ts, mono)
             except RuntimeError:
@@ -192,7 +190,7 @@ class Agent:
         if handle is not None and not self._stopped:
             self._publish(handle, values, ts, mono, partial=True)
 
-    def _deliver(self, sensor: Sensor[Any], values: Mapping[str, Any] | None, ts: float, mono: float) -> None:
+    def _deliver(self, sensor: Readable, values: Mapping[str, Any] | None, ts: float, mono: float) -> None:
         handle = self.sensors.get(sensor.id)
         if handle is not None and not self._stopped:
             self._publish(handle, values, ts, mono, partial=False)
@@ -327,6 +325,97 @@ class Agent:
                 log.warning("sensor %s: close did not return within 2 s; abandoned", sensor_id)
             except Exception as exc:  # noqa: BLE001
                 log.warning("sensor %s: close failed: %s", sensor_id, describe_error(exc))
+
+
+def build_outbox(agent: Agent) -> Outbox:
+    """The outbox the agent's ``[outbox]`` section describes (in the state dir)."""
+    settings = agent.config.settings
+    return Outbox.from_settings(getattr(settings, "outbox", None), settings.agent.state_dir)
+
+
+def build_links(agent: Agent) -> list[Link]:
+    """The links the agent's config asks for (one per configured cloud), all
+    on one outbox (``agent.outbox``, made here when there is a link)."""
+    settings = agent.config.settings
+    links: list[Link] = []
+    if settings.blynk is None and settings.thingspeak is None:
+        return links
+    if agent.outbox is None:
+        agent.outbox = build_outbox(agent)
+    outbox = agent.outbox
+    if settings.blynk is not None:
+        from agent.links.blynk import BlynkLink
+        from agent.mqtt.status import LinkState
+        from agent.ota.manager import OtaManager
+
+        ota = OtaManager(
+            settings.ota,
+            settings.blynk,
+            settings.agent.state_dir,
+            config_path=agent.config.path,
+            restart=agent.request_restart,
+        )
+        blynk = BlynkLink(
+            settings.blynk,
+            settings.agent.state_dir,
+            on_command=agent.handle_command,
+            on_reboot=agent.request_restart,
+            on_ota=ota.offer,
+            outbox=outbox,
+        )
+        ota.send_event = blynk.event
+        ota.connected = lambda: blynk.status.state is LinkState.CONNECTED
+        agent.ota = ota
+        links.append(blynk)
+    if settings.thingspeak is not None:
+        from agent.links.thingspeak import ThingSpeakLink
+
+        link = ThingSpeakLink(
+            settings.thingspeak,
+            settings.agent.state_dir,
+            outbox,
+            on_command=_actuator_command(agent.actuation) if settings.thingspeak.commands else None,
+            last_command_at=_last_change_at(agent.actuation),
+        )
+        known = {a.entry.id for a in agent.config.actuators}
+        for command in settings.thingspeak.commands:
+            if command.actuator not in known:
+                log.error(
+                    "thingspeak: commands: actuator %r is not configured; its channel field is ignored",
+                    command.actuator,
+                )
+        if settings.thingspeak.channels:
+            agent.router.add_tap(link.tap)
+        links.append(link)
+    return links
+
+
+def _actuator_command(manager: ActuatorManager) -> Callable[[str, str], None]:
+    """``command(actuator_id, text)``: a command that names its actuator
+    (ThingSpeak), through the actuator manager and every safety rule."""
+
+    def command(actuator_id: str, text: str) -> None:
+        if actuator_id not in manager.slots:
+            log.warning("thingspeak: command for actuator %r ignored: it is not running", actuator_id)
+            return
+        manager.command(actuator_id, text, "thingspeak")
+
+    return command
+
+
+def _last_change_at(manager: ActuatorManager) -> Callable[[str], float | None]:
+    """When an actuator's output last changed (epoch s), whatever the source
+    (a command, a local input, a failsafe): a replayed ThingSpeak entry older
+    than that is stale."""
+
+    def last_change(actuator_id: str) -> float | None:
+        slot = manager.slots.get(actuator_id)
+        mono = slot.last_switch if slot is not None else None
+        if mono is None:
+            return None
+        return clock.wall_of(mono)
+
+    return last_change
 
 
 class _OpeningSensor:

@@ -20,13 +20,13 @@ import logging
 import math
 import queue
 import threading
-import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from agent.plugin import Sensor, SensorError
+from agent import clock
+from agent.plugin import SensorError
 
 log = logging.getLogger("agent.scheduler")
 
@@ -123,7 +123,21 @@ class SensorStats:
     lateness: deque[float] = field(default_factory=lambda: deque(maxlen=8192))
 
 
-Deliver = Callable[[Sensor[Any], Mapping[str, Any] | None, float, float], None]
+class Readable(Protocol):
+    """What a runner needs of a sensor: its id, a blocking read, a recovery hook."""
+
+    id: str
+
+    def read(self) -> Mapping[str, Any]:
+        """One blocking read (runs in a worker thread)."""
+        ...
+
+    def recover(self) -> None:
+        """Called before a retry after a failed read."""
+        ...
+
+
+Deliver = Callable[[Readable, Mapping[str, Any] | None, float, float], None]
 
 
 class SensorRunner:
@@ -139,7 +153,7 @@ class SensorRunner:
 
     def __init__(
         self,
-        sensor: Sensor[Any],
+        sensor: Readable,
         interval: float,
         timeout: float,
         pool: WorkerPool,
@@ -173,7 +187,7 @@ class SensorRunner:
             deadline = due + self.interval
             await self._slot(deadline)
             if self.on_tick is not None:
-                self.on_tick(time.monotonic())
+                self.on_tick(clock.monotonic())
             # next slot strictly in the future; slots we overran are skipped
             nxt = math.floor((loop.time() - start) / self.interval) + 1
             if nxt > k + 1:
@@ -192,7 +206,7 @@ class SensorRunner:
         retry = self.RETRY_INITIAL
         attempt = 0
         while True:
-            ts, mono = time.time(), time.monotonic()
+            ts, mono = clock.wall(), clock.monotonic()
             values, reason, hung = await self._attempt(attempt)
             if values is not None:
                 self._succeeded(values, ts, mono)
@@ -246,7 +260,7 @@ class SensorRunner:
     def _failed(self, state: SensorState, reason: str) -> None:
         if self.state is not state:
             if self.state in (SensorState.OK, SensorState.STARTING):
-                self.deliver(self.sensor, None, time.time(), time.monotonic())
+                self.deliver(self.sensor, None, clock.wall(), clock.monotonic())
             log.warning("sensor %s: %s; readings unavailable", self.sensor.id, reason)
         self.state = state
         self.last_error = reason

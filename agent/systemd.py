@@ -29,10 +29,11 @@ import logging
 import os
 import re
 import socket
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from agent import clock
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -206,7 +207,7 @@ def _describe_link(link: Any) -> str:
         text += f" ({reason[:60]})"
     retry_at = getattr(status, "retry_at", None)
     if state in (LinkState.BACKING_OFF, LinkState.REFUSED) and retry_at:
-        text += f", retry in {max(0, round(retry_at - time.time()))} s"
+        text += f", retry in {max(0, round(retry_at - clock.wall()))} s"
     return text
 
 
@@ -321,11 +322,11 @@ class ServiceNotifier:
         self._spawn(self._announce(agent), "systemd:ready")
 
     async def _announce(self, agent: Agent) -> None:
-        began = time.monotonic()
+        began = clock.monotonic()
         deadline = began + self.ready_timeout
-        while not links_attempted(agent.links) and time.monotonic() < deadline:  # noqa: ASYNC110 - polled
+        while not links_attempted(agent.links) and clock.monotonic() < deadline:  # noqa: ASYNC110 - polled
             await asyncio.sleep(0.05)
-        waited = time.monotonic() - began
+        waited = clock.monotonic() - began
         if not links_attempted(agent.links):
             log.warning(
                 "systemd: links still on their first connection attempt after %.0f s; ready anyway",

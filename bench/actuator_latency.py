@@ -396,7 +396,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure(count: int, interval: float) -> list[dict[str, Any]]:
     """Every path, one after the other, on one private broker."""
-    from tests.harness.broker import Broker
+    from tests.support.broker import Broker
 
     rows: list[dict[str, Any]] = []
     with (

@@ -40,8 +40,8 @@ ensure_importable()
 from agent.config import BlynkSection  # noqa: E402
 from agent.links.blynk import BlynkLink  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
-from tests.harness.broker import Broker  # noqa: E402
-from tests.harness.cloud import CloudClient  # noqa: E402
+from tests.support.broker import Broker  # noqa: E402
+from tests.support.cloud import CloudClient  # noqa: E402
 
 NAME = "backfill_blynk"
 LIMIT = 1024

@@ -217,7 +217,7 @@ async def run_device(
 
 
 async def main_async(args: argparse.Namespace) -> int:
-    from tests.harness.broker import Broker
+    from tests.support.broker import Broker
 
     try:
         import paho.mqtt  # noqa: F401

@@ -20,8 +20,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.harness.broker import Broker  # noqa: E402 - after the path set-up
-from tests.harness.cloud import CloudClient, Message  # noqa: E402
+from tests.support.broker import Broker  # noqa: E402 - after the path set-up
+from tests.support.cloud import CloudClient, Message  # noqa: E402
 
 
 def show(message: Message) -> None:

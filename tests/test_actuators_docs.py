@@ -23,9 +23,11 @@ import pytest
 
 from agent.actuators import BUILTIN
 from agent.config import LocalInput
-from tests.agent_builder import make_agent
-from tests.helpers import ROOT
+from tests.support.agent_builder import make_agent
+from tests.support.process import ROOT
 from tests.test_docs_config import check_table, section, table_with
+
+pytestmark = pytest.mark.unit
 
 DOC = ROOT / "docs" / "actuators.md"
 LINES = DOC.read_text(encoding="utf-8").splitlines()

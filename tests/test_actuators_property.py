@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.actuators import ServoOptions
-from tests.test_actuators_support import actuator_agent, pin
-from tests.test_blynk_support import AgentThread, blynk_of
+from tests.support.actuators import actuator_agent, pin
+from tests.support.blynk import AgentThread, blynk_of
 
 ACTUATORS = """
 [[actuators]]

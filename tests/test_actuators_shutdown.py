@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ROOT, agent_env, spawn_agent
-from tests.test_actuators_support import actuator_agent, connected, echoes, levels
-from tests.test_blynk_support import config_text, run, running
+from tests.support.actuators import actuator_agent, connected, echoes, levels
+from tests.support.blynk import config_text, run, running
+from tests.support.process import ROOT, agent_env, spawn_agent
 
 SHUTDOWN = """
 [[actuators]]

@@ -19,8 +19,8 @@ import pytest
 
 from agent.actuators import BUILTIN, Beep, Buzzer, Motor, Pwm, Refused, Relay, Rgb, Servo
 from agent.hardware import Hardware
-from tests.test_actuators_support import actuator_agent, connected, echoes, levels, pin
-from tests.test_blynk_support import run, running
+from tests.support.actuators import actuator_agent, connected, echoes, levels, pin
+from tests.support.blynk import run, running
 
 
 def make(cls: type, **options: Any) -> Any:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import time
 from typing import Any
 
 import pytest
@@ -24,6 +23,9 @@ from agent.links.blynk_format import (
     truncate_utf8,
 )
 from agent.links.ratelimit import SlidingWindowLimiter
+from tests.support.virtual_time import run_virtual
+
+pytestmark = pytest.mark.unit
 
 
 def strict_json(data: bytes) -> Any:
@@ -239,18 +241,17 @@ def test_limiter_below_one_per_window(rate: float) -> None:
     assert all(g >= 1 / rate - 1e-9 for g in gaps), gaps
 
 
-def test_limiter_acquire_real_clock() -> None:
+def test_limiter_acquire_on_the_loop_clock() -> None:
+    """acquire() waits on the loop's clock: on virtual time the instants are exact."""
     lim = SlidingWindowLimiter(50, window=0.2)  # 10 per 0.2 s
 
     async def go() -> list[float]:
         out = []
         for _ in range(35):
             await lim.acquire()
-            out.append(time.monotonic())
+            out.append(asyncio.get_running_loop().time())
         return out
 
-    stamps = asyncio.run(go())
-    assert stamps[9] - stamps[0] < 0.05  # the first ten go at once (no added delay)
-    for i in range(len(stamps) - 10):
-        assert stamps[i + 10] - stamps[i] >= 0.2
-    assert stamps[-1] - stamps[0] < 0.2 * 3 + 0.15  # and it does not wait longer than needed
+    stamps = run_virtual(go())
+    # ten at once (no added delay), then each ten exactly one window after the previous ten
+    assert stamps == pytest.approx([0.2 * (i // 10) for i in range(35)])

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from agent.mqtt.url import parse_server_url
-from tests.test_blynk_support import (
+from tests.support.blynk import (
     AgentThread,
     blynk_of,
     build_agent,

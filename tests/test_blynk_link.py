@@ -22,7 +22,7 @@ import pytest
 import agent as agent_pkg
 from agent.mqtt.status import LinkState
 from agent.version import BUILD_FORMAT
-from tests.test_blynk_support import (
+from tests.support.blynk import (
     TEMPLATE,
     blynk_of,
     build_agent,

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import ROOT, agent_env
-from tests.test_blynk_support import blynk_of, build_agent, command_roundtrip_sync, config_text, run, running
+from tests.support.blynk import blynk_of, build_agent, command_roundtrip_sync, config_text, run, running
+from tests.support.process import ROOT, agent_env
 
 EXIT_RESTART = 75
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from agent.mqtt.status import LinkState, LinkStatus
-from tests.test_blynk_support import blynk_of, build_agent, device_messages, reading, run, running, until
+from tests.support.blynk import blynk_of, build_agent, device_messages, reading, run, running, until
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import pytest
 from agent.links.blynk import BlynkLink
 from agent.mqtt.status import LinkState
 from agent.mqtt.url import parse_server_url
-from tests.test_blynk_support import (
+from tests.support.blynk import (
     blynk_of,
     build_agent,
     command_roundtrip,

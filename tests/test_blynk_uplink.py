@@ -14,9 +14,7 @@ from typing import Any
 from agent.links.blynk_format import json_value, text_value
 from agent.mqtt import MqttSession
 from agent.mqtt.status import LinkState
-from tests.harness.broker import Broker
-from tests.harness.cloud import CloudClient
-from tests.test_blynk_support import (
+from tests.support.blynk import (
     blynk_of,
     build_agent,
     command_roundtrip,
@@ -28,6 +26,8 @@ from tests.test_blynk_support import (
     uid,
     until,
 )
+from tests.support.broker import Broker
+from tests.support.cloud import CloudClient
 
 LIMIT = 1024  # Blynk.Cloud: topic + payload
 

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from agent import __version__
-from tests.helpers import EXAMPLES, edge_agent, spawn_agent
+from tests.support.process import EXAMPLES, edge_agent, spawn_agent
 
 DROP_IN = '''
 from agent.plugin import PluginOptions, Sensor

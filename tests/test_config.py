@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config, load_settings
-from tests.helpers import EXAMPLES, agent_env, edge_agent
+from tests.support.process import EXAMPLES, agent_env, edge_agent
 
 GOOD = """
 [agent]

@@ -56,7 +56,7 @@ from agent.config import (
 )
 from agent.pipeline import FILTERS, FilterChain, FilterSpec, Reading
 from agent.plugin import load_registry
-from tests.helpers import ROOT, agent_env
+from tests.support.process import ROOT, agent_env
 
 DOC = ROOT / "docs" / "config.md"
 DUMMY_SECRET = "dummy-secret"

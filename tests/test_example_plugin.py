@@ -28,7 +28,7 @@ import pytest
 
 from agent.hardware import Hardware
 from agent.plugin import PluginRegistry, Sensor, SensorError
-from tests.helpers import EXAMPLES, ROOT, agent_env, edge_agent
+from tests.support.process import EXAMPLES, ROOT, agent_env, edge_agent
 
 DOC = ROOT / "docs" / "plugins.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```[ \t]*$", re.S | re.M)

@@ -19,8 +19,8 @@ from smbus2 import i2c_msg
 from websockets.asyncio.client import connect as ws_connect
 
 from agent.sim.i2c import FakeI2C, FakeI2CDevice, FakeSMBus, I2COp, RegisterDevice
-from tests.harness.broker import Broker, free_port
-from tests.harness.cloud import CloudClient, Message, topic_matches
+from tests.support.broker import Broker, free_port
+from tests.support.cloud import CloudClient, Message, topic_matches
 
 
 # --------------------------------------------------------------------------

@@ -6,7 +6,7 @@ installed from the project's wheel (the path an OTA update takes) to test a
 config that is already there, a config that fails ``edge-agent check``,
 ``--uninstall`` and ``--purge``. Dependencies come from a wheelhouse filled
 once per session with ``pip wheel`` (PyPI or pip's cache; the ``wheelhouse``
-fixture of :mod:`tests.harness.ota`), and installs run ``--offline`` from it.
+fixture of :mod:`tests.support.ota`), and installs run ``--offline`` from it.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import pytest
 
 from agent import releases
 from agent.releases import ReleaseError, current_release, flip_current, list_releases, prune_releases
-from tests.harness.broker import free_port
+from tests.support.broker import free_port
 
 SRC = Path(__file__).resolve().parent.parent
 INSTALL = SRC / "install.sh"

@@ -11,12 +11,15 @@ import asyncio
 import inspect
 
 import gmqtt
+import pytest
 from gmqtt.mqtt import handler as gmqtt_handler
 from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.protocol import MQTTProtocol
 from gmqtt.storage import PersistentStorage
 
 from agent.mqtt._gmqtt import GMQTT_VERSION, AckTracker, GmqttClient, GmqttLogAdapter, connect_error_code
+
+pytestmark = pytest.mark.unit
 
 
 def test_pinned_version() -> None:

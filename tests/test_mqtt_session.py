@@ -1,4 +1,4 @@
-"""MqttSession against a real mosquitto (tests/harness): every transport, refusals,
+"""MqttSession against a real mosquitto (tests/support): every transport, refusals,
 restarts, size caps, clean sessions, redirects between listeners, acknowledgements.
 
 Each test runs the session in-process with ``asyncio.run`` and talks to it
@@ -26,6 +26,7 @@ from agent.mqtt import (
     MqttSession,
     NotConnected,
 )
+from tests.support.waiting import until
 
 Received = list[tuple[str, bytes, int]]
 
@@ -33,18 +34,6 @@ Received = list[tuple[str, bytes, int]]
 def run(coro: Any, timeout: float = 20.0) -> Any:
     """Run a scenario in a fresh event loop, bounded."""
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` on the loop until truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.005)
 
 
 def uid() -> str:

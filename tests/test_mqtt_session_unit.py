@@ -10,8 +10,6 @@ import asyncio
 import logging
 import random
 import socket
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -27,18 +25,11 @@ from agent.mqtt import (
     parse_server_url,
 )
 from agent.mqtt.topics import redact_topic as _redact_topic
+from tests.support.waiting import until
 
 
 def run(coro: Any, timeout: float = 10.0) -> Any:
     return asyncio.run(asyncio.wait_for(coro, timeout))
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 def closed_port() -> int:

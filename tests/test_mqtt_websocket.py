@@ -16,6 +16,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from agent.mqtt import WebSocketHandshakeError, parse_server_url
 from agent.mqtt.websocket import open_websocket
+from tests.support.waiting import until as _until
 
 
 class RecordingProtocol(asyncio.Protocol):
@@ -38,14 +39,6 @@ class RecordingProtocol(asyncio.Protocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         self.lost.append(exc)
         self.lost_event.set()
-
-
-async def _until(predicate: Any, timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
 
 
 def _run(coro: Any) -> Any:

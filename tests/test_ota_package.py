@@ -17,8 +17,8 @@ from agent.ota.package import MANIFEST, PackageError, open_package, pack
 from agent.ota.tag import BlynkTag, find_tags
 from agent.ota.trial import OtaState, Trial, load_state, on_start, roll_back, save_state, state_path
 from agent.releases import current_release, flip_current
-from tests.harness.ota import BUILD, SRC, TEMPLATE, Packages, fake_release_root
-from tests.helpers import ROOT, agent_env
+from tests.support.ota import BUILD, SRC, TEMPLATE, Packages, fake_release_root
+from tests.support.process import ROOT, agent_env
 
 
 def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:

@@ -2,7 +2,7 @@
 
 ``edge-agent ota install`` runs the same stage-and-swap an update from
 Blynk.Air runs. A dry run lists every point where it changes the file system
-or starts a process (:mod:`tests.harness.killpoint`); then, for each distinct
+or starts a process (:mod:`tests.support.killpoint`); then, for each distinct
 point (and, for each process it starts, once more while that process runs),
 a fresh run is killed there with SIGKILL, process group and all. After each
 cut: ``current`` names a release whose ``release.json`` exists and whose
@@ -23,8 +23,8 @@ from typing import Any
 
 from agent.ota.trial import load_state, state_path
 from agent.releases import MARKER, RELEASES, current_release, flip_current
-from tests.harness.ota import TEMPLATE, Packages, make_release_root, tree
-from tests.helpers import ROOT, agent_env
+from tests.support.ota import TEMPLATE, Packages, make_release_root, tree
+from tests.support.process import ROOT, agent_env
 
 
 def config(root: Path) -> Path:
@@ -47,7 +47,7 @@ def install(root: Path, package: Path, point: str, log: Path) -> subprocess.Comp
         [
             sys.executable,
             "-m",
-            "tests.harness.killpoint",
+            "tests.support.killpoint",
             str(log),
             point,
             "--",

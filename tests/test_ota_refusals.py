@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from agent.releases import current_release
-from tests.harness.ota import Packages, PackageServer, fake_release_root, offer_for, tree
-from tests.test_blynk_support import build_agent, run, running, until
+from tests.support.blynk import build_agent, run, running, until
+from tests.support.ota import Packages, PackageServer, fake_release_root, offer_for, tree
 
 OTA = {"allowed_hosts": ["localhost"], "attempts": 2, "retry_delay": 0.05, "event": "ota"}
 

@@ -9,6 +9,8 @@ import pytest
 from agent.ota.tag import MAGIC, BlynkTag, TagError, check_value, find_tags, read_tag
 from agent.ota.versions import VersionError, is_newer, package_version
 
+pytestmark = pytest.mark.unit
+
 
 def test_encoding_is_blynks_layout() -> None:
     tag = BlynkTag("1.2.0", "TMPL87mTr-1PZ", "Mar 05 2024 18:29:27")

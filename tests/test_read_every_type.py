@@ -40,7 +40,7 @@ from typing import Any
 import pytest
 
 from agent.plugin import SENSOR_GROUP, Sensor
-from tests.helpers import ROOT, agent_env, edge_agent
+from tests.support.process import ROOT, agent_env, edge_agent
 
 #: The smallest valid options of each built-in type, as TOML lines of its
 #: [[sensors]] table ("" = every option has a default).

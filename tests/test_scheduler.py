@@ -12,7 +12,9 @@ import pytest
 
 from agent.plugin import Sensor
 from agent.scheduler import SensorRunner, SensorState, WorkerPool
-from tests.agent_builder import make_agent, run_agent
+from tests.support.agent_builder import make_agent, run_agent
+from tests.support.process import EXAMPLES
+from tests.support.waiting import until
 
 
 def sensors_toml(**faults: str) -> str:
@@ -48,19 +50,6 @@ def test_good_sensors_keep_cadence_beside_raising_and_hanging_ones(tmp_path, cap
     stuck = agent.sensors["stuck"].runner.stats
     assert stuck.timeouts == 1 and stuck.reads == 1
     assert agent.sensors["bad"].runner.stats.failures >= 15
-
-
-def test_lateness_stays_small_and_slots_do_not_drift(tmp_path):
-    toml = '[[sensors]]\nid = "slow"\ntype = "simulated"\ninterval = 0.05\ntimeout = 1\nread_delay = 0.02\n'
-    agent = make_agent(tmp_path, toml)
-    t0 = time.monotonic()
-    readings = run_agent(agent, 1.5)
-    monos = [r.mono - t0 for r in readings]
-    assert 29 <= len(monos) <= 31
-    # a drifting loop (sleep(interval) after a 20 ms read) would need 2.1 s for 30 reads
-    assert monos[-1] < 1.55
-    lateness = sorted(agent.sensors["slow"].runner.stats.lateness)
-    assert lateness[int(len(lateness) * 0.99) - 1] < 0.02
 
 
 class Flaky(Sensor):
@@ -159,7 +148,7 @@ def test_worker_pool_shutdown_does_not_wait_for_a_hung_call():
             await asyncio.wait_for(asyncio.shield(fut), 0.1)
         t = time.monotonic()
         pool.shutdown()
-        assert time.monotonic() - t < 0.05
+        assert time.monotonic() - t < 1.0  # a pool that joined the hung worker would wait 30 s
 
     asyncio.run(main())
     release.set()
@@ -168,26 +157,26 @@ def test_worker_pool_shutdown_does_not_wait_for_a_hung_call():
 def test_sensor_that_fails_to_open_is_reported_and_retried(tmp_path, caplog):
     marker = tmp_path / "value.txt"
     toml = (
-        '[agent]\npin_factory = "mock"\nplugin_dirs = ["'
-        + str(__import__("tests.helpers").helpers.EXAMPLES / "plugins.d")
-        + '"]\n'
+        '[agent]\npin_factory = "mock"\nplugin_dirs = ["' + str(EXAMPLES / "plugins.d") + '"]\n'
         f'[[sensors]]\nid = "file"\ntype = "text_file"\npath = "{marker}"\ninterval = 0.1\n'
         '[[sensors]]\nid = "ok"\ntype = "simulated"\ninterval = 0.1\n'
     )
     agent = make_agent(tmp_path, toml)
+    readings: list = []
+    failed = f"sensor file: open failed: {marker} does not exist; readings unavailable"
 
     async def plug_in_later(agent) -> None:
-        await asyncio.sleep(0.35)
+        await until(lambda: failed in caplog.text, 10, "open failure reported")
         marker.write_text("42\n")
-        await asyncio.sleep(0.4)
+        await until(lambda: any(r.sensor == "file" and r.value == 42.0 for r in readings), 10, "value after plug-in")
 
     caplog.set_level(logging.INFO, logger="agent")
-    readings = run_agent(agent, 0, during=plug_in_later)
+    agent.router.add_tap(readings.append)
+    run_agent(agent, 0, during=plug_in_later)
     values = [r.value for r in readings if r.sensor == "file"]
     assert values[0] is None and values[-1] == 42.0
-    assert f"sensor file: open failed: {marker} does not exist; readings unavailable" in caplog.text
     assert "sensor file: recovered" in caplog.text
-    assert sum(1 for r in readings if r.sensor == "ok") >= 6
+    assert any(r.sensor == "ok" and r.value is not None for r in readings)  # the other sensor ran throughout
 
 
 def test_stop_always_returns_even_when_a_cancel_lands_on_a_finishing_read(tmp_path):

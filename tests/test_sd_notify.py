@@ -276,7 +276,7 @@ def test_ready_when_the_cloud_is_unreachable(
 ) -> None:
     """No broker at all: the first attempt fails at once, so READY comes
     promptly (the device works offline) with the link's state in the status."""
-    from tests.harness.broker import free_port
+    from tests.support.broker import free_port
 
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(tmp_path))
     listener = notify_env

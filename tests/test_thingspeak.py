@@ -27,9 +27,9 @@ import pytest
 from agent.links.thingspeak import ThingSpeakLink, bulk_entries, form_payload
 from agent.mqtt.status import LinkState
 from agent.outbox import DROP_SKIPPED, Entry
-from tests.agent_builder import make_agent
-from tests.harness.broker import Broker
-from tests.test_blynk_support import run, running, until
+from tests.support.agent_builder import make_agent
+from tests.support.blynk import run, running, until
+from tests.support.broker import Broker
 
 INTERVAL = 1.5
 #: receive-time tolerance when checking the spacing of two updates: the link

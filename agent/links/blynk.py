@@ -33,13 +33,13 @@ import asyncio
 import json
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent import clock
 from agent.config import BlynkSection
 from agent.links.blynk_format import (
     Point,
@@ -94,7 +94,7 @@ REDIRECT_WINDOW = 300.0
 #: connect failures on a redirected server before going back to the configured one
 REDIRECT_FAILURES_BEFORE_FALLBACK = 3
 
-CommandHandler = Callable[[str, str], None]
+CommandHandler = Callable[[str, str], object]
 #: receives the raw ``downlink/ota/json`` payload (:meth:`agent.ota.manager.OtaManager.offer`)
 OtaHandler = Callable[[str], None]
 
@@ -131,7 +131,7 @@ class Backfill:
 
     def info(self) -> dict[str, Any]:
         """For the status file: progress and drain rate."""
-        elapsed = max(1e-6, time.monotonic() - self.started) if self.active else 0.0
+        elapsed = max(1e-6, clock.monotonic() - self.started) if self.active else 0.0
         return {
             "active": self.active,
             "sent": self.sent,
@@ -312,8 +312,8 @@ class BlynkLink:
     def event(self, code: str, description: str = "") -> bool:
         """Log a Blynk event; refused (False) when Blynk's limits would be
         broken: 1 s between events of one code, 100 events a day."""
-        now = time.monotonic()
-        day = int(time.time() // 86400)
+        now = clock.monotonic()
+        day = int(clock.wall() // 86400)
         if self._event_day[0] != day:
             self._event_day = (day, 0)
         if now - self._events.get(code, -1e9) < EVENT_MIN_GAP or self._event_day[1] >= EVENTS_PER_DAY:
@@ -452,7 +452,7 @@ class BlynkLink:
             self._backfill_done()
             return None
         live_from = self._live_since_ms()
-        now_ms = int(time.time() * 1000)
+        now_ms = int(clock.wall() * 1000)
         head = window[0]
         backlog = head.ts_ms < live_from or now_ms - head.ts_ms > LIVE_MAX_DELAY_MS
         after_id = 0
@@ -530,7 +530,7 @@ class BlynkLink:
         status = self.session.status
         if status.state is LinkState.CONNECTED:
             return int(min(status.since, self._attempt_since or status.since) * 1000)
-        return int(time.time() * 1000) + 1
+        return int(clock.wall() * 1000) + 1
 
     async def _drop_out_of_window(self, window: list[Entry]) -> list[Entry]:
         """Drop (and count) readings Blynk would refuse: more than a month old
@@ -538,7 +538,7 @@ class BlynkLink:
         is left of the window, fetching further while whole windows go."""
         dropped = 0
         while True:
-            now_ms = int(time.time() * 1000)
+            now_ms = int(clock.wall() * 1000)
             stale = [e.id for e in window if abs(now_ms - e.ts_ms) > MAX_AGE_MS]
             if not stale:
                 break
@@ -551,7 +551,7 @@ class BlynkLink:
             window = await self.outbox.fetch(NAME, WINDOW)
         if dropped:
             self.counters.points_dropped += dropped
-            now = time.monotonic()
+            now = clock.monotonic()
             if now - self._too_old_logged >= 60 or not self._too_old_logged:
                 self._too_old_logged = now
                 log.warning(
@@ -564,7 +564,7 @@ class BlynkLink:
     def _backfill_progress(self, head: Entry) -> None:
         """A backlog message is next: start or report the backfill."""
         b = self.backfill
-        now = time.monotonic()
+        now = clock.monotonic()
         if not b.active:
             b.active, b.started, b.sent, b.last_log = True, now, 0, now
             b.total = self.outbox.depth(NAME)
@@ -572,7 +572,7 @@ class BlynkLink:
                 log.info(
                     "blynk: backfill of %d readings started (oldest taken %s ago)",
                     b.total,
-                    _ago(time.time() - head.ts_ms / 1000),
+                    _ago(clock.wall() - head.ts_ms / 1000),
                 )
             return
         b.total = max(b.total, b.sent + self.outbox.depth(NAME))
@@ -585,14 +585,14 @@ class BlynkLink:
                 b.total,
                 info["percent"],
                 info["rate"],
-                _ago(time.time() - head.ts_ms / 1000),
+                _ago(clock.wall() - head.ts_ms / 1000),
             )
 
     def _backfill_done(self) -> None:
         b = self.backfill
         if not b.active:
             return
-        took = time.monotonic() - b.started
+        took = clock.monotonic() - b.started
         b.active = False
         if b.total >= BACKFILL_LOG_MIN:
             log.info(
@@ -723,7 +723,7 @@ class BlynkLink:
             # raw payload is not logged, it may carry a password
             log.warning("blynk: redirect refused: %s", str(exc)[:300])
             return
-        now = time.monotonic()
+        now = clock.monotonic()
         recent = [u for t, u in self._redirects.history if now - t < REDIRECT_WINDOW]
         if len(recent) >= REDIRECT_LIMIT or endpoint.url in recent[-REDIRECT_LIMIT:-1]:
             log.error(
@@ -754,7 +754,7 @@ class BlynkLink:
         if not isinstance(data, dict) or not isinstance(data.get("time"), (int, float)):
             raise ValueError("utc answer without a numeric 'time'")
         self.utc = data
-        offset = time.time() - data["time"] / 1000
+        offset = clock.wall() - data["time"] / 1000
         log.info("blynk: server time %s (%s); local clock off by %.1f s", data["time"], data.get("tz_name"), offset)
         for listener in self.utc_listeners:
             listener(data)
@@ -792,7 +792,7 @@ class BlynkLink:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             tmp = self._redirect_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"configured": self._configured.url, "server": endpoint.url, "at": time.time()}))
+            tmp.write_text(json.dumps({"configured": self._configured.url, "server": endpoint.url, "at": clock.wall()}))
             tmp.replace(self._redirect_file)
         except OSError as exc:
             log.warning("blynk: could not remember the redirect in %s: %s", self._redirect_file, exc)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import deque
+
+from agent import clock
 
 
 class SlidingWindowLimiter:
@@ -26,7 +27,7 @@ class SlidingWindowLimiter:
 
     def delay(self, now: float | None = None) -> float:
         """Seconds until a message may go (0 when it may go now)."""
-        now = time.monotonic() if now is None else now
+        now = clock.monotonic() if now is None else now
         while self._sent and now - self._sent[0] >= self.window:
             self._sent.popleft()
         if len(self._sent) < self.slots:
@@ -37,4 +38,4 @@ class SlidingWindowLimiter:
         """Wait for a place, then take it."""
         while (wait := self.delay()) > 0:  # noqa: ASYNC110 - waits for time, not for an event
             await asyncio.sleep(wait)
-        self._sent.append(time.monotonic())
+        self._sent.append(clock.monotonic())

@@ -47,7 +47,6 @@ import asyncio
 import json
 import logging
 import ssl
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -59,6 +58,7 @@ from urllib.parse import quote
 
 from pydantic import SecretStr
 
+from agent import clock
 from agent.config import ThingSpeakSection
 from agent.locks import InstanceLock, LockHeld
 from agent.mqtt import MqttSession, build_ssl_context
@@ -258,7 +258,7 @@ class ThingSpeakLink:
         self.outbox = outbox if outbox is not None else Outbox(self.state_dir / f"outbox-{NAME}.sqlite")
         self.on_command = on_command
         self.last_command_at = last_command_at
-        self.started_at = time.time()
+        self.started_at = clock.wall()
         self._enabled = False
         self._channels: dict[int, _Channel] = {}
         if settings.channel_id is not None:
@@ -368,7 +368,7 @@ class ThingSpeakLink:
     def status_info(self) -> dict[str, Any]:
         """What the link is doing, for the status file and ``edge-agent status``."""
         s = self.session.status
-        now = time.time()
+        now = clock.wall()
         return {
             "state": s.state.value,
             "reason": s.reason,
@@ -438,7 +438,7 @@ class ThingSpeakLink:
                 if not await self._has_rows(ch):
                     await ch.wake.wait()
                     continue
-                delay = ch.next_allowed - time.monotonic()
+                delay = ch.next_allowed - clock.monotonic()
                 if delay > 0:
                     await asyncio.sleep(delay)
                 if not self.session.connected:
@@ -452,14 +452,14 @@ class ThingSpeakLink:
                 backlog_before_ms = self._backlog_before_ms()
                 bulk = ch.write_api_key is not None and not ch.bulk_disabled
                 if bulk and await self._has_backlog(ch, backlog_before_ms):
-                    if time.monotonic() < ch.bulk_backoff:
-                        await asyncio.sleep(ch.bulk_backoff - time.monotonic())
-                    ch.next_allowed = time.monotonic() + interval + SAFETY_MARGIN
+                    if clock.monotonic() < ch.bulk_backoff:
+                        await asyncio.sleep(ch.bulk_backoff - clock.monotonic())
+                    ch.next_allowed = clock.monotonic() + interval + SAFETY_MARGIN
                     await self._bulk(ch)
                     continue
                 sent = await self._publish_latest(ch, backlog_before_ms)
                 if sent:
-                    ch.next_allowed = time.monotonic() + interval + SAFETY_MARGIN
+                    ch.next_allowed = clock.monotonic() + interval + SAFETY_MARGIN
                 elif self.session.connected:
                     await asyncio.sleep(1.0)  # refused for another reason: never spin
             except asyncio.CancelledError:
@@ -473,7 +473,7 @@ class ThingSpeakLink:
     def _backlog_before_ms(self) -> int:
         """Readings measured before this epoch-ms time are a backlog: an update
         due now covers the last interval, and these are older than that."""
-        return int((time.time() - self.settings.min_interval - SAFETY_MARGIN - BACKLOG_GRACE) * 1000)
+        return int((clock.wall() - self.settings.min_interval - SAFETY_MARGIN - BACKLOG_GRACE) * 1000)
 
     async def _has_rows(self, ch: _Channel) -> bool:
         if self.outbox.depth(NAME) == 0:
@@ -518,7 +518,7 @@ class ThingSpeakLink:
         except MqttSessionError as exc:
             log.warning("thingspeak: channel %d: publish failed: %s", ch.id, exc)
             return False
-        ch.last_update_at = time.time()
+        ch.last_update_at = clock.wall()
         ch.counters.updates += 1
         ch.counters.readings_sent += len(latest)
         through = {ch.target(n): e.id for n, e in latest.items()}
@@ -556,14 +556,14 @@ class ThingSpeakLink:
         """One bulk update: the oldest waiting readings as at most 960 entries."""
         per_field: dict[int, list[Entry]] = {}
         for field_no in sorted(ch.fields):
-            rows = await self.outbox.fetch(NAME, BULK_ROWS_PER_FIELD, target=ch.target(field_no))
-            if rows:
-                per_field[field_no] = rows
+            fetched = await self.outbox.fetch(NAME, BULK_ROWS_PER_FIELD, target=ch.target(field_no))
+            if fetched:
+                per_field[field_no] = fetched
         if not per_field:
             return
         # every field must be complete up to the same time: cut at the earliest
         # last reading among the fields whose rows were cut by the limit
-        cut = min((rows[-1].ts_ms for rows in per_field.values() if len(rows) == BULK_ROWS_PER_FIELD), default=None)
+        cut = min((es[-1].ts_ms for es in per_field.values() if len(es) == BULK_ROWS_PER_FIELD), default=None)
         rows = [(n, e) for n, es in per_field.items() for e in es if cut is None or e.ts_ms <= cut]
         names = {"lat": "latitude", "long": "longitude"}
         extra = {names.get(k, k): v for k, v in self._extras(ch, status=False).items()}
@@ -574,7 +574,7 @@ class ThingSpeakLink:
             limit_ms = int(last.timestamp()) * 1000 + 1000  # created_at is the newest reading, to the second
             rows = [(n, e) for n, e in rows if e.ts_ms < limit_ms]
         if ch.backfill_started is None:
-            ch.backfill_started = time.monotonic()
+            ch.backfill_started = clock.monotonic()
             log.info(
                 "thingspeak: channel %d: backfill of %d waiting readings over HTTPS started",
                 ch.id,
@@ -608,14 +608,14 @@ class ThingSpeakLink:
             ch.counters.bulk_failures += 1
             ch.bulk_failures_in_row += 1
             wait = min(BULK_RETRY_MAX, self.settings.min_interval * 2 ** min(ch.bulk_failures_in_row, 10))
-            ch.bulk_backoff = time.monotonic() + wait
+            ch.bulk_backoff = clock.monotonic() + wait
             log.warning("thingspeak: channel %d: bulk update failed (%s); retrying in %.0f s", ch.id, exc, wait)
             return
         ch.bulk_backoff = 0.0
         ch.bulk_failures_in_row = 0
         ch.bulk_rejected_in_row = 0
         acked, _ = await self.outbox.settle(NAME, self._through(ch, rows))
-        ch.last_update_at = time.time()
+        ch.last_update_at = clock.wall()
         ch.counters.bulk_entries += len(entries)
         fields_sent = sum(len(e) - 1 - len(extra) for e in entries)
         ch.counters.readings_sent += fields_sent
@@ -629,7 +629,7 @@ class ThingSpeakLink:
             "more waiting" if left else "done",
         )
         if not left or not await self._has_backlog(ch, self._backlog_before_ms()):
-            took = time.monotonic() - (ch.backfill_started or time.monotonic())
+            took = clock.monotonic() - (ch.backfill_started or clock.monotonic())
             log.info("thingspeak: channel %d: backfill done in %.0f s", ch.id, took)
             ch.backfill_started = None
 
@@ -681,7 +681,7 @@ class ThingSpeakLink:
         if status.state is LinkState.CONNECTING:
             # the session subscribes (again) before it reports connected, and the
             # broker replays each channel's last entry right after the SUBACK
-            now = time.monotonic()
+            now = clock.monotonic()
             for feed in self._feeds.values():
                 feed.subscribed_at = now
                 feed.replay_pending = True
@@ -709,7 +709,7 @@ class ThingSpeakLink:
             raise ValueError("entry is not a JSON object")
         entry_id = int(entry.get("entry_id") or 0)
         created = _parse_time(entry.get("created_at"))
-        replay = feed.replay_pending and time.monotonic() - feed.subscribed_at <= REPLAY_WINDOW
+        replay = feed.replay_pending and clock.monotonic() - feed.subscribed_at <= REPLAY_WINDOW
         feed.replay_pending = False
         if entry_id and entry_id <= feed.last_entry_id:
             log.debug("thingspeak: channel %d entry %d already handled", channel, entry_id)
@@ -751,7 +751,7 @@ class ThingSpeakLink:
         return last
 
     def _command(self, follow: _Follow, text: str, entry_id: int, replay: bool) -> None:
-        self._last_command[follow.actuator] = time.time()
+        self._last_command[follow.actuator] = clock.wall()
         log.info(
             "thingspeak: channel %d field%d entry %d%s -> actuator %s: %r",
             follow.channel,

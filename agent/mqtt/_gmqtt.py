@@ -99,7 +99,7 @@ class AckTracker(PersistentStorage):
                 future.set_exception(make_exc())
 
 
-class GmqttLogAdapter(logging.LoggerAdapter):
+class GmqttLogAdapter(logging.LoggerAdapter[logging.Logger]):
     """Routes one gmqtt client's log calls to our logger, prefixed with the link name.
 
     The session logs every event that matters itself (one line each), so gmqtt's
@@ -134,7 +134,7 @@ class GmqttClient(gmqtt.Client):
     optional ``opener`` that replaces TCP with another transport (WebSocket).
     """
 
-    def __init__(self, client_id: str, *, opener: Opener | None, logger: logging.LoggerAdapter) -> None:
+    def __init__(self, client_id: str, *, opener: Opener | None, logger: logging.LoggerAdapter[logging.Logger]) -> None:
         self.tracker = AckTracker()
         super().__init__(client_id, clean_session=True, persistent_storage=self.tracker, logger=logger)
         self.reconnect_retries = _NO_RECONNECTS
@@ -161,8 +161,8 @@ class GmqttClient(gmqtt.Client):
             )
             transport, protocol = await self._opener(factory)
             connection = MQTTConnection(
-                transport,  # type: ignore[arg-type]
-                protocol,  # type: ignore[arg-type]
+                transport,
+                protocol,
                 clean_session,
                 keepalive,
                 package_handler=self._package_handler,
@@ -196,7 +196,7 @@ class GmqttClient(gmqtt.Client):
                 self.idle_at_local_close = time.monotonic() - connection._last_data_in
             await original()
 
-        connection.close = close  # type: ignore[method-assign]
+        connection.close = close
 
     def lost_reason(self) -> str | None:
         """The exception text the transport reported when the connection went away, if any."""

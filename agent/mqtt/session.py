@@ -25,7 +25,6 @@ import inspect
 import logging
 import socket
 import ssl
-import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from functools import partial
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any, Literal, TypeVar
 
 import gmqtt
 from pydantic import SecretStr
+
+from agent import clock
 
 from ._gmqtt import GmqttClient, GmqttLogAdapter, close_client, connect_error_code
 from .backoff import Backoff, Jitter
@@ -318,7 +319,7 @@ class MqttSession:
         previous = self._status
         if previous.state is state and previous.reason == reason:
             return
-        self._status = LinkStatus(state, reason, time.time(), retry_at)
+        self._status = LinkStatus(state, reason, clock.wall(), retry_at)
         if state is LinkState.CONNECTED:
             self._connected.set()
         else:
@@ -706,7 +707,8 @@ class MqttSession:
         self._counters.connects += 1
         self._set_status(LinkState.CONNECTED, endpoint.url)
         assert self._wake is not None
-        await asyncio.wait({attempt.lost, self._wake}, return_when=asyncio.FIRST_COMPLETED)
+        ends: set[asyncio.Future[Any]] = {attempt.lost, self._wake}
+        await asyncio.wait(ends, return_when=asyncio.FIRST_COMPLETED)
         self._counters.disconnects += 1
         stayed_up = loop.time() - attempt.up_at >= self._backoff_reset_after
         if stayed_up:
@@ -728,7 +730,7 @@ class MqttSession:
 
     async def _pause(self, state: LinkState, reason: str, delay: float) -> None:
         """Enter ``state`` and wait ``delay`` seconds, or less if poked."""
-        self._set_status(state, reason, retry_at=time.time() + delay)
+        self._set_status(state, reason, retry_at=clock.wall() + delay)
         if self._stopping or self._wake is None:
             return
         await asyncio.wait({self._wake}, timeout=delay)
@@ -815,8 +817,9 @@ class MqttSession:
         task = asyncio.create_task(coro, name=f"mqtt:{self._name}:{job}", context=context)
         assert self._wake is not None
         try:
+            racers: set[asyncio.Future[Any]] = {task, attempt.lost, self._wake}
             done, _ = await asyncio.wait(
-                {task, attempt.lost, self._wake},
+                racers,
                 timeout=max(0.0, deadline - loop.time()),
                 return_when=asyncio.FIRST_COMPLETED,
             )

@@ -30,10 +30,10 @@ def _fail(message: str) -> int:
 
 def _settings(args: argparse.Namespace) -> Any:
     """The config's settings, or None when no config was given and none exists."""
-    from agent.cli import _config_path
+    from agent.cli_common import config_path
     from agent.config import load_settings
 
-    path = _config_path(args)
+    path = config_path(args)
     if not args.config and not path.exists():
         return None
     return load_settings(path)
@@ -41,7 +41,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
 def cmd_pack(args: argparse.Namespace) -> int:
     """Build an update package (see :func:`agent.ota.package.pack`)."""
-    from agent.cli import _print_config_error
+    from agent.cli_common import print_config_error
     from agent.config import ConfigError
     from agent.ota.package import PackageError, pack
 
@@ -50,7 +50,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
         try:
             settings = _settings(args)
         except ConfigError as exc:
-            return _print_config_error(exc)
+            return print_config_error(exc)
         blynk = getattr(settings, "blynk", None)
         if blynk is None:
             return _fail(
@@ -94,7 +94,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_install(args: argparse.Namespace) -> int:
     """Stage and swap a package file by hand, with the checks an update makes."""
-    from agent.cli import _config_path, _print_config_error, setup_logging
+    from agent.cli_common import config_path, print_config_error, setup_logging
     from agent.config import ConfigError, load_settings
     from agent.locks import InstanceLock, LockHeld
     from agent.ota.install import InstallError, TrialRules, stage_and_swap
@@ -104,11 +104,11 @@ def cmd_install(args: argparse.Namespace) -> int:
     from agent.version import version
 
     setup_logging(args.log_level or "info")
-    path = _config_path(args)
+    path = config_path(args)
     try:
         settings = load_settings(path)
     except ConfigError as exc:
-        return _print_config_error(exc)
+        return print_config_error(exc)
     root = args.state_dir or settings.agent.state_dir
     try:
         info = open_package(args.file)
@@ -149,7 +149,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """The releases, the trial and the update history of a state dir."""
-    from agent.cli import _print_config_error
+    from agent.cli_common import print_config_error
     from agent.config import ConfigError
     from agent.ota.trial import load_state
     from agent.releases import list_releases
@@ -157,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         settings = _settings(args)
     except ConfigError as exc:
-        return _print_config_error(exc)
+        return print_config_error(exc)
     root = args.state_dir or (settings.agent.state_dir if settings is not None else Path("/var/lib/edge-agent"))
     releases = list_releases(root)
     if not releases:

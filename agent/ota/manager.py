@@ -23,13 +23,13 @@ import contextlib
 import logging
 import shutil
 import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from agent import clock
 from agent.config import BlynkSection, OtaSection
 from agent.locks import InstanceLock, LockHeld
 from agent.ota.download import DownloadError, download, verify_headers
@@ -161,10 +161,10 @@ class OtaManager:
             return reason
         failed = load_state(self.root).failed.get(offer.key)
         if failed is not None:
-            wait = failed.get("at", 0) + self.settings.retry_after - time.time()
+            wait = failed.get("at", 0) + self.settings.retry_after - clock.wall()
             if wait > 0:
                 return (
-                    f"this package failed {age_text(time.time() - failed.get('at', 0))} ago ({failed.get('reason')}); "
+                    f"this package failed {age_text(clock.wall() - failed.get('at', 0))} ago ({failed.get('reason')}); "
                     f"not tried again for {age_text(wait)}"
                 )
         return None
@@ -328,7 +328,7 @@ class OtaManager:
 
         def remember() -> None:
             state = load_state(self.root)
-            state.failed[offer.key] = {"at": time.time(), "reason": reason[:300]}
+            state.failed[offer.key] = {"at": clock.wall(), "reason": reason[:300]}
             state.record(offer.version, "failed", reason[:300])
             save_state(self.root, state)
 
@@ -360,17 +360,17 @@ class OtaManager:
             self._pending_report = None
 
     async def _watch_trial(self, trial: Trial, ready: Callable[[], bool]) -> None:
-        began = time.monotonic()
+        began = clock.monotonic()
         deadline = began + trial.trial_timeout
         while not (ready() and self.connected()):
-            if time.monotonic() >= deadline:
+            if clock.monotonic() >= deadline:
                 await self._fail_trial(trial, f"not ready and connected within {trial.trial_timeout:.0f} s")
                 return
             await asyncio.sleep(0.1)
         log.info(
             "ota: %s: ready and connected after %.1f s; committing after %.0f s healthy",
             trial.version,
-            time.monotonic() - began,
+            clock.monotonic() - began,
             trial.healthy_period,
         )
         await asyncio.sleep(trial.healthy_period)

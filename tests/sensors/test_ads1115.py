@@ -24,6 +24,8 @@ from agent.sim.i2c import FakeI2C
 from sensors.ads1115 import ADS1115, code_to_volts, config_word, conversion_time_s, to_signed16
 from tests.sensors.support import Waits
 
+pytestmark = pytest.mark.unit
+
 # -- conversion math (no bus) ----------------------------------------------------
 
 

@@ -34,6 +34,8 @@ from sensors.aht20 import (
 )
 from tests.sensors.support import Waits
 
+pytestmark = pytest.mark.unit
+
 # Frames read from real AHT20s and published with their CRC byte.
 REAL_FRAME_A = bytes.fromhex("1c269a7642e776")
 REAL_FRAME_B = bytes.fromhex("1893ac952ac5b3")

@@ -47,6 +47,8 @@ from sensors.bmx280 import (
 )
 from tests.sensors.support import Waits
 
+pytestmark = pytest.mark.unit
+
 # BST-BMP280-DS001 §3.11.3 worked example: trimming parameters and raw values.
 EXAMPLE = dict(t1=27504, t2=26435, t3=-1000, p1=36477, p2=-10685, p3=3024, p4=2855,
                p5=140, p6=-7, p7=15500, p8=-14600, p9=6000)  # fmt: skip

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 
 from sensors._crc import crc8, word_with_crc
 
+pytestmark = pytest.mark.unit
+
 
 def test_datasheet_example_beef() -> None:
     # SHT3x-DIS datasheet Table 20: CRC(0xBEEF) = 0x92.

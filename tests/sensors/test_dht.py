@@ -23,6 +23,8 @@ from agent.sim import sysfs_models
 from sensors import dht
 from sensors.dht import DHT11, DHT22, milli_to_unit
 
+pytestmark = pytest.mark.unit
+
 IIO = "sys/bus/iio/devices"
 
 

@@ -38,6 +38,8 @@ from sensors.ds18b20 import (
     parse_w1_slave,
 )
 
+pytestmark = pytest.mark.unit
+
 PROBE_A = "28-0316a27942ff"
 PROBE_B = "28-01187b2c4e11"
 

@@ -8,7 +8,6 @@ the value), so the debouncing seen here is the driver's own ``EdgeFilter``.
 from __future__ import annotations
 
 import queue
-import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -54,33 +53,26 @@ def bound(sensor: Any) -> Sink:
 # -- Button
 
 
-def test_button_press_reaches_the_sink_at_once(gpio_hardware: Any, open_sensor: Any, record_property: Any) -> None:
+def test_button_press_reaches_the_sink_at_once(gpio_hardware: Any, open_sensor: Any) -> None:
     button = open_sensor(Button, gpio_hardware, pin=17)  # pull-up, 50 ms debounce
     pin = gpio_hardware.pin_factory().pin(17)
     sink = bound(button)
     assert button.read() == {"pressed": 0, "presses": 0}
 
-    latencies = []
     for n in range(1, 11):
-        t0 = time.perf_counter()
         pin.drive_low()  # pressed: the button shorts the pin to ground
-        t1, values = sink.get()
-        latencies.append(t1 - t0)
-        assert values == {"pressed": 1, "presses": n}
+        # already delivered when the edge's callback returns: no debounce delay is added
+        # (press-to-reading latency is a figure for bench/, not a test)
+        assert sink.q.get_nowait()[1] == {"pressed": 1, "presses": n}
         time.sleep(0.06)  # past the 50 ms debounce
         pin.drive_high()
         assert sink.get()[1] == {"pressed": 0, "presses": n}
         time.sleep(0.06)
 
-    worst, median = max(latencies), statistics.median(latencies)
-    record_property("press_to_reading_median_s", median)
-    record_property("press_to_reading_max_s", worst)
-    print(f"\npress -> reading: median {median * 1e6:.0f} us, max {worst * 1e6:.0f} us")
-    assert worst < 0.010  # well under 50 ms: no debounce delay is added
-
 
 def test_bouncing_press_gives_exactly_one_reading(gpio_hardware: Any, open_sensor: Any) -> None:
-    button = open_sensor(Button, gpio_hardware, pin=17, bounce_time=0.05)
+    # a debounce time far longer than the bounces take even on a loaded machine
+    button = open_sensor(Button, gpio_hardware, pin=17, bounce_time=0.5)
     pin = gpio_hardware.pin_factory().pin(17)
     sink = bound(button)
 
@@ -89,9 +81,9 @@ def test_bouncing_press_gives_exactly_one_reading(gpio_hardware: Any, open_senso
     for _ in range(4):  # ...and bounces four times within a few ms
         pin.drive_high()
         pin.drive_low()
-    assert time.monotonic() - t0 < 0.05  # all inside the debounce time
+    assert time.monotonic() - t0 < 0.5  # all inside the debounce time
 
-    assert sink.drain(settle=0.15) == [{"pressed": 1, "presses": 1}]
+    assert sink.drain(settle=0.7) == [{"pressed": 1, "presses": 1}]
     assert button.read() == {"pressed": 1, "presses": 1}
 
 
@@ -168,11 +160,9 @@ def test_pir_edges_emit_and_read_gives_state(gpio_hardware: Any, open_sensor: An
     sink = bound(pir)
     assert pir.read() == {"motion": 0}
 
-    t0 = time.perf_counter()
     pin.drive_high()
-    t1, values = sink.get()
-    assert values == {"motion": 1}
-    assert t1 - t0 < 0.010  # not gpiozero MotionSensor's 10 Hz sampling
+    # delivered within the edge's callback, not by gpiozero MotionSensor's 10 Hz sampling
+    assert sink.q.get_nowait()[1] == {"motion": 1}
     assert pir.read() == {"motion": 1}
     pin.drive_low()
     assert sink.get()[1] == {"motion": 0}

@@ -35,6 +35,8 @@ from sensors.ina219 import (
 )
 from tests.sensors.support import Waits
 
+pytestmark = pytest.mark.unit
+
 # -- the data sheet's worked example (SBOS448 §8.5.1 table) -------------------------
 
 EXAMPLE_OPTIONS = dict(shunt_ohms=0.002, current_lsb=0.001, bus_voltage_range=16, gain=1, samples=1)

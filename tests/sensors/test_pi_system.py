@@ -29,6 +29,8 @@ from sensors.pi_system import (
     parse_wireless,
 )
 
+pytestmark = pytest.mark.unit
+
 
 def put(root: Path, absolute: str, text: str) -> None:
     sysfs_models.write_tree(root, {absolute: text})

@@ -44,6 +44,8 @@ from sensors.sht import (
 )
 from tests.sensors.support import Waits
 
+pytestmark = pytest.mark.unit
+
 # -- conversion math (no bus) -----------------------------------------------
 
 

@@ -1,10 +1,10 @@
 """Test harness of the Pi Edge Agent.
 
-* :mod:`tests.harness.broker` - :class:`Broker`, a private mosquitto (plain, TLS,
+* :mod:`tests.support.broker` - :class:`Broker`, a private mosquitto (plain, TLS,
   ws and wss listeners, password auth, throw-away CA) per session or per test.
-* :mod:`tests.harness.cloud` - :class:`CloudClient`, the "cloud" MQTT client
+* :mod:`tests.support.cloud` - :class:`CloudClient`, the "cloud" MQTT client
   that records what it receives (usable from sync and async tests).
-* :mod:`tests.harness.fixtures` - the pytest fixtures (``broker``,
+* :mod:`tests.support.fixtures` - the pytest fixtures (``broker``,
   ``fresh_broker``, ``cloud``, ``make_cloud``, ``mock_pins``, ``fake_smbus``).
 * The fake SMBus itself lives in :mod:`agent.sim.i2c` (the agent's simulated
   hardware mode uses it too).

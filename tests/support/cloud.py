@@ -1,6 +1,6 @@
 """The "cloud" side of the tests: an MQTT client that records what it receives.
 
-:class:`CloudClient` connects to a :class:`~tests.harness.broker.Broker` as the
+:class:`CloudClient` connects to a :class:`~tests.support.broker.Broker` as the
 ``cloud`` user with gmqtt and runs its own asyncio loop in a daemon thread, so
 the same object works from plain synchronous tests (also when the agent runs as
 a subprocess) and from tests that run the agent in-process with

@@ -22,7 +22,8 @@ from typing import Any
 from agent.links.blynk import BlynkLink
 from agent.pipeline import Reading
 from agent.runtime import Agent
-from tests.agent_builder import make_agent
+from tests.support.agent_builder import make_agent
+from tests.support.waiting import until  # noqa: F401 - re-exported for the Blynk tests
 
 TEMPLATE = "TMPLtest01"
 
@@ -131,18 +132,6 @@ async def running(agent: Agent) -> AsyncIterator[Agent]:
         yield agent
     finally:
         await agent.stop()
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` on the loop until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 def reading(value: Any, ts: float | None = None, sensor: str = "test", quantity: str = "q") -> Reading:

@@ -1,6 +1,6 @@
 """Run a command in this interpreter and kill it (a power cut) at one chosen point.
 
-    python -m tests.harness.killpoint LOG KEY -- edge-agent args...
+    python -m tests.support.killpoint LOG KEY -- edge-agent args...
 
 Every call of a file-system-changing primitive (``os.replace``, ``rename``,
 ``symlink``, ``unlink``, ``rmdir``, ``mkdir``, ``fsync``, ``ftruncate``) and

@@ -9,7 +9,7 @@
 * ``fake_smbus``: a :class:`agent.sim.i2c.FakeI2C` registry (add chips, hand
   its ``open`` to the agent as the SMBus factory).
 * :func:`free_port` for tests that need an unused port.
-* ``wheelhouse``, ``ota_packages``, ``package_server``: see :mod:`tests.harness.ota`.
+* ``wheelhouse``, ``ota_packages``, ``package_server``: see :mod:`tests.support.ota`.
 """
 
 from __future__ import annotations

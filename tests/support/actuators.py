@@ -9,15 +9,15 @@ uses ``pin_factory = "mock"``: each agent gets its own ``MockFactory``
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from agent.runtime import Agent
-from tests.agent_builder import make_agent
-from tests.test_blynk_support import config_text
+from tests.support.agent_builder import make_agent
+from tests.support.blynk import config_text
+from tests.support.waiting import until as wait_for  # noqa: F401 - the actuator tests' name
 
 #: every pin state change of a mock pin: (monotonic time, value)
 Timeline = list[tuple[float, float]]
@@ -114,15 +114,3 @@ async def connected(agent: Agent, cloud: Any, datastreams: Iterable[str], timeou
     for ds in datastreams:
         await cloud.aexpect(f"ds/{ds}", timeout=timeout)
     cloud.clear()
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 5.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` on the loop until it is truthy."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met within {timeout} s")
-        await asyncio.sleep(0.01)

@@ -423,7 +423,7 @@ class Broker:
     def _write_config(self, log_path: Path) -> None:
         tls = f"cafile {self.ca_file}\ncertfile {self.cert_file}\nkeyfile {self.key_file}\n"
         lines = [
-            "# Written by tests/harness/broker.py",
+            "# Written by tests/support/broker.py",
             "per_listener_settings false",
             "allow_anonymous false",
             f"password_file {self.password_file}",

@@ -1,0 +1,41 @@
+"""What every ``edge-agent`` subcommand shares: logging set-up, the config
+path it reads, and config errors printed as one line each.
+
+Kept apart from :mod:`agent.cli` so that subcommand modules (``edge-agent
+ota``) can use it without importing the command line that imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from agent import EXIT_CONFIG
+from agent.config import DEFAULT_CONFIG, ConfigError
+
+
+def setup_logging(level: str = "info") -> None:
+    """One line per event on stderr; journald adds its own timestamps."""
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if "JOURNAL_STREAM" not in os.environ:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    # gmqtt logs every packet at INFO; our session layer logs the events that matter
+    from agent.mqtt._gmqtt import quiet_gmqtt_logging
+
+    quiet_gmqtt_logging(max(logging.WARNING, logging.getLevelName(level.upper())))
+
+
+def config_path(args: argparse.Namespace) -> Path:
+    """The config file a subcommand reads: ``--config``, else ``EDGE_AGENT_CONFIG``, else the default."""
+    return Path(args.config or os.environ.get("EDGE_AGENT_CONFIG") or DEFAULT_CONFIG)
+
+
+def print_config_error(exc: ConfigError) -> int:
+    """Print each problem of a config error on its own line; return the config exit code."""
+    for line in exc.lines:
+        print(line, file=sys.stderr)
+    return EXIT_CONFIG
