@@ -15,6 +15,7 @@ from typing import Any
 from agent.cli import _status_lines
 from tests.support.broker import free_port
 from tests.support.process import ROOT, agent_env, edge_agent
+from tests.support.waiting import until
 
 
 def offline_config(tmp_path: Path) -> Path:
@@ -146,7 +147,8 @@ def test_the_summary_line_is_logged_while_readings_wait(tmp_path: Path, caplog: 
         try:
             ob.put("blynk", "T", time.time() - 90, 1.0)
             ob.put("thingspeak", "1/1", time.time() - 30, 1.0)
-            await asyncio.sleep(2.5)
+            # the line comes once per log_interval while readings wait: wait for it, not a fixed time
+            await until(lambda: any("waiting (oldest" in r.getMessage() for r in caplog.records), 15, "summary line")
         finally:
             await ob.release()
 
