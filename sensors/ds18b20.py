@@ -37,6 +37,7 @@ Documentation/ABI/testing/sysfs-driver-w1_therm in the Linux source tree.
 
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,7 @@ class DS18B20(Sensor[DS18B20Options]):
     """A DS18B20 probe on the kernel's 1-Wire bus (sysfs, no I2C)."""
 
     type = "ds18b20"
-    Options: ClassVar[type[PluginOptions]] = DS18B20Options
+    Options: ClassVar[builtins.type[PluginOptions]] = DS18B20Options
     quantities: ClassVar[dict[str, str]] = {"temperature": "°C"}
     default_interval: ClassVar[float] = 10.0
 

@@ -329,13 +329,13 @@ class FakeSMBus(smbus2.SMBus):
     def _set_address(self, address: int, force: bool | None = None) -> None:
         force = force if force is not None else self.force
         self.address = _check_address(address)
-        self._force_last = force
+        self._force_last = force  # type: ignore[assignment]  # smbus2's stubs type it None
 
     def enable_pec(self, enable: bool = True) -> None:
         """PEC is not simulated (and not reported in ``funcs``)."""
         raise OSError("SMBUS_PEC is not a feature")
 
-    pec = property(smbus2.SMBus._get_pec, enable_pec)
+    pec = property(smbus2.SMBus._get_pec, enable_pec)  # type: ignore[attr-defined]  # smbus2 private, untyped in its stubs
 
     # --- core ------------------------------------------------------------------
     def _xfer(self, op: str, msgs: list[_Msg]) -> list[bytes]:
@@ -627,7 +627,7 @@ class FakeI2C:
                             else:
                                 data = bytes(device.on_read(x))  # type: ignore[arg-type]
                             if x != _BLOCK_READ and len(data) != x:
-                                raise RuntimeError(f"{type(device).__name__}.on_read({x}) returned {len(data)} bytes")
+                                raise RuntimeError(f"{type(device).__name__}.on_read({x!r}) returned {len(data)} bytes")
                             read += data
                             results.append(data)
                 except OSError as exc:
