@@ -373,6 +373,7 @@ def _adc_p_for(hpa: float, t_fine: float) -> int:
     return low
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("limit", [-40.0, 85.0])
 def test_temperature_a_hair_past_a_limit_is_reported(hw: Hardware, limit: float) -> None:
     sensor = _example_sensor(hw)
@@ -382,6 +383,7 @@ def test_temperature_a_hair_past_a_limit_is_reported(hw: Hardware, limit: float)
     assert sensor.convert(_block(adc_t, EXAMPLE_ADC_P))["temperature"] == celsius
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("limit", [300.0, 1100.0])
 def test_pressure_a_hair_past_a_limit_is_reported(hw: Hardware, limit: float) -> None:
     sensor = _example_sensor(hw)
@@ -393,6 +395,7 @@ def test_pressure_a_hair_past_a_limit_is_reported(hw: Hardware, limit: float) ->
     assert sensor.convert(_block(EXAMPLE_ADC_T, adc_p))["pressure"] == hpa
 
 
+@pytest.mark.unit
 def test_beyond_the_tolerance_is_refused(hw: Hardware) -> None:
     # tolerance is 0.5 % of the span: 0.625 °C, 4 hPa
     sensor = _example_sensor(hw)
