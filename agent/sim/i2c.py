@@ -586,6 +586,12 @@ class FakeI2C:
             return lock
 
     # --- transactions --------------------------------------------------------------
+    def wire_time_s(self, msgs: list[_Msg]) -> float:
+        """How long a transaction occupies the bus (slept holding its lock):
+        :attr:`transaction_delay` here; a timed bus model overrides it."""
+        del msgs
+        return self.transaction_delay
+
     def _transfer(self, bus: int, op: str, msgs: list[_Msg]) -> list[bytes]:
         """Run one transaction; return the data of each read message in order.
 
@@ -601,8 +607,9 @@ class FakeI2C:
 
         results: list[bytes] = []
         with self._bus_lock(bus):
-            if self.transaction_delay:
-                time.sleep(self.transaction_delay)
+            delay = self.wire_time_s(msgs)
+            if delay:
+                time.sleep(delay)
             for address, parts in groups:
                 written = b"".join(x for is_read, x in parts if not is_read)  # type: ignore[misc]
                 read = bytearray()
