@@ -258,7 +258,8 @@ class SensorRunner:
         if self.state in (SensorState.FAILING, SensorState.HUNG):
             log.info("sensor %s: recovered after %d failed reads", self.sensor.id, self._consecutive_failures)
         self._consecutive_failures = 0
-        self.state = SensorState.SATURATED if self.sensor.saturated else SensorState.OK
+        saturated = getattr(self.sensor, "saturated", frozenset())
+        self.state = SensorState.SATURATED if saturated else SensorState.OK
         self.last_error = None
         self.deliver(self.sensor, values, ts, mono)
 
