@@ -226,6 +226,12 @@ def cmd_read(args: argparse.Namespace) -> int:
         value = clean_value(values.get(quantity)) if isinstance(values, Mapping) else None
         shown = "unavailable" if value is None else value
         print(f"{quantity}: {shown}{' ' + unit if unit and value is not None else ''}")
+    # notes go on lines of their own, after the values, marked with "# "
+    for quantity in sorted(sensor.saturated):
+        print(f"# {quantity} saturated: the value is the chip's limit, the input is at or beyond it")
+    note = sensor.describe_reading()
+    if note:
+        print(f"# {note}")
     return EXIT_OK
 
 

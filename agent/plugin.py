@@ -79,6 +79,11 @@ class Sensor(ABC, Generic[O]):
     quantities: ClassVar[Mapping[str, str]] = {}
     #: Seconds; the default poll interval when the config does not set one.
     default_interval: ClassVar[float] = 10.0
+    #: Quantities whose latest reading sits at the chip's limit (an ADC at
+    #: full scale, a light sensor at its top count): the value is a bound, not
+    #: the input. Drivers that can clip set it on each read; the scheduler
+    #: shows such a sensor as "saturated".
+    saturated: frozenset[str] = frozenset()
 
     def __init__(self, sensor_id: str, options: O, hardware: Hardware) -> None:
         self.id = sensor_id
@@ -118,6 +123,11 @@ class Sensor(ABC, Generic[O]):
         overrides this. The config is checked against it.
         """
         return cls.quantities
+
+    def describe_reading(self) -> str:
+        """Extra words on how the latest reading was taken (a chosen range),
+        shown by ``edge-agent read``; empty when there is nothing to add."""
+        return ""
 
     def describe_quantities(self) -> Mapping[str, str]:
         """The quantities this configured instance yields (name -> unit)."""

@@ -430,6 +430,11 @@ class _OpeningSensor:
         self._opened = False
         self.id = sensor.id
 
+    @property
+    def saturated(self) -> frozenset[str]:
+        """The wrapped sensor's saturated quantities (see :class:`Sensor`)."""
+        return self._sensor.saturated
+
     def recover(self) -> None:
         if self._opened:
             self._sensor.recover()

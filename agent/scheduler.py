@@ -108,6 +108,9 @@ class SensorState(enum.Enum):
 
     STARTING = "starting"
     OK = "ok"
+    #: Reading, but at least one quantity sits at the chip's limit (see
+    #: :attr:`agent.plugin.Sensor.saturated`).
+    SATURATED = "saturated"
     FAILING = "failing"
     HUNG = "hung"
 
@@ -259,7 +262,7 @@ class SensorRunner:
 
     def _failed(self, state: SensorState, reason: str) -> None:
         if self.state is not state:
-            if self.state in (SensorState.OK, SensorState.STARTING):
+            if self.state in (SensorState.OK, SensorState.SATURATED, SensorState.STARTING):
                 self.deliver(self.sensor, None, clock.wall(), clock.monotonic())
             log.warning("sensor %s: %s; readings unavailable", self.sensor.id, reason)
         self.state = state
@@ -269,7 +272,8 @@ class SensorRunner:
         if self.state in (SensorState.FAILING, SensorState.HUNG):
             log.info("sensor %s: recovered after %d failed reads", self.sensor.id, self._consecutive_failures)
         self._consecutive_failures = 0
-        self.state = SensorState.OK
+        saturated = getattr(self.sensor, "saturated", frozenset())
+        self.state = SensorState.SATURATED if saturated else SensorState.OK
         self.last_error = None
         self.deliver(self.sensor, values, ts, mono)
 

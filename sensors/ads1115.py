@@ -31,16 +31,18 @@ user's choosing (a divider ratio, a 4-20 mA shunt, a sensor's V/unit).
 
 from __future__ import annotations
 
+import builtins
 import logging
 import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from agent.i2c import I2COptions, I2CSensor
 from agent.plugin import PluginOptions, SensorError
+from sensors._episodes import Episodes
 
 log = logging.getLogger("sensors.ads1115")
 
@@ -76,7 +78,17 @@ WAKE_UP_S = 0.0001  #: power-up from power-down before the conversion starts (~2
 ADDRESSES = (0x48, 0x49, 0x4A, 0x4B)
 
 InputName = Literal["A0", "A1", "A2", "A3", "A0-A1", "A0-A3", "A1-A3", "A2-A3"]
-FullScale = Literal[6.144, 4.096, 2.048, 1.024, 0.512, 0.256]
+
+
+def _is_a_pga_range(value: float) -> float:
+    if value not in PGA:
+        allowed = ", ".join(f"{v:g}" for v in PGA)
+        raise ValueError(f"gain must be one of the PGA ranges {allowed} (±V), not {value:g}")
+    return value
+
+
+#: A full-scale range the PGA offers, ±V (Literal cannot hold floats for mypy).
+FullScale = Annotated[float, AfterValidator(_is_a_pga_range)]
 
 
 def config_word(input_name: str, gain: float, data_rate: int) -> int:
@@ -94,6 +106,12 @@ def code_to_volts(code: int, gain: float) -> float:
 def to_signed16(word: int) -> int:
     """Two's complement 16-bit word -> int."""
     return word - 0x10000 if word & 0x8000 else word
+
+
+def is_full_scale(code: int) -> bool:
+    """Whether a signed result is pinned at a range end (7FFFh or 8000h):
+    the input is at or beyond full scale, so the code is a bound (§7.3.4)."""
+    return code >= CODE_MAX or code <= CODE_MIN
 
 
 def conversion_time_s(data_rate: int) -> float:
@@ -121,11 +139,16 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 class ADS1115Options(I2COptions):
     """ADS1115 options: address 0x48..0x4B, the data rate shared by all
-    channels (slower is quieter), and the channels by quantity name."""
+    channels (slower is quieter), the channels by quantity name, and what to do
+    with a channel at full scale (``at_full_scale``: report the bound, marked
+    saturated, or drop the reading)."""
 
     address: Annotated[int, Field(description="0x48 (ADDR to GND), 0x49 (VDD), 0x4A (SDA), 0x4B (SCL)")] = 0x48
     data_rate: Literal[8, 16, 32, 64, 128, 250, 475, 860] = 128
     channels: Annotated[dict[str, Channel], Field(min_length=1)]
+    #: A channel pinned at 7FFFh / 8000h: ``report`` its bound (marked
+    #: saturated) or ``drop`` the reading.
+    at_full_scale: Literal["report", "drop"] = "report"
 
     @field_validator("address")
     @classmethod
@@ -147,12 +170,13 @@ class ADS1115(I2CSensor):
     """TI ADS1115: one quantity per configured channel, in the channel's unit."""
 
     type: ClassVar[str] = "ads1115"
-    Options: ClassVar[type[PluginOptions]] = ADS1115Options
+    Options: ClassVar[builtins.type[PluginOptions]] = ADS1115Options
     quantities: ClassVar[Mapping[str, str]] = {}
     addresses: ClassVar[tuple[int, ...]] = ADDRESSES
     default_interval: ClassVar[float] = 10.0
     #: How the driver waits; tests replace it on the instance to record waits.
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
+    _full_scale: Episodes | None = None
 
     @classmethod
     def quantities_for(cls, options: PluginOptions) -> Mapping[str, str]:
@@ -169,7 +193,7 @@ class ADS1115(I2CSensor):
     def _read_reg(self, reg: int) -> int:
         with self.transaction() as bus:
             hi, lo = bus.read_i2c_block_data(self.options.address, reg, 2)
-        return (hi << 8) | lo
+        return (int(hi) << 8) | int(lo)
 
     # -- lifecycle
 
@@ -205,25 +229,36 @@ class ADS1115(I2CSensor):
         return to_signed16(self._read_reg(REG_CONVERSION))
 
     def read(self) -> dict[str, Any]:
-        """Convert every channel in turn. A channel whose result is pinned at
-        full scale is left out (logged); if none is left, SensorError."""
+        """Convert every channel in turn. A channel pinned at full scale
+        (7FFFh / 8000h) is reported as the bound its code stands for and
+        marked saturated, or left out with ``at_full_scale = "drop"``; the
+        condition is logged once when it starts and once when it ends. If
+        every channel is dropped, SensorError."""
         values: dict[str, Any] = {}
         problems: list[str] = []
+        episodes = self._episodes()
         with self.io_errors():
             for name, channel in self.options.channels.items():
                 code = self.convert_once(channel)
-                if code >= CODE_MAX or code <= CODE_MIN:
-                    problem = (
-                        f"{name} ({channel.input}): input beyond the ±{channel.gain} V range "
-                        f"(code 0x{code & 0xFFFF:04X}); choose a larger gain range"
-                    )
-                    log.warning("ADS1115 at %s: %s", self.describe_location(), problem)
+                pinned = is_full_scale(code)
+                problem = (
+                    f"{name} ({channel.input}): input beyond the ±{channel.gain} V range "
+                    f"(code 0x{code & 0xFFFF:04X}); choose a larger gain range"
+                )
+                episodes.update(name, pinned, problem)
+                if pinned and self.options.at_full_scale == "drop":
                     problems.append(problem)
                     continue
                 values[name] = code_to_volts(code, channel.gain) * channel.scale + channel.offset
+        self.saturated = episodes.active & frozenset(values)
         if not values:
             raise SensorError(f"ADS1115 at {self.describe_location()}: " + "; ".join(problems))
         return values
+
+    def _episodes(self) -> Episodes:
+        if self._full_scale is None:
+            self._full_scale = Episodes(log, f"ADS1115 at {self.describe_location()}")
+        return self._full_scale
 
     def close(self) -> None:
         """Nothing to release: in single-shot mode the chip powers down by itself."""

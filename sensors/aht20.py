@@ -20,12 +20,13 @@ Reference: ASAIR "AHT20 Product manuals" (version 1.1), sections 5 and 6:
   so a converted temperature outside -40..85 °C (an all-zero frame gives
   -50 °C) is rejected as a faulty reading.
 
-The whole trigger-wait-read sequence is one bus transaction, so the shared
-bus is held for about 80 ms per reading.
+The trigger, each status poll and the frame read are separate bus
+transactions: the shared bus is free during the 80 ms measurement.
 """
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -36,6 +37,7 @@ from smbus2 import i2c_msg
 from agent.i2c import I2CAddress, I2COptions, I2CSensor
 from agent.plugin import PluginOptions, SensorError
 from sensors._crc import crc8
+from sensors._limits import check_range
 
 ADDRESS = 0x38
 CMD_INIT = b"\xbe\x08\x00"
@@ -50,8 +52,6 @@ BUSY_POLLS = 5
 BUSY_POLL_INTERVAL_S = 0.010
 SOFT_RESET_WAIT_S = 0.020
 TEMPERATURE_RANGE_C = (-40.0, 85.0)
-#: Slack at the range ends for quantisation (one raw step is 200/2^20 °C).
-RANGE_SLACK_C = 0.01
 FULL_SCALE = 1 << 20
 
 
@@ -91,7 +91,7 @@ class AHT20(I2CSensor):
     """ASAIR AHT20: calibration check at open, trigger, wait, poll, read."""
 
     type = "aht20"
-    Options: ClassVar[type[PluginOptions]] = AHT20Options
+    Options: ClassVar[builtins.type[PluginOptions]] = AHT20Options
     addresses: ClassVar[tuple[int, ...]] = (ADDRESS,)
     quantities: ClassVar[dict[str, str]] = {"temperature": "°C", "humidity": "%RH"}
     default_interval: ClassVar[float] = 10.0
@@ -111,28 +111,39 @@ class AHT20(I2CSensor):
         bus.i2c_rdwr(msg)
         return bytes(msg)
 
+    def _read_alone(self, length: int) -> bytes:
+        """One read message as its own bus transaction."""
+        with self.transaction() as bus:
+            return self._read(bus, length)
+
+    def _write_alone(self, data: bytes) -> None:
+        """One write message as its own bus transaction."""
+        with self.transaction() as bus:
+            self._write(bus, data)
+
     def probe(self) -> None:
         """Read the status byte; if not calibrated, send the init command and
         check the calibration bit came on (section 5.4 step 1)."""
-        with self.transaction() as bus:
-            status = self._read(bus, 1)[0]
-            if status & STATUS_CALIBRATED:
-                return
-            self._write(bus, CMD_INIT)
-            self._sleep(INIT_WAIT_S)
-            status = self._read(bus, 1)[0]
+        status = self._read_alone(1)[0]
+        if status & STATUS_CALIBRATED:
+            return
+        self._write_alone(CMD_INIT)
+        self._sleep(INIT_WAIT_S)
+        status = self._read_alone(1)[0]
         if not status & STATUS_CALIBRATED:
             raise SensorError(
                 f"{self._chip}: still not calibrated after the init command 0xBE 0x08 0x00 (status 0x{status:02x})"
             )
 
     def read(self) -> dict[str, float]:
-        """Trigger, wait 80 ms, poll the busy bit (bounded), read 7 bytes, check CRC."""
-        with self.io_errors(), self.transaction() as bus:
-            self._write(bus, CMD_TRIGGER)
+        """Trigger, wait 80 ms, poll the busy bit (bounded), read 7 bytes, check
+        CRC. Each message is its own bus transaction: the bus is free while the
+        chip measures."""
+        with self.io_errors():
+            self._write_alone(CMD_TRIGGER)
             self._sleep(MEASURE_WAIT_S)
             polls = 0
-            while self._read(bus, 1)[0] & STATUS_BUSY:
+            while self._read_alone(1)[0] & STATUS_BUSY:
                 if polls == BUSY_POLLS:
                     waited = MEASURE_WAIT_S + polls * BUSY_POLL_INTERVAL_S
                     raise SensorError(
@@ -140,7 +151,7 @@ class AHT20(I2CSensor):
                     )
                 self._sleep(BUSY_POLL_INTERVAL_S)
                 polls += 1
-            frame = self._read(bus, 7)
+            frame = self._read_alone(7)
         expected = crc8(frame[:6])
         if frame[6] != expected:
             raise SensorError(
@@ -154,19 +165,14 @@ class AHT20(I2CSensor):
             raise SensorError(f"{self._chip}: calibration bit is off (chip reset?)")
         temperature = aht20_temperature(s_t)
         low, high = TEMPERATURE_RANGE_C
-        if not low - RANGE_SLACK_C <= temperature <= high + RANGE_SLACK_C:
-            raise SensorError(
-                f"{self._chip}: temperature {temperature:.2f} °C is outside the chip's "
-                f"range {low:g}..{high:g} °C (faulty reading)"
-            )
+        check_range(temperature, low, high, who=self._chip, what="temperature", unit="°C")
         return {"temperature": temperature, "humidity": aht20_humidity(s_rh)}
 
     def recover(self) -> None:
         """Soft reset (0xBA), wait 20 ms, then the open-time calibration check."""
         with self.io_errors():
-            with self.transaction() as bus:
-                self._write(bus, CMD_SOFT_RESET)
-                self._sleep(SOFT_RESET_WAIT_S)
+            self._write_alone(CMD_SOFT_RESET)
+            self._sleep(SOFT_RESET_WAIT_S)
             self.probe()
 
     @classmethod

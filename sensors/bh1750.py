@@ -30,15 +30,20 @@ the chip as an opcode first, which is wrong here.
 
 from __future__ import annotations
 
+import builtins
+import logging
 import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from smbus2 import i2c_msg
 
 from agent.i2c import I2COptions, I2CSensor
-from agent.plugin import PluginOptions, SensorError
+from agent.plugin import PluginOptions
+from sensors._episodes import Episodes
+
+log = logging.getLogger("sensors.bh1750")
 
 # --- instruction set (Technical Note p.5) ---
 POWER_DOWN = 0x00
@@ -57,12 +62,27 @@ MT_HIGH = 0x40  #: 01000_MT[7:5]
 MT_LOW = 0x60  #: 011_MT[4:0]
 
 MTREG_DEFAULT = 69
+MTREG_MIN = 31
+MTREG_MAX = 254
 COUNTS_PER_LX = 1.2  #: p.2 "measurement accuracy", typical
 #: p.2: maximum measurement time at MTreg = 69, seconds.
 MAX_TIME_S: Mapping[str, float] = {"high": 0.180, "high2": 0.180, "low": 0.024}
 SATURATED = 0xFFFF
 
 ADDRESSES = (0x23, 0x5C)
+
+#: Auto-ranging settings, most sensitive first: (resolution, MTreg). Each
+#: step's full scale (65535 counts) is about 7.4 k, 27.3 k, 54.6 k and
+#: 121.6 klx; the last is the widest range the chip has (p.11: MTreg 31).
+AUTO_STEPS: tuple[tuple[str, int], ...] = (
+    ("high2", MTREG_MAX),
+    ("high2", MTREG_DEFAULT),
+    ("high", MTREG_DEFAULT),
+    ("high", MTREG_MIN),
+)
+#: Step to a more sensitive setting only when the count it predicts stays
+#: below this share of full scale (hysteresis against flapping).
+STEP_UP_HEADROOM = 0.8
 
 
 def mtreg_commands(mtreg: int) -> tuple[int, int]:
@@ -79,6 +99,28 @@ def counts_to_lux(raw: int, mtreg: int = MTREG_DEFAULT, resolution: str = "high"
     return lux / 2.0 if resolution == "high2" else lux
 
 
+def counts_per_lx(resolution: str, mtreg: int) -> float:
+    """Data-register counts per lx for a setting (inverse of :func:`counts_to_lux`)."""
+    return 1.0 / counts_to_lux(1, mtreg, resolution)
+
+
+def next_auto_step(step: int, raw: int) -> int:
+    """The auto-ranging step to measure with after reading ``raw`` at ``step``.
+
+    A saturated count moves one step towards the wider ranges; a count that
+    the most sensitive step that keeps it under :data:`STEP_UP_HEADROOM` of
+    full scale would resolve better moves there; otherwise ``step`` stays.
+    """
+    if raw >= SATURATED:
+        return min(step + 1, len(AUTO_STEPS) - 1)
+    lux = counts_to_lux(raw, AUTO_STEPS[step][1], AUTO_STEPS[step][0])
+    for candidate in range(step):
+        resolution, mtreg = AUTO_STEPS[candidate]
+        if lux * counts_per_lx(resolution, mtreg) < STEP_UP_HEADROOM * SATURATED:
+            return candidate
+    return step
+
+
 def max_measurement_time_s(resolution: str, mtreg: int = MTREG_DEFAULT) -> float:
     """Worst-case conversion time: the p.2 maximum scaled by MTreg / 69."""
     return MAX_TIME_S[resolution] * mtreg / MTREG_DEFAULT
@@ -89,16 +131,25 @@ class BH1750Options(I2COptions):
 
     ``mode``: ``one_time`` (default: the chip measures on each read and
     powers down in between) or ``continuous`` (it measures all the time; a
-    read returns the latest result at once). ``resolution``: ``high`` (1 lx),
-    ``high2`` (0.5 lx, for dim light) or ``low`` (4 lx, fast). ``mtreg``:
-    31..254; higher is more sensitive and slower (compensates an optical
-    window; 254 with ``high2`` resolves 0.11 lx).
+    read returns the latest result at once). ``resolution``: ``auto``
+    (one-time mode only: the driver picks resolution and MTreg per reading,
+    :data:`AUTO_STEPS`, so sun reads up to ~120 klx and dim light keeps
+    0.11 lx steps), ``high`` (1 lx), ``high2`` (0.5 lx, for dim light) or
+    ``low`` (4 lx, fast). ``mtreg``: 31..254 for a fixed resolution; higher
+    is more sensitive and slower (compensates an optical window; 254 with
+    ``high2`` resolves 0.11 lx). Ignored with ``auto``.
     """
 
     address: Annotated[int, Field(description="0x23 (ADDR low) or 0x5C (ADDR high)")] = 0x23
     mode: Literal["one_time", "continuous"] = "one_time"
-    resolution: Literal["high", "high2", "low"] = "high"
-    mtreg: Annotated[int, Field(ge=31, le=254)] = MTREG_DEFAULT
+    resolution: Literal["auto", "high", "high2", "low"] = "high"
+    mtreg: Annotated[int, Field(ge=MTREG_MIN, le=MTREG_MAX)] = MTREG_DEFAULT
+
+    @model_validator(mode="after")
+    def _auto_needs_one_time(self) -> BH1750Options:
+        if self.resolution == "auto" and self.mode != "one_time":
+            raise ValueError('resolution = "auto" needs mode = "one_time" (each reading picks its own range)')
+        return self
 
     @field_validator("address")
     @classmethod
@@ -112,12 +163,18 @@ class BH1750(I2CSensor):
     """ROHM BH1750FVI: illuminance in lx."""
 
     type: ClassVar[str] = "bh1750"
-    Options: ClassVar[type[PluginOptions]] = BH1750Options
+    Options: ClassVar[builtins.type[PluginOptions]] = BH1750Options
     quantities: ClassVar[Mapping[str, str]] = {"illuminance": "lx"}
     addresses: ClassVar[tuple[int, ...]] = ADDRESSES
     default_interval: ClassVar[float] = 10.0
 
     _started_at: float | None = None
+    #: Auto-ranging: index into AUTO_STEPS used last, and MTreg loaded in the chip.
+    _step: int = 2
+    _loaded_mtreg: int = MTREG_DEFAULT
+    #: The setting of the latest reading (resolution, MTreg), for ``read`` output.
+    _last_setting: tuple[str, int] | None = None
+    _top: Episodes | None = None
     #: How the driver waits; tests replace it on the instance to record waits.
     _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
@@ -141,7 +198,9 @@ class BH1750(I2CSensor):
         """Power on, reset the data register, load MTreg and, in continuous
         mode, start measuring. The chip has no id to check: an ACK at the
         address is all it offers."""
-        self._send(POWER_ON, RESET, *mtreg_commands(self.options.mtreg))
+        mtreg = MTREG_DEFAULT if self.options.resolution == "auto" else self.options.mtreg
+        self._send(POWER_ON, RESET, *mtreg_commands(mtreg))
+        self._loaded_mtreg = mtreg
         if self.options.mode == "continuous":
             self._send(self._measure_opcode())
             self._started_at = time.monotonic()
@@ -154,32 +213,78 @@ class BH1750(I2CSensor):
         with self.io_errors():
             self.probe()
 
+    def _one_time(self, resolution: str, mtreg: int) -> int:
+        """One one-time measurement at a setting: load MTreg if it differs,
+        start, wait the maximum time (bus free meanwhile), read the count."""
+        if mtreg != self._loaded_mtreg:
+            self._send(*mtreg_commands(mtreg))
+            self._loaded_mtreg = mtreg
+        self._send(MEASURE[("one_time", resolution)])
+        self._sleep(max_measurement_time_s(resolution, mtreg))
+        return self._read_raw()
+
+    def _auto_range(self) -> tuple[int, str, int]:
+        """Measure, moving through AUTO_STEPS until the count is in range (at
+        most one measurement per step). Returns (raw, resolution, MTreg)."""
+        tried: set[int] = set()
+        while True:
+            resolution, mtreg = AUTO_STEPS[self._step]
+            raw = self._one_time(resolution, mtreg)
+            tried.add(self._step)
+            following = next_auto_step(self._step, raw)
+            if following == self._step or following in tried:
+                return raw, resolution, mtreg
+            self._step = following
+
     def read(self) -> dict[str, Any]:
         """One illuminance value in lx.
 
         One-time mode starts a measurement and waits the maximum measurement
         time (the chip has no ready flag); continuous mode waits only if the
-        first measurement since open() cannot have finished yet.
+        first measurement since open() cannot have finished yet; ``auto``
+        re-measures at another setting when the count is saturated or too
+        small to resolve well. A count of 65535 (the top of the range in use)
+        is reported, marked saturated: the light is at least that bright.
         """
         o = self.options
-        wait = max_measurement_time_s(o.resolution, o.mtreg)
         with self.io_errors():
-            if o.mode == "one_time":
-                self._send(self._measure_opcode())
-                self._sleep(wait)
-            elif self._started_at is not None:
-                remaining = self._started_at + wait - time.monotonic()
-                if remaining > 0:
-                    self._sleep(remaining)
-                self._started_at = None
-            raw = self._read_raw()
-        if raw == SATURATED:
-            raise SensorError(
-                f"BH1750 at {self.describe_location()} is saturated (65535 counts, above "
-                f"{counts_to_lux(SATURATED, o.mtreg, o.resolution):.0f} lx for this setting): lower mtreg"
-                + (" or use resolution high/low" if o.resolution == "high2" else "")
-            )
-        return {"illuminance": counts_to_lux(raw, o.mtreg, o.resolution)}
+            if o.resolution == "auto":
+                raw, resolution, mtreg = self._auto_range()
+            else:
+                resolution, mtreg = o.resolution, o.mtreg
+                wait = max_measurement_time_s(resolution, mtreg)
+                if o.mode == "one_time":
+                    self._send(self._measure_opcode())
+                    self._sleep(wait)
+                elif self._started_at is not None:
+                    remaining = self._started_at + wait - time.monotonic()
+                    if remaining > 0:
+                        self._sleep(remaining)
+                    self._started_at = None
+                raw = self._read_raw()
+        self._last_setting = (resolution, mtreg)
+        lux = counts_to_lux(raw, mtreg, resolution)
+        top = self._episodes()
+        top.update(
+            "illuminance",
+            raw >= SATURATED,
+            f"saturated (65535 counts, {resolution} resolution, MTreg {mtreg}): the light is at least {lux:.0f} lx",
+        )
+        self.saturated = top.active
+        return {"illuminance": lux}
+
+    def _episodes(self) -> Episodes:
+        if self._top is None:
+            self._top = Episodes(log, f"BH1750 at {self.describe_location()}")
+        return self._top
+
+    def describe_reading(self) -> str:
+        """The setting the latest reading used, e.g. ``high2 resolution, MTreg 254 (auto)``."""
+        if self._last_setting is None:
+            return ""
+        resolution, mtreg = self._last_setting
+        auto = " (auto)" if self.options.resolution == "auto" else ""
+        return f"{resolution} resolution, MTreg {mtreg}{auto}"
 
     def close(self) -> None:
         """Power the chip down (best effort; close never raises)."""

@@ -25,6 +25,11 @@ pressure by at most about 0.01 Pa (far below the part's ±0.12 hPa relative
 accuracy); keeping the fraction is what reproduces the BMP280 worked example
 to its printed 0.01 Pa (100653.27 Pa; the cast gives 100653.26 Pa).
 
+Range limits: a compensated value is checked against the operating range
+(Table 1) with the shared tolerance of :mod:`sensors._limits` (0.5 % of the
+span: ±0.625 °C, ±4 hPa), so the chip's honest answer a hair past -40 °C or
+1100 hPa is reported unchanged; a value further out is refused.
+
 The two chips share the temperature/pressure part of the register map and the
 compensation, so one driver class serves both; the BMP280 simply has no
 humidity registers.
@@ -32,6 +37,7 @@ humidity registers.
 
 from __future__ import annotations
 
+import builtins
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,6 +47,7 @@ from pydantic import Field, field_validator
 
 from agent.i2c import I2COptions, I2CSensor
 from agent.plugin import PluginOptions, SensorError
+from sensors._limits import check_range
 
 # --- register map (BST-BME280-DS002 §5.3 Table 18; BST-BMP280-DS001 §4.3) ---
 
@@ -68,8 +75,11 @@ CHIP_ID_BMP280 = 0x58
 #: Other ids a user might meet on a "BME/BMP280" breakout, for a useful message.
 OTHER_CHIP_IDS = {0x55: "BMP180", 0x56: "BMP280 (sample)", 0x57: "BMP280 (sample)", 0x61: "BME680/BME688"}
 
-#: Raw value the data registers hold for a skipped (oversampling 0) channel,
-#: and what a chip that never measured returns (§4 Table / §5.4.7-5.4.9).
+#: Raw value the data registers hold for a skipped (oversampling 0) channel
+#: (§4 Table / §5.4.7-5.4.9). Both are also legal conversion results (0x80000
+#: is about 27 °C on a typical part; 0x8000 a mid-range humidity), so they mean
+#: "no data" only for a skipped channel -- one this driver never converts -- and
+#: a measured channel holding them is an ordinary reading.
 SKIPPED_20BIT = 0x80000
 SKIPPED_16BIT = 0x8000
 
@@ -287,7 +297,7 @@ class BMP280(I2CSensor):
     """
 
     type: ClassVar[str] = "bmp280"
-    Options: ClassVar[type[PluginOptions]] = BMP280Options
+    Options: ClassVar[builtins.type[PluginOptions]] = BMP280Options
     quantities: ClassVar[Mapping[str, str]] = {"temperature": "°C", "pressure": "hPa"}
     addresses: ClassVar[tuple[int, ...]] = (0x76, 0x77)
     default_interval: ClassVar[float] = 30.0
@@ -415,24 +425,16 @@ class BMP280(I2CSensor):
         who = f"{self.chip_name} at {self.describe_location()}"
         _, p_os, h_os = self._osrs()
         adc_t, adc_p, adc_h = unpack_data(block, self.has_humidity)
-        if adc_t == SKIPPED_20BIT:
-            raise SensorError(f"{who}: temperature register holds the 'no data' value 0x80000")
         temperature, t_fine = compensate_temperature(adc_t, cal)
         lo, hi = TEMPERATURE_RANGE_C
-        if not lo <= temperature <= hi:
-            raise SensorError(f"{who}: temperature {temperature:.2f} °C is outside {lo:g}..{hi:g} °C")
-        values: dict[str, Any] = {"temperature": temperature}
+        values: dict[str, Any] = {
+            "temperature": check_range(temperature, lo, hi, who=who, what="temperature", unit="°C")
+        }
         if p_os:
-            if adc_p == SKIPPED_20BIT:
-                raise SensorError(f"{who}: pressure register holds the 'no data' value 0x80000")
             hpa = compensate_pressure(adc_p, t_fine, cal) / 100.0
             lo, hi = PRESSURE_RANGE_HPA
-            if not lo <= hpa <= hi:
-                raise SensorError(f"{who}: pressure {hpa:.2f} hPa is outside {lo:g}..{hi:g} hPa")
-            values["pressure"] = hpa
+            values["pressure"] = check_range(hpa, lo, hi, who=who, what="pressure", unit="hPa")
         if h_os and adc_h is not None:
-            if adc_h == SKIPPED_16BIT:
-                raise SensorError(f"{who}: humidity register holds the 'no data' value 0x8000")
             values["humidity"] = compensate_humidity(adc_h, t_fine, cal)
         return values
 
@@ -454,7 +456,7 @@ class BME280(BMP280):
     one forced conversion per read."""
 
     type: ClassVar[str] = "bme280"
-    Options: ClassVar[type[PluginOptions]] = BME280Options
+    Options: ClassVar[builtins.type[PluginOptions]] = BME280Options
     quantities: ClassVar[Mapping[str, str]] = {"temperature": "°C", "humidity": "%RH", "pressure": "hPa"}
 
     chip_id: ClassVar[int] = CHIP_ID_BME280

@@ -26,6 +26,7 @@ Ranges (manufacturers' datasheets): DHT11 0..50 °C and 20..90 %RH; DHT22
 
 from __future__ import annotations
 
+import builtins
 import errno
 import re
 from collections.abc import Mapping
@@ -86,7 +87,7 @@ class _DHT(Sensor[Any]):
     """Shared by both models: find the IIO device, read with retries, check
     the range."""
 
-    Options: ClassVar[type[PluginOptions]] = DHTOptions
+    Options: ClassVar[builtins.type[PluginOptions]] = DHTOptions
     quantities: ClassVar[Mapping[str, str]] = {"temperature": "°C", "humidity": "%RH"}
     #: The DHT22 takes at most one reading every 2 s; the DHT11 every 1 s.
     default_interval: ClassVar[float] = 10.0

@@ -24,12 +24,23 @@ Digital Thermometer"):
   93.75 / 187.5 / 375 / 750 ms. The kernel waits for it inside the read, so a
   read blocks that long (fine: reads run in a worker thread).
 
-The 85 °C rule: a probe that lost power (or was never converted) returns its
-power-on register, 85.000 °C, with a valid CRC; the driver cannot tell that
-from a real 85 °C without context. So ``t=85000`` is rejected unless the
-previous accepted reading of this probe was already above
-:data:`POWER_ON_PLAUSIBLE_ABOVE_C` (75 °C) -- a probe in a hot process can
-read 85 °C, a probe at room temperature cannot jump there.
+Exact values: the temperature is decoded from the scratchpad bytes on the
+first ``w1_slave`` line (byte 0 LSB, byte 1 MSB; "Table 1"), at the
+configured resolution (or the one in the configuration register, byte 4 bits
+6:5, when none is configured), with the bits the datasheet leaves undefined at
+that resolution masked. The kernel's ``t=`` value is truncated to three
+decimals (25.0625 °C shows as 25.062) and is used only when no scratchpad is
+there (the plain ``temperature`` file). The scratchpad CRC (Dallas/Maxim
+CRC-8, x^8 + x^5 + x^4 + 1, over bytes 0..7, "CRC Generation") is checked
+here too, after the kernel's YES/NO.
+
+The 85 °C rule: a probe that lost power (or whose conversion did not run)
+holds its power-on register, 0550h = 85.0000 °C, with a valid CRC. So an
+exact 0550h is confirmed by a second conversion (the kernel starts one on
+each ``w1_slave`` read) one conversion time later: if it also reads 0550h
+two conversions agree and 85 °C is reported; if it reads something else,
+that is the reading. A probe that browns out in every conversion would still
+pass -- the datasheet offers no way to tell that from a real 85 °C.
 
 Kernel interface: Documentation/w1/slaves/w1_therm.rst and
 Documentation/ABI/testing/sysfs-driver-w1_therm in the Linux source tree.
@@ -37,7 +48,10 @@ Documentation/ABI/testing/sysfs-driver-w1_therm in the Linux source tree.
 
 from __future__ import annotations
 
+import builtins
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -46,6 +60,7 @@ from pydantic import field_validator
 
 from agent.i2c import ChipAbsent
 from agent.plugin import PluginOptions, Sensor, SensorError
+from sensors._limits import within
 
 #: Where the kernel lists 1-Wire slaves (mapped under Hardware.sysfs_root).
 DEVICES_DIR = "/sys/bus/w1/devices"
@@ -60,10 +75,8 @@ OTHER_THERM_FAMILIES = {
 }
 #: Datasheet measuring range, °C.
 RANGE_C = (-55.0, 125.0)
-#: The temperature register's power-on reset value (datasheet Table 1), m°C.
-POWER_ON_MILLIDEGREES = 85_000
-#: 85 °C is believed only when the previous reading was above this, °C.
-POWER_ON_PLAUSIBLE_ABOVE_C = 75.0
+#: The temperature register's power-on reset value (datasheet Table 1), raw.
+POWER_ON_RAW = 0x0550
 #: Max conversion time per resolution ("Thermometer Resolution Configuration").
 CONVERSION_TIME_S = {9: 0.09375, 10: 0.1875, 11: 0.375, 12: 0.75}
 
@@ -146,23 +159,46 @@ def parse_w1_slave(text: str) -> W1Reading:
     return W1Reading(crc_match.group(2) == "YES", int(t_match.group(1)), pad)
 
 
-def check_temperature(millidegrees: int, previous: float | None) -> float:
-    """Turn kernel millidegrees into °C, applying the range and 85 °C rules.
+def maxim_crc8(data: bytes) -> int:
+    """Dallas/Maxim 1-Wire CRC-8 (x^8 + x^5 + x^4 + 1, LSB first, initial 0)."""
+    crc = 0
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0x8C if crc & 1 else crc >> 1
+    return crc
 
-    ``previous`` is the last accepted reading of the same probe (None when
-    there is none yet).
-    """
-    celsius = millidegrees / 1000
+
+def scratchpad_resolution(pad: bytes) -> int:
+    """The resolution in bits set in the configuration register (byte 4, R1:R0 = bits 6:5)."""
+    return 9 + ((pad[4] >> 5) & 0b11)
+
+
+def scratchpad_raw(pad: bytes, resolution: int) -> int:
+    """The signed temperature register from scratchpad bytes 0 (LSB) and 1
+    (MSB), with the bits undefined at ``resolution`` cleared (9 bit: bits
+    2..0, 10 bit: 1..0, 11 bit: 0)."""
+    raw = pad[0] | (pad[1] << 8)
+    raw &= ~((1 << (12 - resolution)) - 1) & 0xFFFF
+    return raw - 0x10000 if raw & 0x8000 else raw
+
+
+def check_scratchpad(pad: bytes, who: str) -> None:
+    """Refuse a scratchpad of the wrong length or with a wrong CRC (byte 8)."""
+    if len(pad) != 9:
+        raise SensorError(f"{who}: scratchpad has {len(pad)} bytes, not 9")
+    if not any(pad):
+        raise SensorError(f"{who}: all-zero scratchpad (data line held low?)")
+    computed = maxim_crc8(pad[:8])
+    if computed != pad[8]:
+        raise SensorError(f"{who}: scratchpad CRC 0x{pad[8]:02x} does not match 0x{computed:02x}")
+
+
+def check_temperature(celsius: float, who: str = "DS18B20") -> float:
+    """The measuring range check with the shared tolerance (:mod:`sensors._limits`)."""
     low, high = RANGE_C
-    if not low <= celsius <= high:
-        raise SensorError(f"{celsius:g} °C is outside the DS18B20's range {low:g}..{high:g} °C")
-    if millidegrees == POWER_ON_MILLIDEGREES and (previous is None or previous <= POWER_ON_PLAUSIBLE_ABOVE_C):
-        before = "no earlier reading" if previous is None else f"previous reading {previous:g} °C"
-        raise SensorError(
-            "85 °C is the DS18B20's power-on reset value (probe reset or conversion "
-            f"not done); rejected because {before} is not above "
-            f"{POWER_ON_PLAUSIBLE_ABOVE_C:g} °C"
-        )
+    if not within(celsius, low, high):
+        raise SensorError(f"{who}: {celsius:g} °C is outside the DS18B20's range {low:g}..{high:g} °C")
     return celsius
 
 
@@ -170,38 +206,52 @@ class DS18B20(Sensor[DS18B20Options]):
     """A DS18B20 probe on the kernel's 1-Wire bus (sysfs, no I2C)."""
 
     type = "ds18b20"
-    Options: ClassVar[type[PluginOptions]] = DS18B20Options
+    Options: ClassVar[builtins.type[PluginOptions]] = DS18B20Options
     quantities: ClassVar[dict[str, str]] = {"temperature": "°C"}
     default_interval: ClassVar[float] = 10.0
 
     serial: str | None = None
-    _previous: float | None = None
+    #: How the driver waits before a confirming conversion; tests replace it.
+    _sleep: Callable[[float], None] = staticmethod(time.sleep)
 
     def open(self) -> None:
         """Find the probe (by serial, or the only one for ``auto``) and set
         its resolution if configured."""
         self.serial = self._resolve_serial()
-        self._previous = None
         if self.options.resolution is not None:
             self._apply_resolution(self.options.resolution)
 
     def read(self) -> dict[str, float]:
-        """One temperature reading (blocks for the conversion, up to 750 ms)."""
+        """One temperature reading (blocks for the conversion, up to 750 ms).
+
+        An exact power-on value (0550h, 85 °C) is confirmed by a second
+        conversion one conversion time later (see the module docstring)."""
+        raw, resolution = self._convert()
+        if raw == POWER_ON_RAW:
+            self._sleep(CONVERSION_TIME_S[resolution])
+            raw, resolution = self._convert()
+        return {"temperature": check_temperature(raw / 16, f"DS18B20 {self.serial}")}
+
+    def _convert(self) -> tuple[int, int]:
+        """One conversion as the kernel reports it: (raw register in 1/16 °C, resolution bits)."""
         if self.serial is None:
             self.open()
         assert self.serial is not None
         directory = self._probe_dir(self.serial)
         slave = directory / "w1_slave"
         plain = directory / "temperature"
+        who = f"DS18B20 {self.serial}"
         if slave.exists():
             reading = parse_w1_slave(self._read_file(slave))
             if not reading.crc_ok:
                 raise SensorError(
-                    f"DS18B20 {self.serial}: CRC check failed (w1_slave says NO; "
+                    f"{who}: CRC check failed (w1_slave says NO; "
                     "noise on the 1-Wire line or a long cable without a strong pull-up?)"
                 )
-            if reading.scratchpad and not any(reading.scratchpad):
-                raise SensorError(f"DS18B20 {self.serial}: all-zero scratchpad (data line held low?)")
+            if reading.scratchpad:
+                check_scratchpad(reading.scratchpad, who)
+                resolution = self.options.resolution or scratchpad_resolution(reading.scratchpad)
+                return scratchpad_raw(reading.scratchpad, resolution), resolution
             millideg = reading.millidegrees
         elif plain.exists():
             text = self._read_file(plain).strip()
@@ -211,9 +261,8 @@ class DS18B20(Sensor[DS18B20Options]):
                 raise SensorError(f"unexpected content in {plain}: {text!r}") from None
         else:
             raise self._absent(self.serial)
-        celsius = check_temperature(millideg, self._previous)
-        self._previous = celsius
-        return {"temperature": celsius}
+        # no scratchpad: the kernel's millidegrees, at 1/16 °C where it is exact
+        return round(millideg * 16 / 1000), self.options.resolution or 12
 
     def recover(self) -> None:
         """Look the probe up again (for ``auto``: a replaced probe has a new

@@ -25,6 +25,7 @@ reported state always ends up at the input's real level.
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -236,7 +237,7 @@ class _EdgeInput(Sensor[Any]):
     """Common machinery: a gpiozero input device, an :class:`EdgeFilter`
     between its activate/deactivate events and :meth:`emit`."""
 
-    Options: ClassVar[type[PluginOptions]] = GPIOInputOptions
+    Options: ClassVar[builtins.type[PluginOptions]] = GPIOInputOptions
     #: Poll period (s): a heartbeat of the current state; changes are pushed.
     default_interval: ClassVar[float] = 60.0
 

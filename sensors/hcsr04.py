@@ -95,9 +95,10 @@ class HCSR04(Sensor[Any]):
 
     def __init__(self, sensor_id: str, options: Any, hardware: Any) -> None:
         super().__init__(sensor_id, options, hardware)
-        self._trigger: Any | None = None
-        self._echo: Any | None = None
-        self._factory: Any | None = None
+        # gpiozero objects (untyped), None while closed
+        self._trigger: Any = None
+        self._echo: Any = None
+        self._factory: Any = None
         self._edge_lock = threading.Lock()
         self._fell = threading.Event()
         self._rise: Any | None = None

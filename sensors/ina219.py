@@ -33,6 +33,7 @@ written.
 
 from __future__ import annotations
 
+import builtins
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -191,7 +192,7 @@ class INA219(I2CSensor):
     """TI INA219: bus voltage (V), shunt voltage (mV), current (A), power (W)."""
 
     type: ClassVar[str] = "ina219"
-    Options: ClassVar[type[PluginOptions]] = INA219Options
+    Options: ClassVar[builtins.type[PluginOptions]] = INA219Options
     quantities: ClassVar[Mapping[str, str]] = {
         "bus_voltage": "V",
         "shunt_voltage": "mV",
@@ -233,7 +234,7 @@ class INA219(I2CSensor):
     def _read_reg(self, reg: int) -> int:
         with self.transaction() as bus:
             hi, lo = bus.read_i2c_block_data(self.options.address, reg, 2)
-        return (hi << 8) | lo
+        return (int(hi) << 8) | int(lo)
 
     # -- lifecycle
 

@@ -26,6 +26,7 @@ Byte figures are decimal: MB = 10^6 bytes, GB = 10^9 bytes.
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -39,7 +40,7 @@ from agent.plugin import NoOptions, PluginOptions, Sensor, SensorError
 class _KernelFileSensor(Sensor[Any]):
     """Reads kernel files under the hardware's sysfs root."""
 
-    Options: ClassVar[type[PluginOptions]] = NoOptions
+    Options: ClassVar[builtins.type[PluginOptions]] = NoOptions
     default_interval: ClassVar[float] = 60.0
 
     def read_file(self, absolute: str) -> str:

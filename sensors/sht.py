@@ -4,7 +4,9 @@ Both families take commands rather than register pointers and answer with
 16-bit words, each followed by a CRC-8 (see :mod:`sensors._crc`). Transfers
 are raw I2C messages through smbus2's ``i2c_rdwr``: a write message with the
 command, a pause for the measurement, then a separate read message (a STOP in
-between, as the datasheets draw it for the no-clock-stretching commands).
+between, as the datasheets draw it for the no-clock-stretching commands). The
+write and the read are separate bus transactions: the shared bus lock is free
+during the measurement wait.
 
 SHT3x -- Sensirion "Datasheet SHT3x-DIS" (Version 5, May 2018):
 
@@ -42,6 +44,7 @@ SHT4x -- Sensirion "Datasheet SHT4x" (Version 3, April 2022):
 
 from __future__ import annotations
 
+import builtins
 import errno
 import time
 from collections.abc import Callable, Sequence
@@ -53,6 +56,7 @@ from smbus2 import i2c_msg
 from agent.i2c import I2CAddress, I2COptions, I2CSensor
 from agent.plugin import PluginOptions, SensorError
 from sensors._crc import crc8
+from sensors._limits import check_range
 
 # -- SHT3x register map (commands) -----------------------------------------
 
@@ -78,8 +82,6 @@ SHT4X_ADDRESSES = (0x44, 0x45, 0x46)
 MARGIN_S = 0.001
 #: Both families' specified operating range, °C.
 TEMPERATURE_RANGE_C = (-40.0, 125.0)
-#: Slack at the range ends for quantisation (one raw step is 175/65535 °C).
-RANGE_SLACK_C = 0.01
 
 Repeatability = Literal["high", "medium", "low"]
 
@@ -132,13 +134,10 @@ def unpack_words(data: bytes, names: Sequence[str], chip: str) -> list[int]:
 
 
 def check_temperature(celsius: float, chip: str) -> float:
-    """Reject a temperature outside the specified operating range."""
+    """Reject a temperature outside the specified operating range (with the
+    shared tolerance of :mod:`sensors._limits`)."""
     low, high = TEMPERATURE_RANGE_C
-    if not low - RANGE_SLACK_C <= celsius <= high + RANGE_SLACK_C:
-        raise SensorError(
-            f"{chip}: temperature {celsius:.2f} °C is outside the chip's range {low:g}..{high:g} °C (faulty reading)"
-        )
-    return celsius
+    return check_range(celsius, low, high, who=chip, what="temperature", unit="°C")
 
 
 def check_address(value: int, allowed: tuple[int, ...], chip: str, note: str) -> int:
@@ -204,14 +203,18 @@ class _SensirionSensor(I2CSensor):
         return bytes(msg)
 
     def _command_then_read(self, command: bytes, wait: float, length: int, what: str) -> bytes:
-        """One transaction: command, wait, read. A NACK on the read after an
-        acknowledged command means the chip is still busy, not absent."""
-        with self.io_errors(), self.transaction() as bus:
-            self._write(bus, command)
+        """Command, wait, read: two bus transactions with the wait between
+        them, so other chips on the bus are served while this one measures.
+        A NACK on the read after an acknowledged command means the chip is
+        still busy, not absent."""
+        with self.io_errors():
+            with self.transaction() as bus:
+                self._write(bus, command)
             if wait:
                 self._sleep(wait)
             try:
-                return self._read(bus, length)
+                with self.transaction() as bus:
+                    return self._read(bus, length)
             except OSError as exc:
                 if exc.errno != errno.EREMOTEIO:
                     raise
@@ -230,7 +233,7 @@ class SHT3x(_SensirionSensor):
     """Sensirion SHT3x-DIS, single-shot mode without clock stretching."""
 
     type = "sht3x"
-    Options: ClassVar[type[PluginOptions]] = SHT3xOptions
+    Options: ClassVar[builtins.type[PluginOptions]] = SHT3xOptions
     addresses: ClassVar[tuple[int, ...]] = SHT3X_ADDRESSES
     default_interval: ClassVar[float] = 10.0
 
@@ -252,8 +255,9 @@ class SHT3x(_SensirionSensor):
 
     def recover(self) -> None:
         """Soft reset (0x30A2), wait for it, then check the chip again."""
-        with self.io_errors(), self.transaction() as bus:
-            self._write(bus, SHT3X_SOFT_RESET.to_bytes(2, "big"))
+        with self.io_errors():
+            with self.transaction() as bus:
+                self._write(bus, SHT3X_SOFT_RESET.to_bytes(2, "big"))
             self._sleep(SHT3X_SOFT_RESET_TIME_S + MARGIN_S)
         self.probe()
 
@@ -270,7 +274,7 @@ class SHT4x(_SensirionSensor):
     """Sensirion SHT4x; the serial number read at open is the chip check."""
 
     type = "sht4x"
-    Options: ClassVar[type[PluginOptions]] = SHT4xOptions
+    Options: ClassVar[builtins.type[PluginOptions]] = SHT4xOptions
     addresses: ClassVar[tuple[int, ...]] = SHT4X_ADDRESSES
     default_interval: ClassVar[float] = 10.0
 
@@ -292,8 +296,9 @@ class SHT4x(_SensirionSensor):
 
     def recover(self) -> None:
         """Soft reset (0x94), wait for it, then read the serial number again."""
-        with self.io_errors(), self.transaction() as bus:
-            self._write(bus, bytes([SHT4X_SOFT_RESET]))
+        with self.io_errors():
+            with self.transaction() as bus:
+                self._write(bus, bytes([SHT4X_SOFT_RESET]))
             self._sleep(SHT4X_SOFT_RESET_TIME_S + MARGIN_S)
         self.probe()
 

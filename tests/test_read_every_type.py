@@ -190,6 +190,8 @@ def test_read_prints_every_quantity(type_name: str, reads: dict[str, subprocess.
     assert expected, f"a {type_name} sensor declares no quantities{shown}"
     printed: dict[str, tuple[str, str | None]] = {}
     for line in result.stdout.splitlines():
+        if line.startswith("# "):
+            continue  # a note on how the reading was taken (range, saturation)
         match = LINE.match(line)
         assert match, f"unexpected output line {line!r}{shown}"
         printed[match["name"]] = (match["value"], match["unit"])

@@ -192,3 +192,27 @@ def test_stop_always_returns_even_when_a_cancel_lands_on_a_finishing_read(tmp_pa
             await asyncio.wait_for(agent.stop(), 5)
 
         asyncio.run(cycle())
+
+
+class Clipping(Sensor):
+    """Reads at its limit (marked saturated) for ``clipped`` reads, then normally."""
+
+    type = "clipping-test"
+    quantities = {"v": ""}
+
+    def __init__(self, clipped: int) -> None:
+        super().__init__("clipping", None, None)  # type: ignore[arg-type]
+        self.clipped = clipped
+
+    def read(self):
+        self.saturated = frozenset({"v"}) if self.clipped > 0 else frozenset()
+        self.clipped -= 1
+        return {"v": 1.0}
+
+
+def test_a_sensor_reading_at_its_limit_shows_as_saturated():
+    runner, delivered = run_runner(Clipping(clipped=100), interval=0.1, seconds=0.25)
+    assert delivered and None not in delivered  # the values are delivered
+    assert runner.state is SensorState.SATURATED
+    runner, _ = run_runner(Clipping(clipped=1), interval=0.1, seconds=0.25)
+    assert runner.state is SensorState.OK

@@ -329,13 +329,13 @@ class FakeSMBus(smbus2.SMBus):
     def _set_address(self, address: int, force: bool | None = None) -> None:
         force = force if force is not None else self.force
         self.address = _check_address(address)
-        self._force_last = force
+        self._force_last = force  # type: ignore[assignment]  # smbus2's stubs type it None
 
     def enable_pec(self, enable: bool = True) -> None:
         """PEC is not simulated (and not reported in ``funcs``)."""
         raise OSError("SMBUS_PEC is not a feature")
 
-    pec = property(smbus2.SMBus._get_pec, enable_pec)
+    pec = property(smbus2.SMBus._get_pec, enable_pec)  # type: ignore[attr-defined]  # smbus2 private, untyped in its stubs
 
     # --- core ------------------------------------------------------------------
     def _xfer(self, op: str, msgs: list[_Msg]) -> list[bytes]:
@@ -586,6 +586,12 @@ class FakeI2C:
             return lock
 
     # --- transactions --------------------------------------------------------------
+    def wire_time_s(self, msgs: list[_Msg]) -> float:
+        """How long a transaction occupies the bus (slept holding its lock):
+        :attr:`transaction_delay` here; a timed bus model overrides it."""
+        del msgs
+        return self.transaction_delay
+
     def _transfer(self, bus: int, op: str, msgs: list[_Msg]) -> list[bytes]:
         """Run one transaction; return the data of each read message in order.
 
@@ -601,8 +607,9 @@ class FakeI2C:
 
         results: list[bytes] = []
         with self._bus_lock(bus):
-            if self.transaction_delay:
-                time.sleep(self.transaction_delay)
+            delay = self.wire_time_s(msgs)
+            if delay:
+                time.sleep(delay)
             for address, parts in groups:
                 written = b"".join(x for is_read, x in parts if not is_read)  # type: ignore[misc]
                 read = bytearray()
@@ -627,7 +634,7 @@ class FakeI2C:
                             else:
                                 data = bytes(device.on_read(x))  # type: ignore[arg-type]
                             if x != _BLOCK_READ and len(data) != x:
-                                raise RuntimeError(f"{type(device).__name__}.on_read({x}) returned {len(data)} bytes")
+                                raise RuntimeError(f"{type(device).__name__}.on_read({x!r}) returned {len(data)} bytes")
                             read += data
                             results.append(data)
                 except OSError as exc:

@@ -153,27 +153,68 @@ def test_conversion_that_never_finishes(fake: FakeI2C, hw: Hardware) -> None:
         sensor.read()
 
 
-def test_out_of_range_input_is_an_error(fake: FakeI2C, hw: Hardware) -> None:
-    # 3.0 V on ±0.256 V: the result pins at 7FFFh, which is not the input.
-    fake.add(1, 0x48, ADS1115Chip(inputs={"A3": 3.0, "A0": -0.3}))
-    sensor, _ = make(hw, channels={"v": {"input": "A3", "gain": 0.256}})
-    sensor.open()
-    with pytest.raises(SensorError, match=r"v \(A3\): input beyond the ±0.256 V range \(code 0x7FFF\)"):
-        sensor.read()
-    negative, _ = make(hw, channels={"n": {"input": "A0", "gain": 0.256}})
-    negative.open()
-    with pytest.raises(SensorError, match=r"code 0x8000"):
-        negative.read()
+def instant(hw: Hardware, **options: Any) -> ADS1115:
+    """A sensor whose waits are recorded, not slept (for chips with time_scale 0)."""
+    sensor = ADS1115("adc", ADS1115.Options(**options), hw)
+    sensor._sleep = Waits(really=False)  # type: ignore[method-assign]
+    return sensor
 
 
-def test_one_saturated_channel_leaves_the_others(fake: FakeI2C, hw: Hardware, caplog: pytest.LogCaptureFixture) -> None:
-    fake.add(1, 0x48, ADS1115Chip(inputs={"A0": 1.0, "A3": 3.0}))
-    sensor, _ = make(hw, channels={"ok": {"input": "A0"}, "hot": {"input": "A3", "gain": 0.512}})
+# §7.3.4 output codes: 7FFFh for an input >= +FS·(2^15 - 1)/2^15, 8000h for an
+# input <= -FS. Reported as that bound, marked saturated.
+@pytest.mark.unit
+@pytest.mark.parametrize("gain", [6.144, 4.096, 2.048, 1.024, 0.512, 0.256])
+@pytest.mark.unit
+def test_full_scale_codes_are_reported_as_the_bound(fake: FakeI2C, hw: Hardware, gain: float) -> None:
+    fake.add(1, 0x48, ADS1115Chip(inputs={"A0": 10.0, "A1": 0.0, "A2": 0.0, "A3": 10.0})).time_scale = 0.0
+    sensor = instant(hw, channels={"hi": {"input": "A0-A1", "gain": gain}, "lo": {"input": "A2-A3", "gain": gain}})
     sensor.open()
-    with caplog.at_level(logging.WARNING, logger="sensors.ads1115"):
-        values = sensor.read()
+    values = sensor.read()
+    assert values["hi"] == gain * 32767 / 32768  # 7FFFh
+    assert values["lo"] == -gain  # 8000h
+    assert sensor.saturated == {"hi", "lo"}
+
+
+@pytest.mark.unit
+def test_full_scale_bound_goes_through_the_scaling(fake: FakeI2C, hw: Hardware) -> None:
+    fake.add(1, 0x48, ADS1115Chip(inputs={"A3": 3.0})).time_scale = 0.0
+    sensor = instant(hw, channels={"v": {"input": "A3", "gain": 0.256, "scale": 10.0, "offset": 1.0}})
+    sensor.open()
+    assert sensor.read()["v"] == pytest.approx(0.256 * 32767 / 32768 * 10 + 1, abs=1e-12)
+
+
+@pytest.mark.unit
+def test_full_scale_dropped_on_request(fake: FakeI2C, hw: Hardware) -> None:
+    fake.add(1, 0x48, ADS1115Chip(inputs={"A0": 1.0, "A3": 3.0})).time_scale = 0.0
+    sensor = instant(hw, at_full_scale="drop", channels={"ok": {"input": "A0"}, "hot": {"input": "A3", "gain": 0.512}})
+    sensor.open()
+    values = sensor.read()
     assert set(values) == {"ok"}
-    assert "hot (A3): input beyond" in caplog.text
+    assert sensor.saturated == frozenset()
+    only = instant(hw, at_full_scale="drop", channels={"v": {"input": "A3", "gain": 0.256}})
+    only.open()
+    with pytest.raises(SensorError, match=r"v \(A3\): input beyond the ±0.256 V range \(code 0x7FFF\)"):
+        only.read()
+
+
+@pytest.mark.unit
+def test_saturation_logged_once_per_episode(fake: FakeI2C, hw: Hardware, caplog: pytest.LogCaptureFixture) -> None:
+    chip = fake.add(1, 0x48, ADS1115Chip(inputs={"A0": 1.0, "A3": 3.0}))
+    chip.time_scale = 0.0
+    sensor = instant(hw, channels={"ok": {"input": "A0"}, "hot": {"input": "A3", "gain": 0.512}})
+    sensor.open()
+    with caplog.at_level(logging.INFO, logger="sensors.ads1115"):
+        for _ in range(10):
+            sensor.read()
+        assert [r.getMessage() for r in caplog.records] == [
+            "ADS1115 at i2c-1@0x48: hot (A3): input beyond the ±0.512 V range (code 0x7FFF); choose a larger gain range"
+        ]
+        chip.inputs["A3"] = 0.25
+        for _ in range(10):
+            assert sensor.read()["hot"] == pytest.approx(0.25, abs=1e-3)
+    assert len(caplog.records) == 2
+    assert "back within range" in caplog.records[1].getMessage()
+    assert sensor.saturated == frozenset()
 
 
 def test_missing_chip_names_bus_and_address(fake: FakeI2C, hw: Hardware) -> None:

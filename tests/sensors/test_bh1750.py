@@ -9,6 +9,7 @@ the address is the only presence check the chip offers.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -17,7 +18,6 @@ from pydantic import ValidationError
 
 from agent.hardware import Hardware
 from agent.i2c import ChipAbsent
-from agent.plugin import SensorError
 from agent.sim.chips.bh1750 import BH1750Chip
 from agent.sim.hardware import SimulatedHardware
 from agent.sim.i2c import FakeI2C
@@ -164,14 +164,93 @@ def test_io_error_then_recovery(fake: FakeI2C, hw: Hardware) -> None:
     assert sensor.read()["illuminance"] == pytest.approx(1000.0, abs=0.5)
 
 
-def test_saturation_is_an_error(fake: FakeI2C, hw: Hardware) -> None:
-    # 100000 lx × 1.2 > 65535 counts: the chip saturates at 0xFFFF (54612 lx
-    # at MTreg 69), which is not the real illuminance.
-    fake.add(1, 0x23, BH1750Chip(illuminance=100_000.0))
-    sensor, _ = make(hw, resolution="low")
+def instant(fake: FakeI2C, hw: Hardware, lux: float, **options: Any) -> tuple[BH1750, BH1750Chip, Waits]:
+    """A sensor on a chip whose conversions finish at once, its waits recorded, not slept."""
+    chip = fake.add(1, 0x23, BH1750Chip(illuminance=lux))
+    chip.time_scale = 0.0
+    sensor = BH1750("light", BH1750.Options(**options), hw)
+    waits = Waits(really=False)
+    sensor._sleep = waits  # type: ignore[method-assign]
     sensor.open()
-    with pytest.raises(SensorError, match=r"saturated \(65535 counts, above 54612 lx"):
-        sensor.read()
+    return sensor, chip, waits
+
+
+# p.11 / p.2: 65535 counts is the top of each setting's range; the value is
+# reported (the light is at least that bright) and marked saturated.
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("resolution", "mtreg", "top_lx"),
+    [
+        ("high", 69, 65535 / 1.2),  # 54612.5 lx
+        ("low", 69, 65535 / 1.2),
+        ("high2", 69, 65535 / 1.2 / 2),  # 27306.25 lx
+        ("high", 31, 65535 / 1.2 * 69 / 31),  # 121557.3 lx, the widest range
+        ("high2", 254, 65535 / 1.2 * 69 / 254 / 2),  # 7417.6 lx
+    ],
+)
+def test_65535_counts_reported_and_marked_saturated(
+    fake: FakeI2C, hw: Hardware, resolution: str, mtreg: int, top_lx: float
+) -> None:
+    sensor, chip, _ = instant(fake, hw, 500_000.0, resolution=resolution, mtreg=mtreg)
+    value = sensor.read()["illuminance"]
+    assert chip.count() == 0xFFFF
+    assert value == pytest.approx(top_lx, rel=1e-12)
+    assert sensor.saturated == {"illuminance"}
+    chip.illuminance = 10.0
+    sensor.read()
+    assert sensor.saturated == frozenset()
+
+
+@pytest.mark.unit
+def test_auto_range_reads_bright_sun_in_the_widest_range(fake: FakeI2C, hw: Hardware) -> None:
+    sensor, chip, _ = instant(fake, hw, 100_000.0, resolution="auto")
+    value = sensor.read()["illuminance"]
+    # 100 klx is beyond high/69 (54.6 klx) but inside high/31 (121.6 klx)
+    assert value == pytest.approx(100_000.0, rel=1e-3)
+    assert sensor.saturated == frozenset()
+    assert sensor.describe_reading() == "high resolution, MTreg 31 (auto)"
+    assert chip.mtreg == 31
+
+
+@pytest.mark.unit
+def test_auto_range_at_the_top_of_the_widest_range_is_saturated(fake: FakeI2C, hw: Hardware) -> None:
+    sensor, _, _ = instant(fake, hw, 150_000.0, resolution="auto")
+    assert sensor.read()["illuminance"] == pytest.approx(65535 / 1.2 * 69 / 31, rel=1e-12)
+    assert sensor.saturated == {"illuminance"}
+
+
+@pytest.mark.unit
+def test_auto_range_keeps_resolution_in_dim_light(fake: FakeI2C, hw: Hardware) -> None:
+    sensor, chip, waits = instant(fake, hw, 3.0, resolution="auto")
+    value = sensor.read()["illuminance"]
+    assert sensor.describe_reading() == "high2 resolution, MTreg 254 (auto)"
+    # one count is 1/1.2 × 69/254 / 2 = 0.113 lx
+    assert value == pytest.approx(3.0, abs=0.06)
+    assert 0x21 in chip.commands  # one-time H-resolution mode 2
+    # the next read starts at the chosen setting: one measurement only
+    waits.clear()
+    sensor.read()
+    assert len(waits) == 1
+
+
+@pytest.mark.unit
+def test_auto_needs_one_time_mode() -> None:
+    with pytest.raises(ValidationError, match="one_time"):
+        BH1750.Options(resolution="auto", mode="continuous")
+
+
+@pytest.mark.unit
+def test_saturation_logged_once_per_episode(fake: FakeI2C, hw: Hardware, caplog: pytest.LogCaptureFixture) -> None:
+    sensor, chip, _ = instant(fake, hw, 100_000.0, resolution="low")
+    with caplog.at_level(logging.INFO, logger="sensors.bh1750"):
+        for _ in range(10):
+            sensor.read()
+        assert len(caplog.records) == 1
+        assert caplog.records[0].getMessage().startswith("BH1750 at i2c-1@0x23: saturated (65535 counts")
+        chip.illuminance = 100.0
+        for _ in range(10):
+            sensor.read()
+    assert len(caplog.records) == 2
 
 
 def test_close_powers_down(fake: FakeI2C, hw: Hardware) -> None:

@@ -309,7 +309,7 @@ def test_temperature_out_of_range(fake: FakeI2C, hw: Hardware) -> None:
     sensor, _ = make(BME280, hw)
     sensor.open()
     chip.raw = raw_for(90.0, 1000.0, 50.0, chip.trimming)
-    with pytest.raises(SensorError, match=r"temperature 90\.\d+ °C is outside -40\.\.85"):
+    with pytest.raises(SensorError, match=r"temperature 90\.\d+ °C is outside the chip's range -40\.\.85"):
         sensor.read()
 
 
@@ -319,23 +319,93 @@ def test_pressure_out_of_range(fake: FakeI2C, hw: Hardware) -> None:
     sensor.open()
     adc_t, _, adc_h = raw_for(20.0, 1000.0, 50.0, chip.trimming)
     chip.raw = (adc_t, 0xFFFF0, adc_h)  # an almost-zero pressure
-    with pytest.raises(SensorError, match=r"pressure .* hPa is outside 300\.\.1100 hPa"):
+    with pytest.raises(SensorError, match=r"pressure .* hPa is outside the chip's range 300\.\.1100 hPa"):
         sensor.read()
 
 
-def test_skipped_value_in_a_data_register_is_an_error(fake: FakeI2C, hw: Hardware) -> None:
-    # 0x8000 is what the humidity register holds when no humidity was measured
-    # (§5.4.9 reset value); the double formula would turn it into ~100 %RH.
+def test_skip_codes_are_readings_when_the_channel_is_measured(fake: FakeI2C, hw: Hardware) -> None:
+    # 0x8000 (humidity) and 0x80000 (temperature) are the registers' "skipped"
+    # values, but with oversampling on they are legal conversion results.
     chip = fake.add(1, 0x76, Bmx280Chip())
     sensor, _ = make(BME280, hw)
     sensor.open()
     adc_t, adc_p, _ = raw_for(20.0, 1000.0, 50.0, chip.trimming)
     chip.raw = (adc_t, adc_p, 0x8000)
-    with pytest.raises(SensorError, match="humidity register holds the 'no data' value 0x8000"):
-        sensor.read()
+    assert 0.0 <= sensor.read()["humidity"] <= 100.0
     chip.raw = (0x80000, adc_p, 20000)
-    with pytest.raises(SensorError, match="temperature register holds"):
-        sensor.read()
+    assert -40.0 < sensor.read()["temperature"] < 85.0
+
+
+# -- range limits with the worked example's trimming (BST-BMP280-DS001 §3.11.3) --
+
+
+def _example_sensor(hw: Hardware) -> BMP280:
+    sensor, _ = make(BMP280, hw, address=0x77)
+    sensor.calibration = Calibration(**EXAMPLE)
+    return sensor
+
+
+def _block(adc_t: int, adc_p: int) -> bytes:
+    return bytes(
+        [adc_p >> 12, (adc_p >> 4) & 0xFF, (adc_p & 0xF) << 4, adc_t >> 12, (adc_t >> 4) & 0xFF, (adc_t & 0xF) << 4]
+    )
+
+
+def _adc_t_for(celsius: float) -> int:
+    """The largest adc_T whose example-compensated temperature is <= celsius."""
+    low, high = 0, (1 << 20) - 1
+    while low < high:
+        mid = (low + high + 1) // 2
+        if compensate_temperature(mid, Calibration(**EXAMPLE))[0] <= celsius:
+            low = mid
+        else:
+            high = mid - 1
+    return low
+
+
+def _adc_p_for(hpa: float, t_fine: float) -> int:
+    """The smallest adc_P whose compensated pressure is <= hpa (pressure falls as adc_P rises)."""
+    low, high = 0, (1 << 20) - 1
+    while low < high:
+        mid = (low + high) // 2
+        if compensate_pressure(mid, t_fine, Calibration(**EXAMPLE)) / 100 <= hpa:
+            high = mid
+        else:
+            low = mid + 1
+    return low
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("limit", [-40.0, 85.0])
+def test_temperature_a_hair_past_a_limit_is_reported(hw: Hardware, limit: float) -> None:
+    sensor = _example_sensor(hw)
+    adc_t = _adc_t_for(limit) + (1 if limit > 0 else 0)  # the first code past +85 / last below -40
+    celsius, _ = compensate_temperature(adc_t, Calibration(**EXAMPLE))
+    assert celsius != limit and abs(celsius - limit) < 0.01
+    assert sensor.convert(_block(adc_t, EXAMPLE_ADC_P))["temperature"] == celsius
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("limit", [300.0, 1100.0])
+def test_pressure_a_hair_past_a_limit_is_reported(hw: Hardware, limit: float) -> None:
+    sensor = _example_sensor(hw)
+    _, t_fine = compensate_temperature(EXAMPLE_ADC_T, Calibration(**EXAMPLE))
+    adc_p = _adc_p_for(limit, t_fine) - (1 if limit > 1000 else 0)
+    hpa = compensate_pressure(adc_p, t_fine, Calibration(**EXAMPLE)) / 100
+    assert hpa != limit and abs(hpa - limit) < 0.01
+    assert (hpa > limit) == (limit > 1000)
+    assert sensor.convert(_block(EXAMPLE_ADC_T, adc_p))["pressure"] == hpa
+
+
+@pytest.mark.unit
+def test_beyond_the_tolerance_is_refused(hw: Hardware) -> None:
+    # tolerance is 0.5 % of the span: 0.625 °C, 4 hPa
+    sensor = _example_sensor(hw)
+    with pytest.raises(SensorError, match=r"temperature -40\.7\d °C is outside"):
+        sensor.convert(_block(_adc_t_for(-40.7), EXAMPLE_ADC_P))
+    _, t_fine = compensate_temperature(EXAMPLE_ADC_T, Calibration(**EXAMPLE))
+    with pytest.raises(SensorError, match=r"pressure 110[45]\.\d+ hPa is outside"):
+        sensor.convert(_block(EXAMPLE_ADC_T, _adc_p_for(1104.5, t_fine)))
 
 
 def test_bmp280_refuses_a_bme280(fake: FakeI2C, hw: Hardware) -> None:

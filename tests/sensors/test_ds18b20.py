@@ -25,7 +25,6 @@ from agent.sim.chips.ds18b20 import (
     FakeW1Bus,
     celsius_from_raw,
     kernel_millidegrees,
-    maxim_crc8,
     raw_from_celsius,
     scratchpad,
     w1_slave_text,
@@ -33,10 +32,12 @@ from agent.sim.chips.ds18b20 import (
 from agent.sim.hardware import SimulatedHardware
 from sensors.ds18b20 import (
     DS18B20,
-    POWER_ON_PLAUSIBLE_ABOVE_C,
     check_temperature,
+    maxim_crc8,
     parse_w1_slave,
+    scratchpad_raw,
 )
+from tests.sensors.support import Waits
 
 pytestmark = pytest.mark.unit
 
@@ -130,27 +131,75 @@ def test_parse_rejects_malformed_text() -> None:
         parse_w1_slave("garbage\nmore garbage\n")
 
 
-def test_85_rule_as_a_function() -> None:
-    with pytest.raises(SensorError, match="power-on reset value.*no earlier reading"):
-        check_temperature(85_000, None)
-    with pytest.raises(SensorError, match="previous reading 21.5 °C"):
-        check_temperature(85_000, 21.5)
-    # Boundary: the previous reading must be *above* 75 °C.
-    with pytest.raises(SensorError):
-        check_temperature(85_000, POWER_ON_PLAUSIBLE_ABOVE_C)
-    assert check_temperature(85_000, 75.5) == 85.0
-    # Only exactly 85.000 °C is suspect; 84.937 and 85.062 are plain readings.
-    assert check_temperature(84_937, None) == 84.937
-    assert check_temperature(85_062, None) == 85.062
-
-
+@pytest.mark.unit
 def test_range_as_a_function() -> None:
-    assert check_temperature(-55_000, None) == -55.0
-    assert check_temperature(125_000, None) == 125.0
+    # the shared tolerance: 0.5 % of the 180 °C span = 0.9 °C beyond each end
+    assert check_temperature(-55.0) == -55.0
+    assert check_temperature(125.0) == 125.0
+    assert check_temperature(-55.0625) == -55.0625
     with pytest.raises(SensorError, match="outside the DS18B20's range -55..125"):
-        check_temperature(-55_062, None)
+        check_temperature(-56.0)
     with pytest.raises(SensorError, match="outside"):
-        check_temperature(127_937, None)  # 07FFh, a typical garbage value
+        check_temperature(127.9375)  # 07FFh, a typical garbage value
+
+
+@pytest.mark.unit
+def test_maxim_crc_of_the_kernel_example() -> None:
+    # w1_therm's documented example line: 72 01 4b 46 7f ff 0e 10 57
+    assert maxim_crc8(bytes.fromhex("72014b467fff0e10")) == 0x57
+
+
+# Datasheet Table 1 temperatures, each at the resolutions that can represent
+# it exactly (9 bit: 0.5 °C, 10: 0.25, 11: 0.125, 12: 0.0625).
+@pytest.mark.unit
+@pytest.mark.parametrize(("celsius", "raw"), TABLE_1)
+@pytest.mark.parametrize("bits", [9, 10, 11, 12])
+def test_scratchpad_decoded_exactly_at_each_resolution(
+    w1: FakeW1Bus, hw: Hardware, celsius: float, raw: int, bits: int
+) -> None:
+    step = 0.5 / (1 << (bits - 9))
+    if celsius % step:
+        pytest.skip(f"{celsius} °C is not a {bits}-bit value")
+    w1.add(PROBE_A, resolution=bits)
+    w1.set(PROBE_A, raw=raw, resolution=bits)
+    sensor = make(hw, serial=PROBE_A, resolution=bits)
+    sensor._sleep = Waits(really=False)  # type: ignore[method-assign]
+    sensor.open()
+    assert sensor.read() == {"temperature": celsius}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("bits", "expected"),
+    [(9, 25.0), (10, 25.0), (11, 25.0), (12, 25.0625)],
+)
+@pytest.mark.unit
+def test_undefined_low_bits_are_masked(bits: int, expected: float) -> None:
+    # 0191h = 25.0625 °C; at 9..11 bits the low bits are undefined (Table 1 note)
+    pad = scratchpad(raw=0x0191, resolution=12)
+    assert scratchpad_raw(pad, bits) / 16 == expected
+
+
+@pytest.mark.unit
+def test_kernel_truncation_is_not_used(w1: FakeW1Bus, hw: Hardware) -> None:
+    # t= says 25062 (truncated); the scratchpad holds 0191h = 25.0625 exactly
+    w1.add(PROBE_A)
+    w1.set(PROBE_A, raw=0x0191)
+    sensor = make(hw, serial=PROBE_A)
+    sensor.open()
+    assert sensor.read()["temperature"] == 25.0625
+
+
+@pytest.mark.unit
+def test_wrong_scratchpad_crc_refused_even_if_the_kernel_said_yes(w1: FakeW1Bus, hw: Hardware) -> None:
+    w1.add(PROBE_A)
+    pad = scratchpad(21.5)
+    text = w1_slave_text(pad=pad).replace(f"{pad[8]:02x} :", f"{pad[8] ^ 1:02x} :", 1)
+    w1.set_text(PROBE_A, text)
+    sensor = make(hw, serial=PROBE_A)
+    sensor.open()
+    with pytest.raises(SensorError, match="scratchpad CRC"):
+        sensor.read()
 
 
 # -- over fake sysfs ----------------------------------------------------------
@@ -181,10 +230,10 @@ def test_table_1_values_through_the_kernel_format(w1: FakeW1Bus, hw: Hardware) -
     w1.add(PROBE_A)
     sensor = make(hw, serial=PROBE_A)
     sensor.open()
-    # 0191h (+25.0625 °C) shows as t=25062 in w1_slave: the driver reports 25.062.
+    # 0191h (+25.0625 °C) shows as t=25062 in w1_slave; the scratchpad is exact.
     w1.set(PROBE_A, raw=0x0191)
     assert "t=25062" in w1.path(PROBE_A).read_text()
-    assert sensor.read()["temperature"] == 25.062
+    assert sensor.read()["temperature"] == 25.0625
     # FF5Eh = -10.125 °C exactly.
     w1.set(PROBE_A, raw=0xFF5E)
     assert sensor.read()["temperature"] == -10.125
@@ -227,26 +276,30 @@ def test_all_zero_scratchpad_is_rejected(w1: FakeW1Bus, hw: Hardware) -> None:
         sensor.read()
 
 
-def test_85_power_on_value_rejected_without_hot_history(w1: FakeW1Bus, hw: Hardware) -> None:
-    w1.add(PROBE_A, 85.0)  # probe just powered up: register still 0550h
+@pytest.mark.unit
+def test_real_85_is_confirmed_by_a_second_conversion(w1: FakeW1Bus, hw: Hardware) -> None:
+    w1.add(PROBE_A, 85.0)  # a probe in a process really at 85.000 °C
     sensor = make(hw, serial=PROBE_A)
+    waits = Waits(really=False)
+    sensor._sleep = waits  # type: ignore[method-assign]
     sensor.open()
-    with pytest.raises(SensorError, match="power-on reset value"):
-        sensor.read()
-    w1.set(PROBE_A, 21.0)
-    assert sensor.read()["temperature"] == 21.0
-    w1.set(PROBE_A, 85.0)  # jump from 21 °C to exactly 85 °C: a reset, not heat
-    with pytest.raises(SensorError, match="previous reading 21 °C"):
-        sensor.read()
+    for _ in range(3):
+        assert sensor.read()["temperature"] == 85.0
+    assert waits == [0.75] * 3  # one confirming conversion per reading
 
 
-def test_85_accepted_when_already_hot(w1: FakeW1Bus, hw: Hardware) -> None:
-    w1.add(PROBE_A, 80.0)
-    sensor = make(hw, serial=PROBE_A)
+@pytest.mark.unit
+def test_power_on_85_replaced_by_the_confirming_conversion(w1: FakeW1Bus, hw: Hardware) -> None:
+    w1.add(PROBE_A, 85.0)  # the probe just powered up: register still 0550h
+    sensor = make(hw, serial=PROBE_A, resolution=10)
     sensor.open()
-    assert sensor.read()["temperature"] == 80.0
-    w1.set(PROBE_A, 85.0)
-    assert sensor.read()["temperature"] == 85.0
+
+    def powered_up(seconds: float) -> None:
+        assert seconds == 0.1875  # one 10-bit conversion
+        w1.set(PROBE_A, 21.25)
+
+    sensor._sleep = powered_up  # type: ignore[method-assign]
+    assert sensor.read()["temperature"] == 21.25
 
 
 def test_out_of_range_reading_is_rejected(w1: FakeW1Bus, hw: Hardware) -> None:
@@ -254,7 +307,7 @@ def test_out_of_range_reading_is_rejected(w1: FakeW1Bus, hw: Hardware) -> None:
     sensor = make(hw, serial=PROBE_A)
     sensor.open()
     w1.set(PROBE_A, raw=0x07FF)  # 127.9375 °C, above +125 °C
-    with pytest.raises(SensorError, match="127.937 °C is outside"):
+    with pytest.raises(SensorError, match="127.938 °C is outside"):
         sensor.read()
     w1.set(PROBE_A, raw=raw_from_celsius(-60.0))
     with pytest.raises(SensorError, match="-60 °C is outside"):

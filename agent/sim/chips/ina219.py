@@ -78,7 +78,7 @@ class INA219Chip(FakeI2CDevice):
         return (ADC_TIME_S[(config >> 7) & 0xF] + ADC_TIME_S[(config >> 3) & 0xF]) * self.time_scale
 
     def _restart(self) -> None:
-        self._ready_at = time.monotonic() + self._conversion_time()
+        self._ready_at: float | None = time.monotonic() + self._conversion_time()
         self.regs[2] &= ~0x0002 & 0xFFFF
 
     def registers_for(self, config: int, cal: int) -> tuple[int, int, int, int]:
