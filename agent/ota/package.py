@@ -209,8 +209,10 @@ def _dependency_wheels(
             timeout=1800,
         )
     else:
-        for platform in platforms or [None]:
-            for py in python_versions or [None]:
+        targets_platform: list[str | None] = [*platforms] or [None]
+        targets_python: list[str | None] = [*python_versions] or [None]
+        for platform in targets_platform:
+            for py in targets_python:
                 target = (["--platform", platform] if platform else []) + (
                     ["--python-version", py, "--implementation", "cp"] if py else []
                 )
