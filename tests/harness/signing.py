@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import zipfile
 from pathlib import Path
 
@@ -33,17 +34,25 @@ def key_pair(directory: Path, name: str) -> tuple[Path, PublicKey]:
 
 def _wheel(files: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as z:
         for name, data in files.items():
             z.writestr(name, data)
     return buf.getvalue()
 
 
-def tiny_package(path: Path, version: str = "1.1.0", build: str = BUILD, deps: int = 1) -> PackageInfo:
-    """A valid package with a stand-in agent wheel and ``deps`` dependency wheels."""
+def tiny_package(
+    path: Path, version: str = "1.1.0", build: str = BUILD, deps: int = 1, dep_size: int = 0
+) -> PackageInfo:
+    """A valid package with a stand-in agent wheel and ``deps`` dependency
+    wheels, each with ``dep_size`` random bytes (the benchmark's realistic sizes)."""
     wheels = {f"wheels/pi_edge_agent-{version}-py3-none-any.whl": _wheel({"agent/BUILD": build.encode() + b"\n"})}
     for i in range(deps):
-        wheels[f"wheels/dep{i}-1.0-py3-none-any.whl"] = _wheel({f"dep{i}/__init__.py": f"X = {i}\n".encode()})
+        wheels[f"wheels/dep{i}-1.0-py3-none-any.whl"] = _wheel(
+            {
+                f"dep{i}/__init__.py": f"X = {i}\n".encode(),
+                **({f"dep{i}/data.bin": os.urandom(dep_size)} if dep_size else {}),
+            }
+        )
     manifest = {
         "format": "pi-edge-agent-ota/1",
         "version": version,

@@ -1,0 +1,192 @@
+"""Signed updates over the real path: Blynk offer, HTTPS download from
+loopback, checks, stage and swap into a temporary state dir.
+
+The agent runs in-process against the session broker (as in
+test_ota_refusals.py). The packages are the session's real packages
+(``ota_packages``) signed, or tampered with after signing, by the tests.
+Every refusal must happen before anything is installed (the release tree is
+untouched, nothing staged), with one log line and a Blynk event naming its
+own reason. Two tests install for real (they build a release venv): a
+package signed by a trusted key that introduces a second key, and the next
+package signed only by that second key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cli import main
+from agent.ota.keys import load_keyring, remember_introduced
+from agent.ota.package import SIGNATURE, PackageInfo, open_package
+from agent.ota.signing import PublicKey, sign_package
+from agent.releases import current_release
+from tests.harness.ota import Packages, PackageServer, offer_for
+from tests.harness.signing import entries, flip_byte, key_pair, tamper
+from tests.test_blynk_support import run, running, until
+from tests.test_ota_refusals import offer_and_wait, one_line, ota_agent
+
+pytestmark = pytest.mark.integration
+
+
+def signed(package: PackageInfo, dest: Path, key: Path, introduces: tuple[PublicKey, ...] = ()) -> PackageInfo:
+    """A signed copy of a session package."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(package.path, dest)
+    return sign_package(open_package(dest), key, introduces)
+
+
+def dependency_wheel(info: PackageInfo) -> str:
+    return next(f"wheels/{w.name}" for w in info.wheels if w.name != info.agent_wheel)
+
+
+def attack(name: str, good: PackageInfo, v1: PackageInfo, tmp: Path, key_a: Path, key_other: Path) -> PackageInfo:
+    """The package an attacker would ship, for each case."""
+    if name == "unsigned":
+        return good
+    if name == "wrong key":
+        return signed(good, tmp / "other.zip", key_other)
+    mine = signed(good, tmp / "signed.zip", key_a)
+    bad = tmp / "bad.zip"
+    if name == "byte changed":
+        wheel = dependency_wheel(mine)
+        tamper(mine.path, bad, {wheel: flip_byte(entries(mine.path)[wheel])})
+    elif name == "wheel added":
+        tamper(mine.path, bad, {"wheels/evil-1.0-py3-none-any.whl": entries(mine.path)[dependency_wheel(mine)]})
+    elif name == "wheel removed":
+        tamper(mine.path, bad, {dependency_wheel(mine): None})
+    elif name == "manifest edited":
+        tamper(mine.path, bad, {}, fix_manifest=False, manifest_edit={"created": {"at": 0, "by": "mallory"}})
+    elif name == "copied signature":
+        old = signed(v1, tmp / "v1-signed.zip", key_a)
+        tamper(good.path, bad, {SIGNATURE: old.signature}, fix_manifest=False)
+    return open_package(bad)
+
+
+REASONS = {
+    "unsigned": "signature: the package is unsigned",
+    "wrong key": "which this device does not trust",
+    "byte changed": "signature: wheel changed after signing: wheels/",
+    "wheel added": "signature: wheel added after signing: wheels/evil-1.0-py3-none-any.whl",
+    "wheel removed": "signature: wheel removed after signing: wheels/",
+    "manifest edited": "signature: the manifest was edited after signing",
+    "copied signature": "signature: the signature belongs to another package (signed for 1.0.0",
+}
+
+
+@pytest.mark.parametrize("case", list(REASONS))
+def test_tampered_packages_are_refused_before_install(
+    broker: Any,
+    cloud: Any,
+    tmp_path: Path,
+    package_server: PackageServer,
+    ota_packages: Packages,
+    caplog: Any,
+    case: str,
+) -> None:
+    key_a, a = key_pair(tmp_path / "keys", "a")
+    key_other, _ = key_pair(tmp_path / "keys", "other")
+    package = attack(case, ota_packages.good, ota_packages.v1, tmp_path, key_a, key_other)
+    agent = ota_agent(tmp_path, broker, package_server, trusted_keys=[a.text()])
+    url = package_server.serve("pkg.zip", package)
+    r = offer_and_wait(agent, cloud, caplog, offer_for(package, url))
+    assert r.outcome == "failed" and REASONS[case] in r.detail, r.detail
+    line = one_line(r.log, REASONS[case])
+    assert "update to 1.1.0 failed: signature:" in line
+    assert "building the release" not in r.log, "refused before anything was installed"
+    assert r.events and REASONS[case].removeprefix("signature: ") in r.events[0]
+    assert package_server.requests["pkg.zip"] == 1, "a refused signature is not downloaded again"
+
+
+def offer_once(agent: Any, cloud: Any, package: PackageInfo, server: PackageServer) -> tuple[str, str]:
+    """Offer ``package`` to an in-process agent; its outcome (it may install)."""
+    url = server.serve("pkg.zip", package)
+    cloud.subscribe("#")
+
+    async def scenario() -> Any:
+        async with running(agent):
+            await cloud.aexpect("info/mcu", timeout=15)
+            cloud.publish("downlink/ota/json", json.dumps(offer_for(package, url)).encode())
+            await until(lambda: agent.ota.outcomes, 300, "an OTA outcome")
+            await until(lambda: agent.ota.active is None, 60, "the update task to end")
+            return agent.ota.outcomes[0]
+
+    outcome: tuple[str, str] = run(scenario(), 600)
+    return outcome
+
+
+@pytest.mark.slow
+def test_signed_by_trusted_key_installs_and_introduces_a_key(
+    broker: Any,
+    cloud: Any,
+    tmp_path: Path,
+    package_server: PackageServer,
+    ota_packages: Packages,
+    caplog: Any,
+    capsys: Any,
+) -> None:
+    """Trusting A: A's package introducing B is built and swapped in; B is
+    kept in the state dir and ``ota status`` shows it."""
+    key_a, a = key_pair(tmp_path / "keys", "a")
+    _, b = key_pair(tmp_path / "keys", "b")
+    package = signed(ota_packages.good, tmp_path / "good-a.zip", key_a, (b,))
+    agent = ota_agent(tmp_path, broker, package_server, trusted_keys=[str(tmp_path / "keys" / "a.pub")])
+    with caplog.at_level(logging.INFO, logger="agent"):
+        outcome = offer_once(agent, cloud, package, package_server)
+    assert outcome == ("swapped", "1.1.0"), (outcome, caplog.text[-3000:])
+    root = agent.ota.root
+    assert current_release(root) == "1.1.0"
+    one_line(caplog.text, f"signature by trusted key {a.key_id} verified")
+    one_line(caplog.text, "self-check passed")
+    one_line(caplog.text, f"introduces key {b.key_id} (signed in by {a.key_id})")
+    ring = load_keyring([a.text()], [], root)
+    assert b in ring.trusted()
+    capsys.readouterr()
+    assert main(["ota", "status", "--state-dir", str(root)]) == 0
+    assert f"key {b.key_id}  introduced by {a.key_id} with 1.1.0" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_rotated_key_installs_and_revoking_it_refuses(
+    broker: Any,
+    cloud: Any,
+    tmp_path: Path,
+    package_server: PackageServer,
+    ota_packages: Packages,
+    caplog: Any,
+) -> None:
+    """A device that took B from an A-signed package installs a package
+    signed only by B; with B in revoked_keys the same package is refused."""
+    key_a, a = key_pair(tmp_path / "keys", "a")
+    key_b, b = key_pair(tmp_path / "keys", "b")
+    by_b = signed(ota_packages.good, tmp_path / "good-b.zip", key_b)
+
+    # revoked first (a refusal leaves the state dir untouched)
+    revoked = ota_agent(tmp_path / "revoked", broker, package_server, trusted_keys=[a.text()], revoked_keys=[b.text()])
+    introduce(revoked.ota.root, key_a, a, b, ota_packages, tmp_path)
+    r = offer_and_wait(revoked, cloud, caplog, offer_for(by_b, package_server.serve("pkg.zip", by_b)))
+    assert r.outcome == "failed" and f"signature: signed by revoked key {b.key_id}" in r.detail
+    one_line(r.log, "signed by revoked key")
+    caplog.clear()
+
+    agent = ota_agent(tmp_path / "device", broker, package_server, trusted_keys=[a.text()])
+    introduce(agent.ota.root, key_a, a, b, ota_packages, tmp_path)
+    with caplog.at_level(logging.INFO, logger="agent"):
+        outcome = offer_once(agent, cloud, by_b, package_server)
+    assert outcome == ("swapped", "1.1.0"), (outcome, caplog.text[-3000:])
+    one_line(caplog.text, f"signature by trusted key {b.key_id} verified")
+
+
+def introduce(root: Path, key_a: Path, a: PublicKey, b: PublicKey, packages: Packages, tmp: Path) -> None:
+    """The state an installed A-signed package introducing B leaves (what the
+    test above proves the update does), without building a release for it."""
+    intro = signed(packages.v1, tmp / f"intro-{root.parent.name}.zip", key_a, (b,))
+    ring = load_keyring([a.text()], [], root)
+    statement = ring.check(intro)
+    assert statement is not None
+    assert remember_introduced(root, ring, statement, "1.0.0") == [b]
