@@ -220,8 +220,11 @@ def verify_package(info: PackageInfo, trusted: Iterable[PublicKey]) -> dict[str,
     only, and the signature checked with that trusted key's bytes: a package
     cannot bring its own key, and an id that collides proves nothing.
     """
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    try:
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    except ImportError as exc:  # fail closed: trusted keys are set, nothing unverified installs
+        raise SigningError(f"cannot verify signatures: the cryptography library is missing ({exc})") from None
 
     statement, signature = read_statement(info)
     key_id = statement["key_id"]
