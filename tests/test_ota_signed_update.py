@@ -6,9 +6,8 @@ test_ota_refusals.py). The packages are the session's real packages
 (``ota_packages``) signed, or tampered with after signing, by the tests.
 Every refusal must happen before anything is installed (the release tree is
 untouched, nothing staged), with one log line and a Blynk event naming its
-own reason. Two tests install for real (they build a release venv): a
-package signed by a trusted key that introduces a second key, and the next
-package signed only by that second key.
+own reason. One test installs for real, twice (it builds release venvs):
+key rotation from A to B, then B revoked.
 """
 
 from __future__ import annotations
@@ -21,15 +20,15 @@ from typing import Any
 
 import pytest
 
-from agent.cli import main
-from agent.ota.keys import load_keyring, remember_introduced
 from agent.ota.package import SIGNATURE, PackageInfo, open_package
 from agent.ota.signing import PublicKey, sign_package
+from agent.ota.trial import commit
 from agent.releases import current_release
-from tests.harness.ota import Packages, PackageServer, offer_for
+from tests.harness.ota import Packages, PackageServer, fake_release_root, offer_for, tree
 from tests.harness.signing import entries, flip_byte, key_pair, tamper
-from tests.test_blynk_support import run, running, until
-from tests.test_ota_refusals import offer_and_wait, one_line, ota_agent
+from tests.test_blynk_support import build_agent, run, running, until
+from tests.test_ota_package import edge_agent
+from tests.test_ota_refusals import OTA, offer_and_wait, one_line, ota_agent
 
 pytestmark = pytest.mark.integration
 
@@ -120,73 +119,65 @@ def offer_once(agent: Any, cloud: Any, package: PackageInfo, server: PackageServ
     return outcome
 
 
+def device(tmp_path: Path, broker: Any, server: PackageServer, name: str, root: Path, **ota: Any) -> Any:
+    """An in-process agent on an existing state dir (one per start of the device)."""
+    agent = build_agent(tmp_path, broker, sensor=False, relay=False, state_dir=root, name=name)
+    agent.ota.settings = agent.ota.settings.model_copy(update={**OTA, "ca_file": server.ca_file, **ota})
+    agent.ota.allowed_hosts = tuple(agent.ota.settings.allowed_hosts)
+    return agent
+
+
 @pytest.mark.slow
-def test_signed_by_trusted_key_installs_and_introduces_a_key(
+def test_rotation_end_to_end(
     broker: Any,
     cloud: Any,
     tmp_path: Path,
     package_server: PackageServer,
     ota_packages: Packages,
     caplog: Any,
-    capsys: Any,
 ) -> None:
-    """Trusting A: A's package introducing B is built and swapped in; B is
-    kept in the state dir and ``ota status`` shows it."""
+    """A device trusting A takes 1.1.0 signed by A that introduces B (built,
+    swapped; B kept and shown by ``ota status``); once 1.1.0 is committed it
+    takes 1.2.0 signed only by B; with B in revoked_keys, 1.3.0 signed by B
+    is refused before anything is installed."""
     key_a, a = key_pair(tmp_path / "keys", "a")
-    _, b = key_pair(tmp_path / "keys", "b")
-    package = signed(ota_packages.good, tmp_path / "good-a.zip", key_a, (b,))
-    agent = ota_agent(tmp_path, broker, package_server, trusted_keys=[str(tmp_path / "keys" / "a.pub")])
+    key_b, b = key_pair(tmp_path / "keys", "b")
+    root = fake_release_root(tmp_path / "state")
+    trust = {"trusted_keys": [str(tmp_path / "keys" / "a.pub")]}
+
+    first = signed(ota_packages.good, tmp_path / "good-a.zip", key_a, (b,))
     with caplog.at_level(logging.INFO, logger="agent"):
-        outcome = offer_once(agent, cloud, package, package_server)
+        outcome = offer_once(
+            device(tmp_path, broker, package_server, "d1", root, **trust), cloud, first, package_server
+        )
     assert outcome == ("swapped", "1.1.0"), (outcome, caplog.text[-3000:])
-    root = agent.ota.root
     assert current_release(root) == "1.1.0"
     one_line(caplog.text, f"signature by trusted key {a.key_id} verified")
     one_line(caplog.text, "self-check passed")
     one_line(caplog.text, f"introduces key {b.key_id} (signed in by {a.key_id})")
-    ring = load_keyring([a.text()], [], root)
-    assert b in ring.trusted()
-    capsys.readouterr()
-    assert main(["ota", "status", "--state-dir", str(root)]) == 0
-    assert f"key {b.key_id}  introduced by {a.key_id} with 1.1.0" in capsys.readouterr().out
-
-
-@pytest.mark.slow
-def test_rotated_key_installs_and_revoking_it_refuses(
-    broker: Any,
-    cloud: Any,
-    tmp_path: Path,
-    package_server: PackageServer,
-    ota_packages: Packages,
-    caplog: Any,
-) -> None:
-    """A device that took B from an A-signed package installs a package
-    signed only by B; with B in revoked_keys the same package is refused."""
-    key_a, a = key_pair(tmp_path / "keys", "a")
-    key_b, b = key_pair(tmp_path / "keys", "b")
-    by_b = signed(ota_packages.good, tmp_path / "good-b.zip", key_b)
-
-    # revoked first (a refusal leaves the state dir untouched)
-    revoked = ota_agent(tmp_path / "revoked", broker, package_server, trusted_keys=[a.text()], revoked_keys=[b.text()])
-    introduce(revoked.ota.root, key_a, a, b, ota_packages, tmp_path)
-    r = offer_and_wait(revoked, cloud, caplog, offer_for(by_b, package_server.serve("pkg.zip", by_b)))
-    assert r.outcome == "failed" and f"signature: signed by revoked key {b.key_id}" in r.detail
-    one_line(r.log, "signed by revoked key")
+    status = edge_agent("ota", "status", "--state-dir", str(root))  # a subprocess: main() sets up logging
+    assert f"key {b.key_id}  introduced by {a.key_id} with 1.1.0" in status.stdout, status.stderr
+    assert commit(root, "1.1.0"), "1.1.0 was on trial"
     caplog.clear()
 
-    agent = ota_agent(tmp_path / "device", broker, package_server, trusted_keys=[a.text()])
-    introduce(agent.ota.root, key_a, a, b, ota_packages, tmp_path)
+    second = signed(ota_packages.crash, tmp_path / "crash-b.zip", key_b)  # 1.2.0; its crash is at start, later
     with caplog.at_level(logging.INFO, logger="agent"):
-        outcome = offer_once(agent, cloud, by_b, package_server)
-    assert outcome == ("swapped", "1.1.0"), (outcome, caplog.text[-3000:])
+        outcome = offer_once(
+            device(tmp_path, broker, package_server, "d2", root, **trust), cloud, second, package_server
+        )
+    assert outcome == ("swapped", "1.2.0"), (outcome, caplog.text[-3000:])
+    assert current_release(root) == "1.2.0"
     one_line(caplog.text, f"signature by trusted key {b.key_id} verified")
+    assert commit(root, "1.2.0")
+    caplog.clear()
 
-
-def introduce(root: Path, key_a: Path, a: PublicKey, b: PublicKey, packages: Packages, tmp: Path) -> None:
-    """The state an installed A-signed package introducing B leaves (what the
-    test above proves the update does), without building a release for it."""
-    intro = signed(packages.v1, tmp / f"intro-{root.parent.name}.zip", key_a, (b,))
-    ring = load_keyring([a.text()], [], root)
-    statement = ring.check(intro)
-    assert statement is not None
-    assert remember_introduced(root, ring, statement, "1.0.0") == [b]
+    third = signed(ota_packages.silent, tmp_path / "silent-b.zip", key_b)  # 1.3.0
+    before = tree(root)
+    agent = device(tmp_path, broker, package_server, "d3", root, **trust, revoked_keys=[b.key_id])
+    with caplog.at_level(logging.INFO, logger="agent"):
+        outcome = offer_once(agent, cloud, third, package_server)
+    assert outcome[0] == "failed" and f"signature: signed by revoked key {b.key_id}" in outcome[1], outcome
+    one_line(caplog.text, "signed by revoked key")
+    assert "building the release" not in caplog.text
+    assert tree(root) == before and current_release(root) == "1.2.0"
+    assert [m.text for m in cloud.messages if m.topic == "event/ota"][-1].startswith("update 1.3.0 failed: signature")
