@@ -55,7 +55,8 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
         try:
             load_private_key(args.sign)
-            [parse_public_key(k) for k in args.introduce]
+            for key in args.introduce:
+                parse_public_key(key)
         except SigningError as exc:
             return _fail(str(exc))
     fw_type = args.type

@@ -25,7 +25,7 @@ from agent.ota.signing import PublicKey, SigningError, parse_public_key, read_st
 
 log = logging.getLogger("agent.ota.keys")
 
-__all__ = ["KeyRing", "load_keyring", "remember_introduced"]
+__all__ = ["KeyRing", "describe_keys", "load_keyring", "remember_introduced"]
 
 KEYS_FILE = "keys.json"
 _KEY_ID = re.compile(r"^[0-9a-f]{16}$")
