@@ -37,6 +37,10 @@ starts the service.
   --enable-i2c                turn the I2C interface on (raspi-config)
   --enable-1wire              turn the 1-Wire interface on (raspi-config; reboot needed)
   --config-template FILE      copied to agent.toml when there is none
+  --ota-key FILE              a public key from `edge-agent ota keygen` (NAME.pub):
+                              installed as /etc/edge-agent/ota-signing.pub and
+                              named in [ota] trusted_keys, so the device takes
+                              only updates signed with its private key
                               (default: examples/pi.toml of the source)
   --source DIR                source tree to build the release from (default: the
                               directory this script is in)
@@ -82,6 +86,7 @@ WHEELHOUSE=""
 OFFLINE=0
 PYTHON=/usr/bin/python3
 CONFIG_TEMPLATE=""
+OTA_KEY=""
 BLYNK_TOKEN=${EDGE_AGENT_BLYNK__TOKEN-}
 TS_CLIENT_ID=${EDGE_AGENT_THINGSPEAK__CLIENT_ID-}
 TS_USERNAME=${EDGE_AGENT_THINGSPEAK__USERNAME-}
@@ -100,6 +105,7 @@ while [ $# -gt 0 ]; do
         --enable-i2c) ENABLE_I2C=1 ;;
         --enable-1wire) ENABLE_1WIRE=1 ;;
         --config-template) need_arg "$@"; CONFIG_TEMPLATE=$2; shift ;;
+        --ota-key) need_arg "$@"; OTA_KEY=$2; shift ;;
         --source) need_arg "$@"; SOURCE=$2; shift ;;
         --wheel) need_arg "$@"; WHEEL=$2; shift ;;
         --wheelhouse) need_arg "$@"; WHEELHOUSE=$2; shift ;;
@@ -129,6 +135,7 @@ fi
 
 ETC=$ROOT/etc/edge-agent
 CONFIG=$ETC/agent.toml
+OTA_KEY_FILE=$ETC/ota-signing.pub
 PLUGINS=$ETC/plugins.d
 CREDSTORE=$ROOT/etc/credstore
 STATE=$ROOT/var/lib/edge-agent
@@ -486,6 +493,44 @@ install_config() {
     ensure_owner "root:$USER_NAME" "$CONFIG"
 }
 
+# install_ota_key: --ota-key FILE in place as $OTA_KEY_FILE, named in [ota] trusted_keys
+# check_ota_key: --ota-key must be a public key (checked before anything is changed)
+check_ota_key() {
+    [ -n "$OTA_KEY" ] || return 0
+    [ -f "$OTA_KEY" ] || fail "--ota-key $OTA_KEY: not a file"
+    tr -d ' \t\r\n' <"$OTA_KEY" | grep -Eq '^ed25519:[A-Za-z0-9+/]{43}=$' ||
+        fail "--ota-key $OTA_KEY: not a public key from 'edge-agent ota keygen' (ed25519:<base64>); never give the private key"
+}
+
+install_ota_key() {
+    [ -n "$OTA_KEY" ] || return 0
+    step "update signing key"
+    check_ota_key
+    key=$(tr -d ' \t\r\n' <"$OTA_KEY")
+    if [ -f "$OTA_KEY_FILE" ] && [ "$(tr -d ' \t\r\n' <"$OTA_KEY_FILE")" = "$key" ]; then
+        unchanged "${OTA_KEY_FILE#"$ROOT"} holds this key"
+    else
+        tmp=$(mktemp "$ETC/.ota-signing.pub.XXXXXX")
+        printf '%s\n' "$key" >"$tmp"
+        chmod 0644 "$tmp"
+        mv "$tmp" "$OTA_KEY_FILE"
+        CONFIG_CHANGED=1
+        changed "public key installed as ${OTA_KEY_FILE#"$ROOT"}"
+    fi
+    ensure_owner root:root "$OTA_KEY_FILE"
+    runtime=${OTA_KEY_FILE#"$ROOT"}
+    if grep -q "^[[:space:]]*trusted_keys[[:space:]]*=.*$runtime" "$CONFIG"; then
+        unchanged "$CONFIG trusts it ([ota] trusted_keys)"
+    elif grep -q "^[[:space:]]*trusted_keys[[:space:]]*=" "$CONFIG" || config_has ota; then
+        note "add \"$runtime\" to [ota] trusted_keys in $CONFIG by hand (it has an [ota] section: not edited)"
+    else
+        printf '\n[ota]\n# only updates signed with the private key of this public key (docs/ota.md)\ntrusted_keys = ["%s"]\n' \
+            "$runtime" >>"$CONFIG"
+        CONFIG_CHANGED=1
+        changed "$CONFIG: [ota] trusted_keys = [\"$runtime\"]"
+    fi
+}
+
 # store_credential NAME VALUE: /etc/credstore/NAME, 0600 root, if it differs
 store_credential() {
     file=$CREDSTORE/$1
@@ -657,11 +702,13 @@ start_failed() {
 do_install() {
     locate_source
     check_platform
+    check_ota_key
     say "This will:"
     say "    install OS packages: python3-venv, python3-pip (and python3-lgpio where the archive has it)"
     say "    create the system user $USER_NAME in groups: $GROUPS_WANTED"
     say "    build a release from ${WHEEL:-$SOURCE} into ${STATE}/releases/ and point ${STATE}/current at it"
     say "    write $CONFIG from $(basename "$CONFIG_TEMPLATE") only if it does not exist"
+    [ -z "$OTA_KEY" ] || say "    install the update signing key $OTA_KEY as $OTA_KEY_FILE and trust it in [ota]"
     say "    keep secrets in $CREDSTORE/ (0600 root), passed to the service with LoadCredential="
     say "    install $UNIT, check the config, enable and start the service"
     [ -z "$ROOT" ] || say "    (into $ROOT: no apt, no systemctl; users and ownership recorded in $PLAN)"
@@ -675,6 +722,7 @@ do_install() {
     make_dirs
     build_release
     install_config
+    install_ota_key
     credentials
     interfaces
     install_unit

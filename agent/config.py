@@ -281,6 +281,24 @@ class OtaSection(_Section):
     healthy_period: Annotated[float, Field(ge=0, le=86400)] = 60.0
     #: Blynk event code for refusals, failures, rollbacks and commits; unset: none
     event: Annotated[str, Field(pattern=r"^[A-Za-z0-9_]{1,64}$")] | None = None
+    #: public keys (``ed25519:<base64>`` or a file holding one) whose signature a package needs; unset: none needed
+    trusted_keys: list[Annotated[str, Field(min_length=1, max_length=4096)]] = []
+    #: keys (as above, or a 16-hex-digit key id) refused even where a package introduced them
+    revoked_keys: list[Annotated[str, Field(min_length=1, max_length=4096)]] = []
+
+    @field_validator("trusted_keys", "revoked_keys")
+    @classmethod
+    def _inline_keys(cls, keys: list[str]) -> list[str]:
+        """An inline key must be a whole Ed25519 key (a file is read at update time)."""
+        from agent.public_keys import SigningError, parse_public_key
+
+        for key in keys:
+            if key.strip().startswith("ed25519:"):
+                try:
+                    parse_public_key(key)
+                except SigningError as exc:
+                    raise ValueError(str(exc)) from None
+        return keys
 
 
 class Route(_Section):

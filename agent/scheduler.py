@@ -272,7 +272,7 @@ class SensorRunner:
         if self.state in (SensorState.FAILING, SensorState.HUNG):
             log.info("sensor %s: recovered after %d failed reads", self.sensor.id, self._consecutive_failures)
         self._consecutive_failures = 0
-        saturated = getattr(self.sensor, "saturated", frozenset())
+        saturated: frozenset[str] = getattr(self.sensor, "saturated", frozenset())
         self.state = SensorState.SATURATED if saturated else SensorState.OK
         self.last_error = None
         self.deliver(self.sensor, values, ts, mono)

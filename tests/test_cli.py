@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -75,14 +76,24 @@ def test_broken_plugin_is_reported_and_skipped_while_the_agent_runs_on(tmp_path)
     listed = edge_agent("plugins", "--config", str(cfg))
     assert "failed   broken.py" in listed.stdout and "SyntaxError" in listed.stdout
     proc = spawn_agent("run", "--config", str(cfg), "--print-readings")
+    lines: list[str] = []
+    watchdog = threading.Timer(60, proc.kill)  # a hung agent fails the test instead of hanging it
+    watchdog.start()
     try:
-        time.sleep(2.0)
+        # five readings printed: the agent is running (and its signal handlers are in place)
+        assert proc.stdout is not None
+        while sum("d6.roll = 6.0 pips" in line for line in lines) < 5:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=10)
+        out, err = proc.communicate(timeout=30)
+        watchdog.cancel()
     assert proc.returncode == 0, err
     assert "plugin broken.py: failed to load" in err and "SyntaxError: expected ':' (line 3" in err
-    assert out.count("d6.roll = 6.0 pips") >= 5
+    assert sum("d6.roll = 6.0 pips" in line for line in lines + out.splitlines()) >= 5
 
 
 def test_run_shuts_down_cleanly_on_sigterm_and_sigint(tmp_path):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -75,10 +77,28 @@ def test_pack_refuses_what_the_tag_cannot_carry(tmp_path: Path, args: list[str],
 
 
 def test_pack_for_a_named_platform_and_python(tmp_path: Path, wheelhouse: Path) -> None:
-    """The --platform path (pip download --only-binary) for the platform the wheelhouse has wheels for."""
+    """The --platform path (pip download --only-binary) for the platform the wheelhouse has wheels for.
+
+    ``pip wheel`` filled the wheelhouse with this machine's best wheels; cryptography's may be newer than
+    manylinux2014 (pip does not take manylinux_2_34 wheels for that tag), so its manylinux2014 wheel is
+    added to a copy of the wheelhouse first."""
     import platform
 
     tag = f"manylinux2014_{platform.machine()}"
+    py = f"{sys.version_info.major}.{sys.version_info.minor}"
+    copy = tmp_path / "wheelhouse"
+    shutil.copytree(wheelhouse, copy, copy_function=os.link)
+    subprocess.run(
+        [
+            *(sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps"),
+            *("--only-binary=:all:", "--platform", tag, "--python-version", py, "--implementation", "cp"),
+            *("--dest", str(copy), "cryptography>=42"),
+        ],
+        check=True,
+        timeout=300,
+        capture_output=True,
+    )
+    wheelhouse = copy
     info = pack(
         SRC,
         tmp_path / "p.zip",
@@ -86,7 +106,7 @@ def test_pack_for_a_named_platform_and_python(tmp_path: Path, wheelhouse: Path) 
         version="2.0.0",
         deps=True,
         platforms=[tag],
-        python_versions=[f"{sys.version_info.major}.{sys.version_info.minor}"],
+        python_versions=[py],
         wheelhouse=wheelhouse,
         offline=True,
     )

@@ -34,8 +34,10 @@ from agent.config import BlynkSection, OtaSection
 from agent.locks import InstanceLock, LockHeld
 from agent.ota.download import DownloadError, download, verify_headers
 from agent.ota.install import InstallError, TrialRules, stage_and_swap, staging_dir
+from agent.ota.keys import KeyRing, load_keyring, remember_introduced
 from agent.ota.offer import Offer, OfferError, OfferPolicy, blynk_domain, host_allowed, parse_offer, safe_url
 from agent.ota.package import PackageError, PackageInfo, open_package
+from agent.ota.signing import SigningError
 from agent.ota.trial import StartDecision, Trial, commit, load_state, roll_back, save_state
 from agent.outbox import age_text, cancel_and_wait
 from agent.releases import current_release
@@ -227,6 +229,10 @@ class OtaManager:
             package = await self._download(offer, work / f"{offer.version}.download")
             if package is None:
                 return
+            verified = await self._verify(offer, package)
+            if verified is None:
+                return
+            ring, statement = verified
             rules = TrialRules(self.settings.max_starts, self.settings.trial_timeout, self.settings.healthy_period)
             log.info("ota: %s: staging beside the running %s", offer.version, running_version())
             try:
@@ -242,6 +248,8 @@ class OtaManager:
             except InstallError as exc:
                 await self._failed(offer, str(exc))
                 return
+            if statement is not None:
+                await self._keep_keys(offer, ring, statement)
             self.outcomes.append(("swapped", offer.version))
             log.warning("ota: updated %s -> %s; restarting into the new release", previous, offer.version)
             self._event(f"updated {previous} -> {offer.version}; restarting (on trial)")
@@ -317,6 +325,41 @@ class OtaManager:
             "ota: %s: package checked: tag matches the offer, %d wheels intact", offer.version, len(package.wheels)
         )
         return package
+
+    async def _verify(self, offer: Offer, package: PackageInfo) -> tuple[KeyRing | None, dict[str, Any] | None] | None:
+        """With ``[ota] trusted_keys`` set: the package's signature checked
+        (:mod:`agent.ota.keys`). Returns (key ring, verified statement), both
+        None when signing is not required, or None after the refusal was
+        recorded. Nothing of ``cryptography`` is imported without trusted keys."""
+        s = self.settings
+        if not s.trusted_keys:
+            return None, None
+        try:
+            ring = await in_thread(load_keyring, list(s.trusted_keys), list(s.revoked_keys), self.root)
+            statement = await in_thread(ring.check, package)
+        except SigningError as exc:
+            await self._failed(offer, f"signature: {exc}")
+            return None
+        assert statement is not None  # trusted keys are set: check() verified or raised
+        log.info("ota: %s: signature by trusted key %s verified", offer.version, statement["key_id"])
+        return ring, statement
+
+    async def _keep_keys(self, offer: Offer, ring: KeyRing | None, statement: dict[str, Any]) -> None:
+        """Keep the keys an installed, verified package introduced (rotation)."""
+        if ring is None:
+            return
+        try:
+            new = await in_thread(remember_introduced, self.root, ring, statement, offer.version)
+        except (OSError, SigningError) as exc:
+            log.warning("ota: %s: the keys it introduces were not kept: %s", offer.version, exc)
+            return
+        if new:
+            log.warning(
+                "ota: %s introduces key %s (signed in by %s)",
+                offer.version,
+                ", ".join(k.key_id for k in new),
+                statement["key_id"],
+            )
 
     async def _failed(self, offer: Offer, reason: str) -> None:
         """An accepted offer that could not be installed: logged, remembered

@@ -43,9 +43,22 @@ from agent.version import BUILD_FORMAT
 
 log = logging.getLogger("agent.ota.package")
 
-__all__ = ["MANIFEST", "PackageError", "PackageInfo", "build_time_now", "extract_wheels", "open_package", "pack"]
+__all__ = [
+    "MANIFEST",
+    "SIGNATURE",
+    "PackageError",
+    "PackageInfo",
+    "build_time_now",
+    "extract_wheels",
+    "open_package",
+    "pack",
+]
 
 MANIFEST = "edge-agent-ota.json"
+#: the signature entry (:mod:`agent.ota.signing`); optional, not in the manifest it signs
+SIGNATURE = "edge-agent-ota.sig"
+#: largest signature entry read
+MAX_SIGNATURE = 64 * 1024
 FORMAT = "pi-edge-agent-ota/1"
 DIST = "pi_edge_agent"
 #: most entries a package may have (a damaged or hostile file stops here)
@@ -78,6 +91,10 @@ class PackageInfo:
     platforms: tuple[str, ...]
     python_versions: tuple[str, ...]
     created: dict[str, Any] = field(default_factory=dict)
+    #: SHA-256 (hex) of the manifest entry's bytes, which a signature covers
+    manifest_sha256: str = ""
+    #: the signature entry's bytes, None when the package is unsigned
+    signature: bytes | None = None
 
     @property
     def version(self) -> str:
@@ -209,8 +226,10 @@ def _dependency_wheels(
             timeout=1800,
         )
     else:
-        for platform in platforms or [None]:
-            for py in python_versions or [None]:
+        targets_platform: list[str | None] = [*platforms] or [None]
+        targets_python: list[str | None] = [*python_versions] or [None]
+        for platform in targets_platform:
+            for py in targets_python:
                 target = (["--platform", platform] if platform else []) + (
                     ["--python-version", py, "--implementation", "cp"] if py else []
                 )
@@ -252,10 +271,18 @@ def open_package(path: Path) -> PackageInfo:
             names = [i.filename for i in infos]
             if MANIFEST not in names:
                 raise PackageError(f"{path}: no {MANIFEST}: not an edge-agent update package")
-            manifest = _manifest(z.read(MANIFEST), path)
+            if names.count(MANIFEST) != 1 or names.count(SIGNATURE) > 1 or len(set(names)) != len(names):
+                raise PackageError(f"{path}: an entry appears more than once")
+            manifest_bytes = z.read(MANIFEST)
+            manifest = _manifest(manifest_bytes, path)
             listed: dict[str, dict[str, Any]] = manifest["wheels"]
+            signature = None
+            if SIGNATURE in names:
+                if z.getinfo(SIGNATURE).file_size > MAX_SIGNATURE:
+                    raise PackageError(f"{path}: {SIGNATURE} is larger than {MAX_SIGNATURE} bytes")
+                signature = z.read(SIGNATURE)
             for name in names:
-                if name != MANIFEST and name not in listed:
+                if name not in (MANIFEST, SIGNATURE) and name not in listed:
                     raise PackageError(f"{path}: entry {name!r} is not in the manifest")
             for name in listed:
                 _check_entry_name(name, path)
@@ -285,6 +312,8 @@ def open_package(path: Path) -> PackageInfo:
         platforms=tuple(str(p) for p in manifest.get("platforms") or ()),
         python_versions=tuple(str(p) for p in manifest.get("python_versions") or ()),
         created=dict(manifest.get("created") or {}),
+        manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+        signature=signature,
     )
 
 

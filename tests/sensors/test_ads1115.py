@@ -133,10 +133,31 @@ def test_channels_differential_and_scaling(fake: FakeI2C, hw: Hardware) -> None:
     assert values["pressure"] == pytest.approx(2.875, abs=1e-12)
 
 
-def test_polls_os_bit_until_done(fake: FakeI2C, hw: Hardware) -> None:
+class SteppedClock:
+    """A clock that moves only when the driver sleeps: the chip model and the
+    driver share it, so a loaded machine cannot finish the conversion early."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_polls_os_bit_until_done(fake: FakeI2C, hw: Hardware, monkeypatch: pytest.MonkeyPatch) -> None:
+    import agent.sim.chips.ads1115 as chip_module
+    import sensors.ads1115 as driver_module
+
+    clock = SteppedClock()
+    monkeypatch.setattr(chip_module, "time", clock)
+    monkeypatch.setattr(driver_module, "time", clock)
     chip = fake.add(1, 0x48, ADS1115Chip(inputs={"A0": 1.0}))
     chip.time_scale = 2.0  # twice as slow as nominal: beyond the 10 % margin
     sensor, _ = make(hw, data_rate=860, channels={"v": {"input": "A0"}})
+    sensor._sleep = clock.sleep  # type: ignore[method-assign]
     sensor.open()
     fake.clear_log()
     assert sensor.read()["v"] == pytest.approx(1.0, abs=125e-6)
