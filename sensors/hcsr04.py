@@ -247,16 +247,36 @@ _TRIGGER_CLASSES: dict[bool, type] = {}
 
 
 def mock_trigger_pin_class(factory: Any) -> type:
-    """gpiozero's ``MockTriggerPin``, made PWM-capable when the factory's
-    default pin class is (its ``pin()`` checks the two agree)."""
+    """gpiozero's ``MockTriggerPin`` with an exact echo, made PWM-capable
+    when the factory's default pin class is (its ``pin()`` checks the two
+    agree).
+
+    gpiozero's own mock stamps the echo's falling edge when its thread wakes
+    up after sleeping ``echo_time``: on a busy machine that is late, and the
+    simulated distance grows. Here the falling edge carries the time the echo
+    really ends (``echo_time`` after it rose), as a real sensor's edge would,
+    however late the thread that drives it runs."""
     from gpiozero.pins.mock import MockPWMPin, MockTriggerPin
 
     pwm = issubclass(factory.pin_class, MockPWMPin)
     cls = _TRIGGER_CLASSES.get(pwm)
     if cls is None:
-        if pwm:
-            cls = type("MockPWMTriggerPin", (MockTriggerPin, MockPWMPin), {})
-        else:
-            cls = MockTriggerPin
+        bases = (MockTriggerPin, MockPWMPin) if pwm else (MockTriggerPin,)
+        cls = type("ExactEchoTriggerPin", bases, {"_echo": _exact_echo})
         _TRIGGER_CLASSES[pwm] = cls
     return cls
+
+
+def _exact_echo(self: Any) -> None:
+    """The echo of one trigger: high after 1 ms, low exactly ``echo_time``
+    later on the pin's clock (gpiozero mock internals: ``_change_state``,
+    ``_last_change``, ``_call_when_changed``; pinned by gpiozero>=2,<3)."""
+    time.sleep(0.001)
+    echo = self.echo_pin
+    echo.drive_high()
+    rose = echo._last_change
+    time.sleep(self.echo_time)
+    if echo._change_state(False):
+        echo._last_change = rose + self.echo_time
+        if echo._edges in ("both", "falling") and echo._when_changed is not None:
+            echo._call_when_changed()

@@ -3,11 +3,10 @@
 HC-SR04 facts used: a >= 10 us TRIG pulse starts a ping; ECHO is high for
 the round trip; distance = t x 343 m/s / 2; specified range 2 cm .. 400 cm.
 
-``MockTriggerPin`` answers a trigger by sleeping 1 ms, driving the echo pin
-high, sleeping ``echo_time`` and driving it low, all on its own thread. The
-width the driver measures is the sleep plus thread wake-up overshoot (about
-0.1 ms here, i.e. about +1.9 cm at 100 cm), never less than ``echo_time``:
-hence the one-sided tolerances below.
+The mock trigger pin (``sensors.hcsr04.mock_trigger_pin_class``) answers a
+trigger on its own thread: the echo pin goes high 1 ms later and low with an
+edge stamped exactly ``echo_time`` after the rise, however late that thread
+runs on a busy machine, so the distances below are exact.
 """
 
 from __future__ import annotations
@@ -43,17 +42,14 @@ def test_distance_from_a_known_echo_time(gpio_hardware: Any, open_sensor: Any) -
     trigger = install_mock_echo(gpio_hardware.pin_factory(), TRIG, ECHO, 0.0)
     trigger.echo_time = 0.00583  # s; 0.00583 x 343 / 2 = 0.99985 m -> 99.98 cm
     sensor = open_sensor(HCSR04, gpio_hardware, trigger_pin=TRIG, echo_pin=ECHO, samples=5)
-    distance = sensor.read()["distance"]
-    # + the mock's overshoot: its echo thread wakes late, ~0.1 ms (1.7 cm) idle and
-    # up to ~0.5 ms on a loaded machine; a formula off by a factor is far outside
-    assert 99.9 <= distance <= 110.0
+    assert sensor.read()["distance"] == pytest.approx(100.0, abs=1e-9)  # 99.98 cm, to the driver's 0.1 cm
 
 
 def test_a_second_distance(gpio_hardware: Any, open_sensor: Any) -> None:
     trigger = install_mock_echo(gpio_hardware.pin_factory(), TRIG, ECHO, 0.0)
     trigger.echo_time = 0.001749  # s; 0.001749 x 343 / 2 = 0.29995 m -> 30.0 cm
     sensor = open_sensor(HCSR04, gpio_hardware, trigger_pin=TRIG, echo_pin=ECHO, samples=3)
-    assert 29.9 <= sensor.read()["distance"] <= 39.0  # see test_distance_from_a_known_echo_time
+    assert sensor.read()["distance"] == pytest.approx(30.0, abs=0.01)
 
 
 def test_trigger_pulse_goes_high_then_low(gpio_hardware: Any, open_sensor: Any) -> None:
