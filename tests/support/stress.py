@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
                     summary = m.group(1)
             summaries.append(f"run {run}: exit {proc.returncode}, {summary} ({took:.0f} s)")
             print(summaries[-1], flush=True)
+            for test, runs in sorted(failures.items()):
+                if runs[-1] == run:
+                    print(f"    failed: {test}", flush=True)
             if proc.returncode not in (0, 1):
                 print(proc.stdout[-3000:], proc.stderr[-3000:], sep="\n", flush=True)
     finally:
