@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, __version__
 from agent.cli_common import config_path, print_config_error, setup_logging
-from agent.config import DEFAULT_CONFIG, Config, ConfigError, load_settings, resolve_plugins
+from agent.config import DEFAULT_CONFIG, Config, ConfigError, load_settings
+from agent.config_check import check_config
 from agent.plugin import PluginInfo, PluginRegistry, load_registry
 from agent.scheduler import describe_error
 
@@ -31,12 +32,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.cli")
 
 
-def _load(args: argparse.Namespace, skip_broken: bool = False) -> Config:
-    path = config_path(args)
-    settings = load_settings(path)
-    types = {e.type for e in settings.sensors} | {e.type for e in settings.actuators}
-    registry = load_registry([*settings.agent.plugin_dirs, *getattr(args, "plugin_dir", [])], names=types)
-    return resolve_plugins(path, settings, registry, skip_broken=skip_broken)
+def _load(args: argparse.Namespace, skip_broken: bool = False, need_secrets: bool = False) -> Config:
+    """The config, checked in one pass; ConfigError with every problem.
+
+    Only ``run`` needs the secrets; the other commands validate without them."""
+    result = check_config(
+        config_path(args), getattr(args, "plugin_dir", []), need_secrets=need_secrets, skip_broken=skip_broken
+    )
+    if result.config is None:
+        raise ConfigError(result.errors)
+    return result.config
 
 
 # -- run -------------------------------------------------------------------
@@ -56,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if decision.exit_code is not None:
         return decision.exit_code
     try:
-        config = _load(args, skip_broken=True)
+        config = _load(args, skip_broken=True, need_secrets=True)
     except ConfigError as exc:
         return print_config_error(exc)
     setup_logging(args.log_level or config.settings.agent.log_level)
@@ -115,11 +120,16 @@ def _print_reading(reading: Any) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a configuration without touching hardware."""
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        return print_config_error(exc)
+    """Validate a configuration without touching hardware: every problem at
+    once (exit 2), else the warnings and one ``ok`` line (exit 0)."""
+    result = check_config(config_path(args), args.plugin_dir, need_secrets=args.require_secrets)
+    if result.config is None:
+        print_config_error(ConfigError(result.errors))
+    for line in result.warnings:
+        print(line, file=sys.stderr)
+    if result.config is None:
+        return EXIT_CONFIG
+    config = result.config
     s = config.settings
     links = ["blynk"] if s.blynk is not None else []
     if s.thingspeak is not None:
@@ -140,7 +150,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     path = config_path(args)
     if args.config or path.exists():
         try:
-            dirs = [*load_settings(path).agent.plugin_dirs, *dirs]
+            dirs = [*load_settings(path, need_secrets=False).agent.plugin_dirs, *dirs]
         except ConfigError as exc:
             return print_config_error(exc)
     registry = load_registry(dirs)
@@ -261,7 +271,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     outbox, and the outbox database itself (read-only, so it also works while
     the agent is stopped). Exit 0 when either could be read, 1 otherwise."""
     try:
-        settings = load_settings(config_path(args))
+        settings = load_settings(config_path(args), need_secrets=False)
     except ConfigError as exc:
         return print_config_error(exc)
     from agent.outbox import OUTBOX_FILE, STATUS_FILE, read_status
@@ -389,7 +399,11 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run the agent in the foreground")
     run.add_argument("--print-readings", action="store_true", help="print every reading on stdout")
     run.set_defaults(func=cmd_run)
-    sub.add_parser("check", parents=[common], help="validate a config (exit 0 or 2)").set_defaults(func=cmd_check)
+    check = sub.add_parser("check", parents=[common], help="validate a config (exit 0 or 2)")
+    check.add_argument(
+        "--require-secrets", action="store_true", help="a missing token or password is an error (as for run)"
+    )
+    check.set_defaults(func=cmd_check)
     plugins = sub.add_parser("plugins", parents=[common], help="list plugins, their origin and options")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=cmd_plugins)
