@@ -113,7 +113,14 @@ async def _run(config: Config, print_readings: bool = False, decision: StartDeci
 def _print_reading(reading: Any) -> None:
     value = "unavailable" if reading.value is None else reading.value
     unit = f" {reading.unit}" if reading.unit and reading.value is not None else ""
-    print(f"{reading.ts:.3f} {reading.sensor}.{reading.quantity} = {value}{unit}", flush=True)
+    print(f"{human_time(reading.ts)} {reading.sensor}.{reading.quantity} = {value}{unit}", flush=True)
+
+
+def human_time(ts: float) -> str:
+    """``2026-12-03 12:30:01.250`` in local time: what ``--print-readings`` shows."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
 
 
 # -- check -----------------------------------------------------------------
@@ -174,11 +181,19 @@ def _quantities(info: PluginInfo) -> Mapping[str, str]:
 
 
 def _option_lines(info: PluginInfo) -> list[str]:
+    """``option address: whole number; default 0x76`` for each option, in words."""
+    from agent.plugin_docs import describe_default, describe_type
+
     lines = []
     for name, field in info.cls.Options.model_fields.items():
-        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
-        default = "required" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
-        lines.append(f"option {name}: {annotation.replace('typing.', '')} {default}")
+        kind = describe_type(field.annotation, field.metadata)
+        if field.description:
+            kind += f" ({field.description})"
+        if field.is_required():
+            default = "required"
+        else:
+            default = "default " + describe_default(name, field.get_default(call_default_factory=True))
+        lines.append(f"option {name}: {kind}; {default}")
     return lines
 
 
@@ -234,9 +249,30 @@ def cmd_read(args: argparse.Namespace) -> int:
         hardware.close()
     for quantity, unit in spec.quantities.items():
         value = clean_value(values.get(quantity)) if isinstance(values, Mapping) else None
-        shown = "unavailable" if value is None else value
-        print(f"{quantity}: {shown}{' ' + unit if unit and value is not None else ''}")
+        print(f"{quantity}: {_shown(value, unit)}{_filtered(spec.entry.id, quantity, value, unit, spec.entry)}")
     return EXIT_OK
+
+
+def _shown(value: Any, unit: str) -> str:
+    return "unavailable" if value is None else f"{value}{' ' + unit if unit else ''}"
+
+
+def _filtered(sensor_id: str, quantity: str, value: Any, unit: str, entry: Any) -> str:
+    """`` -> 22.1 °C after filters`` when the quantity's route has filters: what
+    ``run`` would send for this one reading (averages start from it alone)."""
+    route = entry.readings.get(quantity)
+    if route is None or not route.filters:
+        return ""
+    import time
+
+    from agent.pipeline import FilterChain, Reading
+
+    chain = FilterChain.from_specs(route.filters)
+    out = chain.process(Reading(sensor_id, quantity, value, unit, time.time(), time.monotonic()))
+    names = ", ".join(spec.name for spec in route.filters)
+    if not out:
+        return f" (raw); held back by the filters ({names})"
+    return f" (raw) -> {_shown(out[-1].value, unit)} after {names}"
 
 
 def _call_with_timeout(fn: Any, timeout: float) -> Any:
@@ -395,6 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(prog="edge-agent", description="Pi Edge Agent")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", parents=[common], help="run the agent in the foreground")
     run.add_argument("--print-readings", action="store_true", help="print every reading on stdout")

@@ -482,7 +482,8 @@ def test_wheel_install_keeps_config_then_uninstall_and_purge(wheelhouse: Path) -
         config.chmod(0o600)
         broken = run_installer(root, *args)
         assert broken.returncode == 1
-        assert f"{config}: sensors[0]" in broken.stderr and "was not started" in broken.stderr, broken.stderr
+        assert f"{config}:12:1: sensors[t].colour: unknown key" in broken.stderr, broken.stderr
+        assert "was not started" in broken.stderr, broken.stderr
         assert "systemctl enable --now edge-agent.service" not in (root / "edge-agent-install.plan").read_text()
         # 2. the user fixes it; the installer goes through and leaves it alone
         config.write_text(GOOD_CONFIG)
