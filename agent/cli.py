@@ -408,6 +408,60 @@ def _status_lines(
     return lines
 
 
+# -- scan, init --------------------------------------------------------------
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Probe the I2C buses, list 1-Wire and the Pi's own sensors, print a snippet."""
+    from agent.scan import hardware_for_scan, scan, snippet
+
+    hardware = hardware_for_scan(args.root)
+    try:
+        found = scan(hardware, args.bus or None)
+    finally:
+        hardware.close()
+    for item in found:
+        print(f"# found {item.type} ({item.where}): {item.evidence}", file=sys.stderr)
+    if not found:
+        print("# nothing found (is I2C enabled? is 1-Wire enabled? see docs/install.md)", file=sys.stderr)
+    print(snippet(found), end="")
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a starter config from a scan; every prompt has a flag."""
+    from agent.scan import Found, hardware_for_scan, scan, starter_config
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        print(f"{out}: exists; pass --force to replace it", file=sys.stderr)
+        return EXIT_CONFIG
+    found: list[Found] = []
+    if not args.no_scan:
+        hardware = hardware_for_scan(args.root)
+        try:
+            found = scan(hardware, args.bus or None)
+        finally:
+            hardware.close()
+    name = args.name or _ask("device name", os.uname().nodename, args.yes)
+    template = args.template_id or _ask(
+        "Blynk template id (Blynk.Console → Templates → Info)", "TMPLxxxxxxxx", args.yes
+    )
+    dirs = args.plugin_dir_value if args.plugin_dir_value is not None else ["/etc/edge-agent/plugins.d"]
+    text = starter_config(found, name, template, args.state_dir, dirs)
+    out.write_text(text)
+    print(f"{out}: written with {len(found)} sensors; next: edge-agent check --config {out}")
+    return EXIT_OK
+
+
+def _ask(prompt: str, default: str, yes: bool) -> str:
+    """The answer to one prompt; the default with --yes or without a terminal."""
+    if yes or not sys.stdin.isatty():
+        return default
+    answer = input(f"{prompt} [{default}]: ").strip()
+    return answer or default
+
+
 # -- version ---------------------------------------------------------------
 
 
@@ -452,6 +506,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    scan_cmd = sub.add_parser("scan", help="probe I2C, 1-Wire and the Pi's sensors; print a config snippet")
+    scan_cmd.add_argument(
+        "--bus", type=int, action="append", default=[], help="I2C bus to probe (default: every /dev/i2c-N)"
+    )
+    scan_cmd.add_argument("--root", type=Path, help=argparse.SUPPRESS)  # tests: a fake /sys and /dev
+    scan_cmd.set_defaults(func=cmd_scan)
+    init = sub.add_parser("init", help="write a starter config from a scan")
+    init.add_argument("--output", "-o", default="agent.toml", help="file to write (default: agent.toml)")
+    init.add_argument("--name", help="device name (default: the host name)")
+    init.add_argument("--template-id", help="Blynk template id (default: a placeholder check warns about)")
+    init.add_argument("--state-dir", default="/var/lib/edge-agent", help="agent.state_dir")
+    init.add_argument(
+        "--plugin-dir", dest="plugin_dir_value", action="append", default=None, help="agent.plugin_dirs (repeatable)"
+    )
+    init.add_argument(
+        "--bus", type=int, action="append", default=[], help="I2C bus to probe (default: every /dev/i2c-N)"
+    )
+    init.add_argument("--no-scan", action="store_true", help="write the config without probing the hardware")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    init.add_argument("--yes", "-y", action="store_true", help="take every default, ask nothing")
+    init.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    init.set_defaults(func=cmd_init, plugin_dir_value=None)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     from agent.ota.commands import add_ota_parser
 
