@@ -408,6 +408,74 @@ def _status_lines(
     return lines
 
 
+# -- set -------------------------------------------------------------------
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    """Drive one actuator by hand: through the running agent (and its safety
+    rules), else directly on its pins. Exit 0 applied/unchanged/held, 1 refused
+    or failed, 2 no such actuator."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return print_config_error(exc)
+    from agent.control import agent_holding_pins, ask_agent, socket_path
+
+    value: Any = args.value
+    path = socket_path(config)
+    try:
+        reply = ask_agent(path, args.actuator, value)
+    except OSError as exc:
+        print(f"control socket {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    via = "through the running agent"
+    if reply is None:
+        pid = agent_holding_pins(config)
+        if pid is not None:
+            print(
+                f"an agent (pid {pid}) holds the pins but its control socket {path} does not answer; "
+                "not driving them behind its back",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        from agent.manual import set_directly
+
+        via = "directly (no agent running)"
+        reply = set_directly(config, args.actuator, value, hold=lambda r: _hold(args.actuator, r, args.hold))
+    result = reply.get("result")
+    reason = f": {reply['reason']}" if reply.get("reason") else ""
+    if result == "error":
+        print(f"{args.actuator}: {reply.get('reason')}", file=sys.stderr)
+        return EXIT_CONFIG
+    line = f"{args.actuator}: {result}{reason}; now {reply.get('state')} ({via})"
+    if not (via.startswith("directly") and result == "applied"):  # _hold printed that one
+        print(line, file=sys.stdout if result in ("applied", "unchanged", "held") else sys.stderr)
+    else:
+        print(f"{args.actuator}: released", file=sys.stderr)
+    return EXIT_OK if result in ("applied", "unchanged", "held") else EXIT_FAILURE
+
+
+def _hold(actuator: str, reply: dict[str, Any], seconds: float | None) -> None:
+    """Keep a directly driven output in its state: ``--hold`` seconds, else until Ctrl-C/SIGTERM."""
+    print(f"{actuator}: applied; now {reply['state']} (directly, no agent running)", flush=True)
+    if seconds is not None and seconds <= 0:
+        return
+    how_long = f"for {seconds:g} s" if seconds else "until Ctrl-C"
+    print(
+        f"{actuator}: holding {how_long}; the pin is released after",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait(seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 # -- scan, init --------------------------------------------------------------
 
 
@@ -506,6 +574,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    set_cmd = sub.add_parser(
+        "set", parents=[common], help="drive an actuator by hand (through the running agent's safety rules)"
+    )
+    set_cmd.add_argument("actuator", help="the actuator's id")
+    set_cmd.add_argument("value", help="a value in its own language: on, off, 0.5, 90, #FF8000 ...")
+    set_cmd.add_argument(
+        "--hold",
+        type=float,
+        metavar="SECONDS",
+        help="without a running agent: keep the output this long (0: release at once; default: until Ctrl-C)",
+    )
+    set_cmd.set_defaults(func=cmd_set)
     scan_cmd = sub.add_parser("scan", help="probe I2C, 1-Wire and the Pi's sensors; print a config snippet")
     scan_cmd.add_argument(
         "--bus", type=int, action="append", default=[], help="I2C bus to probe (default: every /dev/i2c-N)"
