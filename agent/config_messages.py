@@ -37,11 +37,10 @@ PATTERN_FIXES: dict[str, str] = {}
 #: Where each secret can come from, for "missing" messages.
 SECRET_SOURCES: dict[tuple[str, ...], str] = {
     ("blynk", "token"): (
-        "put the device's auth token in /etc/edge-agent/credentials/blynk.token "
-        "(or EDGE_AGENT_BLYNK__TOKEN, or token = in [blynk])"
+        "put the device's auth token in /etc/credstore/blynk.token (or EDGE_AGENT_BLYNK__TOKEN, or token = in [blynk])"
     ),
     ("thingspeak", "password"): (
-        "put the MQTT device's password in /etc/edge-agent/credentials/thingspeak.password "
+        "put the MQTT device's password in /etc/credstore/thingspeak.password "
         "(or EDGE_AGENT_THINGSPEAK__PASSWORD, or password = in [thingspeak])"
     ),
 }

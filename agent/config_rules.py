@@ -9,6 +9,7 @@ file are broken) and return errors and warnings (legal but probably wrong).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +27,8 @@ PLACEHOLDERS = {
     ("blynk", "template_id"): re.compile(r"^TMPL[xX]+$"),
     ("blynk", "token"): re.compile(r"^REPLACE", re.IGNORECASE),
 }
+#: Serials that appear in the examples and docs, never on a real device of the user.
+EXAMPLE_SERIALS = frozenset({"28-0316a27942ff"})
 SECRET_FILES = {("blynk", "token"), ("thingspeak", "password"), ("thingspeak", "write_api_key")}
 
 
@@ -40,6 +43,14 @@ def _pin_number(value: Any) -> int | None:
         if match:
             return int(match.group(1))
     return None
+
+
+def _set_elsewhere(section: str, key: str) -> bool:
+    """Whether a stronger source (environment, credential file) sets ``section.key``."""
+    if f"EDGE_AGENT_{section}__{key}".upper() in {k.upper() for k in os.environ}:
+        return True
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    return bool(creds) and os.path.isfile(os.path.join(str(creds), f"{section}.{key}"))
 
 
 def _enabled(entry: Mapping[str, Any]) -> bool:
@@ -229,11 +240,11 @@ class _Rules:
         for (section, key), pattern in PLACEHOLDERS.items():
             table = self.data.get(section)
             value = table.get(key) if isinstance(table, Mapping) else None
-            if isinstance(value, str) and pattern.match(value):
+            if isinstance(value, str) and pattern.match(value) and not _set_elsewhere(section, key):
                 hint = (
                     "copy the Template ID from Blynk.Console (Templates → your template → Info)"
                     if key == "template_id"
-                    else f"delete this line and put the real one in /etc/edge-agent/credentials/{section}.{key}"
+                    else f"delete this line and put the real one in /etc/credstore/{section}.{key}"
                 )
                 self.warn((section, key), "still the example's placeholder", hint)
         for section, key in SECRET_FILES:
@@ -244,7 +255,23 @@ class _Rules:
                 self.warn(
                     (section, key),
                     "a secret in the config file",
-                    f"move it to /etc/edge-agent/credentials/{section}.{key} (mode 0600) and delete this line",
+                    f"move it to /etc/credstore/{section}.{key} (mode 0600) and delete this line",
+                )
+        for i, entry in _entries(self.data, "sensors"):
+            if entry.get("type") in ONEWIRE_TYPES and "resolution" in entry:
+                self.warn(
+                    ("sensors", i, "resolution"),
+                    "the installed service cannot write it: ProtectKernelTunables=yes makes /sys read-only "
+                    "(the sensor then fails to open with 'cannot set resolution via …/resolution: "
+                    "[Errno 30] Read-only file system')",
+                    "leave resolution unset under the service, or set it once as root: "
+                    "echo 11 | sudo tee /sys/bus/w1/devices/SERIAL/resolution (docs/sensors.md)",
+                )
+            if entry.get("serial") in EXAMPLE_SERIALS:
+                self.warn(
+                    ("sensors", i, "serial"),
+                    "still the example's DS18B20 serial",
+                    'ls /sys/bus/w1/devices (or edge-agent scan) shows yours; serial = "auto" takes the only one',
                 )
         commands = (
             self.data.get("thingspeak", {}).get("commands", [])

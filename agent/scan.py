@@ -223,7 +223,7 @@ def starter_config(found: Iterable[Found], name: str, template_id: str, state_di
         f"state_dir = {_toml_value(state_dir)}\n"
         f"plugin_dirs = [{dirs}]\n\n"
         "# The device's auth token does not belong here: put it in\n"
-        "# /etc/edge-agent/credentials/blynk.token (see docs/install.md).\n"
+        "# /etc/credstore/blynk.token (see docs/install.md).\n"
         "[blynk]\n"
         f"template_id = {_toml_value(template_id)}\n\n" + snippet(found)
     )
