@@ -226,8 +226,11 @@ def cmd_read(args: argparse.Namespace) -> int:
     spec = config.sensor(args.sensor_id)
     if spec is None:
         known = ", ".join(s.entry.id for s in config.sensors) or "none"
+        hint = ""
+        if any(a.entry.id == args.sensor_id for a in config.actuators):
+            hint = f" — {args.sensor_id} is an actuator: drive it with edge-agent set {args.sensor_id} VALUE"
         print(
-            f"{config.path}: sensors: no enabled sensor with id {args.sensor_id!r} (configured: {known})",
+            f"{config.path}: sensors: no enabled sensor with id {args.sensor_id!r} (configured: {known}){hint}",
             file=sys.stderr,
         )
         return EXIT_CONFIG
