@@ -382,7 +382,14 @@ def _status_lines(
     queues: dict[str, Any] = dict(outbox.get("queues") or {})
     for name, q in (stored or {}).items():
         queues[name] = {**queues.get(name, {}), **q}  # the database is the authority for what waits
-    links: dict[str, Any] = (live or {}).get("links") or {}
+    links: dict[str, Any] = dict((live or {}).get("links") or {})
+    actuators = links.pop("actuators", None)
+    if isinstance(actuators, dict):
+        opened = actuators.get("open") or {}
+        if opened:
+            lines.append("actuators: " + ", ".join(f"{k} {v.get('state')}" for k, v in sorted(opened.items())))
+        for name, why in sorted((actuators.get("not_opened") or {}).items()):
+            lines.append(f"actuator {name}: NOT OPEN: {why}")
     for name in sorted(set(queues) | set(links)):
         q = queues.get(name, {})
         info = links.get(name, {})

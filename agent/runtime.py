@@ -132,6 +132,8 @@ class Agent:
         for spec in self.config.sensors:
             self._add_sensor(spec)
         self.actuation.start()
+        if self.outbox is not None:
+            self.outbox.add_status_provider("actuators", self.actuation.status_info)
         self.control = ControlServer(socket_path(self.config), self.actuation)
         await self.control.start()
         for link in self.links:
