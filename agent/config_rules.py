@@ -9,6 +9,7 @@ file are broken) and return errors and warnings (legal but probably wrong).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -16,6 +17,8 @@ from typing import Any
 
 from agent.config_messages import Located, Source, did_you_mean
 from agent.plugin import PluginRegistry
+
+log = logging.getLogger("agent.config_rules")
 
 #: Pins a bus takes on the 40-pin header (BCM numbers).
 I2C_PINS = {0: {0: "SDA", 1: "SCL"}, 1: {2: "SDA", 3: "SCL"}}
@@ -267,7 +270,7 @@ class _Rules:
                     "leave resolution unset under the service, or set it once as root: "
                     "echo 11 | sudo tee /sys/bus/w1/devices/SERIAL/resolution (docs/sensors.md)",
                 )
-            if entry.get("serial") in EXAMPLE_SERIALS:
+            if isinstance(entry.get("serial"), str) and entry["serial"] in EXAMPLE_SERIALS:
                 self.warn(
                     ("sensors", i, "serial"),
                     "still the example's DS18B20 serial",
@@ -279,10 +282,12 @@ class _Rules:
             else []
         )
         commanded = (
-            {c.get("actuator") for c in commands if isinstance(c, Mapping)} if isinstance(commands, list) else set()
+            {str(c.get("actuator")) for c in commands if isinstance(c, Mapping)}
+            if isinstance(commands, list)
+            else set()
         )
         for i, entry in _entries(self.data, "actuators") if "blynk" in self.data else []:
-            if "blynk" not in entry and "input" not in entry and entry.get("id") not in commanded:
+            if "blynk" not in entry and "input" not in entry and str(entry.get("id")) not in commanded:
                 self.warn(
                     ("actuators", i),
                     "nothing switches this actuator (no blynk datastream, input or thingspeak command)",
@@ -300,9 +305,9 @@ def cross_entry_problems(
     """
     rules = _Rules(source, registry, options)
     if isinstance(source.data, Mapping):
-        rules.pins()
-        rules.i2c_addresses()
-        rules.states()
-        rules.routes()
-        rules.probably_wrong()
+        for rule in (rules.pins, rules.i2c_addresses, rules.states, rules.routes, rules.probably_wrong):
+            try:
+                rule()
+            except Exception:  # odd shapes the models already report: a rule must never crash check
+                log.debug("config rule %s skipped on this file", rule.__name__, exc_info=True)
     return rules.errors, rules.warnings
