@@ -58,7 +58,8 @@ starts the service.
   --uninstall                 stop and remove the service and its releases; keep
                               /etc/edge-agent, the credentials and the data
   --purge                     remove everything: service, releases, data, config,
-                              credentials and the edge-agent user
+                              credentials and the edge-agent user (asks first)
+  -y, --yes                   --purge without asking (needed when there is no terminal)
   -h, --help                  this text
 EOF
 }
@@ -78,6 +79,8 @@ ROOT=""
 NO_APT=0
 NO_SYSTEMD=0
 NON_INTERACTIVE=0
+YES=0
+PLACEHOLDERS=""
 ENABLE_I2C=0
 ENABLE_1WIRE=0
 SOURCE=""
@@ -112,6 +115,7 @@ while [ $# -gt 0 ]; do
         --offline) OFFLINE=1 ;;
         --python) need_arg "$@"; PYTHON=$2; shift ;;
         --non-interactive) NON_INTERACTIVE=1 ;;
+        -y | --yes) YES=1 ;;
         --no-apt) NO_APT=1 ;;
         --no-systemd) NO_SYSTEMD=1 ;;
         --root) need_arg "$@"; ROOT=$2; shift ;;
@@ -434,13 +438,14 @@ build_release() {
     if [ -n "$WHEEL" ]; then set -- "$@" --wheel "$WHEEL"; else set -- "$@" --source "$SOURCE"; fi
     [ -z "$WHEELHOUSE" ] || set -- "$@" --wheelhouse "$WHEELHOUSE"
     [ "$OFFLINE" -eq 0 ] || set -- "$@" --offline
-    set -- "$@" --python "$PYTHON"
+    set -- "$@" --python "$PYTHON" --progress
     deps=PyPI
     [ -z "$WHEELHOUSE" ] || deps="$WHEELHOUSE and PyPI"
     [ "$OFFLINE" -eq 0 ] || deps="$WHEELHOUSE only"
     say "    building from ${WHEEL:-$SOURCE} (dependencies from $deps) ..."
     out=$(releases "$@") || fail "the release could not be built (above)"
     RELEASE=$(basename "${out#* }")
+    [ -z "$ROOT" ] || unroot_release "$STATE/releases/$RELEASE"
     case "$out" in
         built*) changed "release $RELEASE built at ${out#* }" ;;
         *) unchanged "release $RELEASE already built" ;;
@@ -473,6 +478,20 @@ build_release() {
         mv -fT "$COMMAND.tmp" "$COMMAND"
         changed "${COMMAND#"$ROOT"} -> $want"
     fi
+}
+
+# unroot_release DIR: a venv built under --root DIR names DIR in its scripts'
+# shebangs and pyvenv.cfg; the image must start at its real path, so every
+# text file that names the root gets the path without it
+unroot_release() {
+    grep -rlIF -- "$ROOT/" "$1" 2>/dev/null | while IFS= read -r f; do
+        awk -v root="$ROOT/" '{ while ((i = index($0, root)) > 0) $0 = substr($0, 1, i - 1) "/" substr($0, i + length(root)); print }' \
+            "$f" >"$f.unroot" && chmod --reference="$f" "$f.unroot" && mv "$f.unroot" "$f"
+    done
+    if grep -rqIF -- "$ROOT/" "$1" 2>/dev/null; then
+        fail "the release in $1 still names $ROOT"
+    fi
+    unchanged "release paths are the final ones (no $ROOT in them)"
 }
 
 install_config() {
@@ -642,8 +661,10 @@ check_config() {
     for name in $CREDENTIALS; do
         [ ! -f "$CREDSTORE/$name" ] || cp "$CREDSTORE/$name" "$creds/$name"
     done
-    if out=$(cd / && CREDENTIALS_DIRECTORY=$creds PYTHONDONTWRITEBYTECODE=1 "$STATE/current/bin/edge-agent" check --config "$CONFIG" 2>&1); then
-        say "    $out"
+    PLACEHOLDERS=""
+    if out=$(cd / && CREDENTIALS_DIRECTORY=$creds PYTHONDONTWRITEBYTECODE=1 "$STATE/current/bin/python" -m agent check --require-secrets --config "$CONFIG" 2>&1); then
+        printf '%s\n' "$out" | sed 's/^/    /'
+        PLACEHOLDERS=$(printf '%s\n' "$out" | grep "warning: still the example's" || true)
     else
         printf '%s\n' "$out" >&2
         fail "the configuration above has errors: fix $CONFIG and run install.sh again (the service was not started)"
@@ -660,6 +681,10 @@ start_service() {
             note "not enabling the service until it has a Blynk token"
             return 0
         fi
+        if [ -n "$PLACEHOLDERS" ]; then
+            placeholders_note
+            return 0
+        fi
         plan "$why" "systemctl enable --now $UNIT_NAME"
         if [ "$UNIT_EXISTED" -eq 1 ] && [ $((UNIT_CHANGED + RELEASE_CHANGED + CONFIG_CHANGED)) -gt 0 ]; then
             plan "$why" "systemctl restart $UNIT_NAME"
@@ -671,6 +696,10 @@ start_service() {
     fi
     if [ "$NO_TOKEN" -eq 1 ]; then
         note "not enabling or starting the service until it has a Blynk token"
+        return 0
+    fi
+    if [ -n "$PLACEHOLDERS" ]; then
+        placeholders_note
         return 0
     fi
     if systemctl is-enabled --quiet "$UNIT_NAME"; then
@@ -692,6 +721,13 @@ start_service() {
         changed "$UNIT_NAME started"
     fi
     say "    status: $(systemctl show --property=StatusText --value "$UNIT_NAME")"
+}
+
+# the service is never enabled on the example's values: say which, and what next
+placeholders_note() {
+    note "not enabling or starting the service: ${CONFIG#"$ROOT"} still holds the example's values:"
+    printf '%s\n' "$PLACEHOLDERS" | sed 's/^/        /'
+    note "change those lines (the text after — says how), then run: sudo ./install.sh"
 }
 
 start_failed() {
@@ -747,7 +783,18 @@ remove_path() { # PATH WHAT
     fi
 }
 
+confirm_purge() {
+    [ "$YES" -eq 0 ] || return 0
+    what="${ETC:-/etc/edge-agent} (config, plugins), the credentials in ${CREDSTORE:-/etc/credstore}, ${STATE:-/var/lib/edge-agent} (data, outbox) and the user $USER_NAME"
+    if [ "$INTERACTIVE" -ne 1 ]; then
+        fail "--purge deletes $what; no terminal to ask on: add --yes to confirm"
+    fi
+    ask TEXT "--purge deletes $what. Type purge to go on: "
+    [ "$ANSWER" = purge ] || fail "not purged (nothing was changed)"
+}
+
 do_uninstall() {
+    [ "$MODE" != purge ] || confirm_purge
     say "Pi Edge Agent installer: $MODE"
     step "service"
     if [ "$NO_SYSTEMD" -eq 1 ]; then

@@ -201,6 +201,8 @@ class ActuatorManager:
         self.specs = list(specs)
         self.hardware = hardware
         self.slots: dict[str, Slot] = {}
+        #: actuators that could not be opened, with the reason (edge-agent status shows them)
+        self.not_opened: dict[str, str] = {}
         #: Blynk datastream name -> actuator id
         self.datastreams: dict[str, str] = {s.entry.blynk: s.entry.id for s in self.specs if s.entry.blynk}
         self._link: Any | None = None
@@ -244,6 +246,10 @@ class ActuatorManager:
             }
         return out
 
+    def status_info(self) -> dict[str, Any]:
+        """For the status file: the open actuators and those that could not be opened."""
+        return {"open": self.snapshot(), "not_opened": dict(self.not_opened)}
+
     # -- opening -----------------------------------------------------------
 
     def open(self) -> None:
@@ -282,6 +288,7 @@ class ActuatorManager:
                     raise ValueError(f"{key} = {quote(value)} is not a state it takes: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - reported by name, the rest runs on
             log.error("%s: not opened: %s", name, _describe(exc))
+            self.not_opened[entry.id] = _describe(exc)
             return
         blocker = next(
             (p for p in partners if p in self.slots and self.slots[p].actuator.is_on(self.slots[p].actuator.state)),
@@ -297,6 +304,7 @@ class ActuatorManager:
                 actuator.drive(states["initial"])
         except Exception as exc:  # noqa: BLE001
             log.error("%s: failed to open: %s", name, _describe(exc))
+            self.not_opened[entry.id] = f"failed to open: {_describe(exc)}"
             try:
                 actuator.close()
             except Exception:  # noqa: BLE001 - closing a half-open actuator

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from agent import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, __version__
 from agent.cli_common import config_path, print_config_error, setup_logging
-from agent.config import DEFAULT_CONFIG, Config, ConfigError, load_settings, resolve_plugins
+from agent.config import DEFAULT_CONFIG, Config, ConfigError, load_settings
+from agent.config_check import check_config
 from agent.plugin import PluginInfo, PluginRegistry, load_registry
 from agent.scheduler import describe_error
 
@@ -31,12 +32,16 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent.cli")
 
 
-def _load(args: argparse.Namespace, skip_broken: bool = False) -> Config:
-    path = config_path(args)
-    settings = load_settings(path)
-    types = {e.type for e in settings.sensors} | {e.type for e in settings.actuators}
-    registry = load_registry([*settings.agent.plugin_dirs, *getattr(args, "plugin_dir", [])], names=types)
-    return resolve_plugins(path, settings, registry, skip_broken=skip_broken)
+def _load(args: argparse.Namespace, skip_broken: bool = False, need_secrets: bool = False) -> Config:
+    """The config, checked in one pass; ConfigError with every problem.
+
+    Only ``run`` needs the secrets; the other commands validate without them."""
+    result = check_config(
+        config_path(args), getattr(args, "plugin_dir", []), need_secrets=need_secrets, skip_broken=skip_broken
+    )
+    if result.config is None:
+        raise ConfigError(result.errors)
+    return result.config
 
 
 # -- run -------------------------------------------------------------------
@@ -56,7 +61,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if decision.exit_code is not None:
         return decision.exit_code
     try:
-        config = _load(args, skip_broken=True)
+        config = _load(args, skip_broken=True, need_secrets=True)
     except ConfigError as exc:
         return print_config_error(exc)
     setup_logging(args.log_level or config.settings.agent.log_level)
@@ -108,18 +113,30 @@ async def _run(config: Config, print_readings: bool = False, decision: StartDeci
 def _print_reading(reading: Any) -> None:
     value = "unavailable" if reading.value is None else reading.value
     unit = f" {reading.unit}" if reading.unit and reading.value is not None else ""
-    print(f"{reading.ts:.3f} {reading.sensor}.{reading.quantity} = {value}{unit}", flush=True)
+    print(f"{human_time(reading.ts)} {reading.sensor}.{reading.quantity} = {value}{unit}", flush=True)
+
+
+def human_time(ts: float) -> str:
+    """``2026-12-03 12:30:01.250`` in local time: what ``--print-readings`` shows."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"
 
 
 # -- check -----------------------------------------------------------------
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate a configuration without touching hardware."""
-    try:
-        config = _load(args)
-    except ConfigError as exc:
-        return print_config_error(exc)
+    """Validate a configuration without touching hardware: every problem at
+    once (exit 2), else the warnings and one ``ok`` line (exit 0)."""
+    result = check_config(config_path(args), args.plugin_dir, need_secrets=args.require_secrets)
+    if result.config is None:
+        print_config_error(ConfigError(result.errors))
+    for line in result.warnings:
+        print(line, file=sys.stderr)
+    if result.config is None:
+        return EXIT_CONFIG
+    config = result.config
     s = config.settings
     links = ["blynk"] if s.blynk is not None else []
     if s.thingspeak is not None:
@@ -140,7 +157,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     path = config_path(args)
     if args.config or path.exists():
         try:
-            dirs = [*load_settings(path).agent.plugin_dirs, *dirs]
+            dirs = [*load_settings(path, need_secrets=False).agent.plugin_dirs, *dirs]
         except ConfigError as exc:
             return print_config_error(exc)
     registry = load_registry(dirs)
@@ -164,11 +181,19 @@ def _quantities(info: PluginInfo) -> Mapping[str, str]:
 
 
 def _option_lines(info: PluginInfo) -> list[str]:
+    """``option address: whole number; default 0x76`` for each option, in words."""
+    from agent.plugin_docs import describe_default, describe_type
+
     lines = []
     for name, field in info.cls.Options.model_fields.items():
-        annotation = getattr(field.annotation, "__name__", None) or str(field.annotation)
-        default = "required" if field.is_required() else f"= {field.get_default(call_default_factory=True)!r}"
-        lines.append(f"option {name}: {annotation.replace('typing.', '')} {default}")
+        kind = describe_type(field.annotation, field.metadata)
+        if field.description:
+            kind += f" ({field.description})"
+        if field.is_required():
+            default = "required"
+        else:
+            default = "default " + describe_default(name, field.get_default(call_default_factory=True))
+        lines.append(f"option {name}: {kind}; {default}")
     return lines
 
 
@@ -201,8 +226,11 @@ def cmd_read(args: argparse.Namespace) -> int:
     spec = config.sensor(args.sensor_id)
     if spec is None:
         known = ", ".join(s.entry.id for s in config.sensors) or "none"
+        hint = ""
+        if any(a.entry.id == args.sensor_id for a in config.actuators):
+            hint = f" — {args.sensor_id} is an actuator: drive it with edge-agent set {args.sensor_id} VALUE"
         print(
-            f"{config.path}: sensors: no enabled sensor with id {args.sensor_id!r} (configured: {known})",
+            f"{config.path}: sensors: no enabled sensor with id {args.sensor_id!r} (configured: {known}){hint}",
             file=sys.stderr,
         )
         return EXIT_CONFIG
@@ -224,8 +252,7 @@ def cmd_read(args: argparse.Namespace) -> int:
         hardware.close()
     for quantity, unit in spec.quantities.items():
         value = clean_value(values.get(quantity)) if isinstance(values, Mapping) else None
-        shown = "unavailable" if value is None else value
-        print(f"{quantity}: {shown}{' ' + unit if unit and value is not None else ''}")
+        print(f"{quantity}: {_shown(value, unit)}{_filtered(spec.entry.id, quantity, value, unit, spec.entry)}")
     # notes go on lines of their own, after the values, marked with "# "
     for quantity in sorted(sensor.saturated):
         print(f"# {quantity} saturated: the value is the chip's limit, the input is at or beyond it")
@@ -233,6 +260,28 @@ def cmd_read(args: argparse.Namespace) -> int:
     if note:
         print(f"# {note}")
     return EXIT_OK
+
+
+def _shown(value: Any, unit: str) -> str:
+    return "unavailable" if value is None else f"{value}{' ' + unit if unit else ''}"
+
+
+def _filtered(sensor_id: str, quantity: str, value: Any, unit: str, entry: Any) -> str:
+    """`` -> 22.1 °C after filters`` when the quantity's route has filters: what
+    ``run`` would send for this one reading (averages start from it alone)."""
+    route = entry.readings.get(quantity)
+    if route is None or not route.filters:
+        return ""
+    import time
+
+    from agent.pipeline import FilterChain, Reading
+
+    chain = FilterChain.from_specs(route.filters)
+    out = chain.process(Reading(sensor_id, quantity, value, unit, time.time(), time.monotonic()))
+    names = ", ".join(spec.name for spec in route.filters)
+    if not out:
+        return f" (raw); held back by the filters ({names})"
+    return f" (raw) -> {_shown(out[-1].value, unit)} after {names}"
 
 
 def _call_with_timeout(fn: Any, timeout: float) -> Any:
@@ -267,7 +316,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     outbox, and the outbox database itself (read-only, so it also works while
     the agent is stopped). Exit 0 when either could be read, 1 otherwise."""
     try:
-        settings = load_settings(config_path(args))
+        settings = load_settings(config_path(args), need_secrets=False)
     except ConfigError as exc:
         return print_config_error(exc)
     from agent.outbox import OUTBOX_FILE, STATUS_FILE, read_status
@@ -339,7 +388,14 @@ def _status_lines(
     queues: dict[str, Any] = dict(outbox.get("queues") or {})
     for name, q in (stored or {}).items():
         queues[name] = {**queues.get(name, {}), **q}  # the database is the authority for what waits
-    links: dict[str, Any] = (live or {}).get("links") or {}
+    links: dict[str, Any] = dict((live or {}).get("links") or {})
+    actuators = links.pop("actuators", None)
+    if isinstance(actuators, dict):
+        opened = actuators.get("open") or {}
+        if opened:
+            lines.append("actuators: " + ", ".join(f"{k} {v.get('state')}" for k, v in sorted(opened.items())))
+        for name, why in sorted((actuators.get("not_opened") or {}).items()):
+            lines.append(f"actuator {name}: NOT OPEN: {why}")
     for name in sorted(set(queues) | set(links)):
         q = queues.get(name, {})
         info = links.get(name, {})
@@ -368,6 +424,128 @@ def _status_lines(
     return lines
 
 
+# -- set -------------------------------------------------------------------
+
+
+def cmd_set(args: argparse.Namespace) -> int:
+    """Drive one actuator by hand: through the running agent (and its safety
+    rules), else directly on its pins. Exit 0 applied/unchanged/held, 1 refused
+    or failed, 2 no such actuator."""
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        return print_config_error(exc)
+    from agent.control import agent_holding_pins, ask_agent, socket_path
+
+    value: Any = args.value
+    path = socket_path(config)
+    try:
+        reply = ask_agent(path, args.actuator, value)
+    except OSError as exc:
+        print(f"control socket {path}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    via = "through the running agent"
+    if reply is None:
+        pid = agent_holding_pins(config)
+        if pid is not None:
+            print(
+                f"an agent (pid {pid}) holds the pins but its control socket {path} does not answer; "
+                "not driving them behind its back",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        from agent.manual import set_directly
+
+        via = "directly (no agent running)"
+        reply = set_directly(config, args.actuator, value, hold=lambda r: _hold(args.actuator, r, args.hold))
+    result = reply.get("result")
+    reason = f": {reply['reason']}" if reply.get("reason") else ""
+    if result == "error":
+        print(f"{args.actuator}: {reply.get('reason')}", file=sys.stderr)
+        return EXIT_CONFIG
+    line = f"{args.actuator}: {result}{reason}; now {reply.get('state')} ({via})"
+    if not (via.startswith("directly") and result == "applied"):  # _hold printed that one
+        print(line, file=sys.stdout if result in ("applied", "unchanged", "held") else sys.stderr)
+    else:
+        print(f"{args.actuator}: released", file=sys.stderr)
+    return EXIT_OK if result in ("applied", "unchanged", "held") else EXIT_FAILURE
+
+
+def _hold(actuator: str, reply: dict[str, Any], seconds: float | None) -> None:
+    """Keep a directly driven output in its state: ``--hold`` seconds, else until Ctrl-C/SIGTERM."""
+    print(f"{actuator}: applied; now {reply['state']} (directly, no agent running)", flush=True)
+    if seconds is not None and seconds <= 0:
+        return
+    how_long = f"for {seconds:g} s" if seconds else "until Ctrl-C"
+    print(
+        f"{actuator}: holding {how_long}; the pin is released after",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait(seconds)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- scan, init --------------------------------------------------------------
+
+
+def cmd_scan(args: argparse.Namespace) -> int:
+    """Probe the I2C buses, list 1-Wire and the Pi's own sensors, print a snippet."""
+    from agent.scan import hardware_for_scan, scan, snippet
+
+    hardware = hardware_for_scan(args.root)
+    try:
+        found = scan(hardware, args.bus or None)
+    finally:
+        hardware.close()
+    for item in found:
+        print(f"# found {item.type} ({item.where}): {item.evidence}", file=sys.stderr)
+    if not found:
+        print("# nothing found (is I2C enabled? is 1-Wire enabled? see docs/install.md)", file=sys.stderr)
+    print(snippet(found), end="")
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """Write a starter config from a scan; every prompt has a flag."""
+    from agent.scan import Found, hardware_for_scan, scan, starter_config
+
+    out = Path(args.output)
+    if out.exists() and not args.force:
+        print(f"{out}: exists; pass --force to replace it", file=sys.stderr)
+        return EXIT_CONFIG
+    found: list[Found] = []
+    if not args.no_scan:
+        hardware = hardware_for_scan(args.root)
+        try:
+            found = scan(hardware, args.bus or None)
+        finally:
+            hardware.close()
+    name = args.name or _ask("device name", os.uname().nodename, args.yes)
+    template = args.template_id or _ask(
+        "Blynk template id (Blynk.Console → Templates → Info)", "TMPLxxxxxxxx", args.yes
+    )
+    dirs = args.plugin_dir_value if args.plugin_dir_value is not None else ["/etc/edge-agent/plugins.d"]
+    text = starter_config(found, name, template, args.state_dir, dirs)
+    out.write_text(text)
+    print(f"{out}: written with {len(found)} sensors; next: edge-agent check --config {out}")
+    return EXIT_OK
+
+
+def _ask(prompt: str, default: str, yes: bool) -> str:
+    """The answer to one prompt; the default with --yes or without a terminal."""
+    if yes or not sys.stdin.isatty():
+        return default
+    answer = input(f"{prompt} [{default}]: ").strip()
+    return answer or default
+
+
 # -- version ---------------------------------------------------------------
 
 
@@ -391,11 +569,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     parser = argparse.ArgumentParser(prog="edge-agent", description="Pi Edge Agent")
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", parents=[common], help="run the agent in the foreground")
     run.add_argument("--print-readings", action="store_true", help="print every reading on stdout")
     run.set_defaults(func=cmd_run)
-    sub.add_parser("check", parents=[common], help="validate a config (exit 0 or 2)").set_defaults(func=cmd_check)
+    check = sub.add_parser("check", parents=[common], help="validate a config (exit 0 or 2)")
+    check.add_argument(
+        "--require-secrets", action="store_true", help="a missing token or password is an error (as for run)"
+    )
+    check.set_defaults(func=cmd_check)
     plugins = sub.add_parser("plugins", parents=[common], help="list plugins, their origin and options")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
     plugins.set_defaults(func=cmd_plugins)
@@ -407,6 +590,40 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(func=cmd_status)
+    set_cmd = sub.add_parser(
+        "set", parents=[common], help="drive an actuator by hand (through the running agent's safety rules)"
+    )
+    set_cmd.add_argument("actuator", help="the actuator's id")
+    set_cmd.add_argument("value", help="a value in its own language: on, off, 0.5, 90, #FF8000 ...")
+    set_cmd.add_argument(
+        "--hold",
+        type=float,
+        metavar="SECONDS",
+        help="without a running agent: keep the output this long (0: release at once; default: until Ctrl-C)",
+    )
+    set_cmd.set_defaults(func=cmd_set)
+    scan_cmd = sub.add_parser("scan", help="probe I2C, 1-Wire and the Pi's sensors; print a config snippet")
+    scan_cmd.add_argument(
+        "--bus", type=int, action="append", default=[], help="I2C bus to probe (default: every /dev/i2c-N)"
+    )
+    scan_cmd.add_argument("--root", type=Path, help=argparse.SUPPRESS)  # tests: a fake /sys and /dev
+    scan_cmd.set_defaults(func=cmd_scan)
+    init = sub.add_parser("init", help="write a starter config from a scan")
+    init.add_argument("--output", "-o", default="agent.toml", help="file to write (default: agent.toml)")
+    init.add_argument("--name", help="device name (default: the host name)")
+    init.add_argument("--template-id", help="Blynk template id (default: a placeholder check warns about)")
+    init.add_argument("--state-dir", default="/var/lib/edge-agent", help="agent.state_dir")
+    init.add_argument(
+        "--plugin-dir", dest="plugin_dir_value", action="append", default=None, help="agent.plugin_dirs (repeatable)"
+    )
+    init.add_argument(
+        "--bus", type=int, action="append", default=[], help="I2C bus to probe (default: every /dev/i2c-N)"
+    )
+    init.add_argument("--no-scan", action="store_true", help="write the config without probing the hardware")
+    init.add_argument("--force", action="store_true", help="replace an existing file")
+    init.add_argument("--yes", "-y", action="store_true", help="take every default, ask nothing")
+    init.add_argument("--root", type=Path, help=argparse.SUPPRESS)
+    init.set_defaults(func=cmd_init, plugin_dir_value=None)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     from agent.ota.commands import add_ota_parser
 

@@ -17,6 +17,7 @@ printed.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -33,11 +34,24 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
+from agent.config_locate import TomlPositions
+from agent.config_messages import (
+    PATTERN_FIXES,
+    PATTERN_HINTS,
+    SECRET_SOURCES,
+    Located,
+    Source,
+    collect_secrets,
+    did_you_mean,
+    explain,
+    scrub,
+)
 from agent.pipeline import FilterSpec
 from agent.plugin import PluginInfo, PluginOptions, PluginRegistry
 
@@ -50,6 +64,20 @@ ENV_NESTING = "__"
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Datastream names may hold spaces but not MQTT's topic separators/wildcards.
 _DATASTREAM = r"^[^/+#\x00]{1,64}$"
+
+
+PATTERN_FIXES.update(
+    {
+        _ID: 'for example "air_1"',
+        _DATASTREAM: "name the datastream without them in Blynk.Console (e.g. 'Air temperature') and here",
+    }
+)
+PATTERN_HINTS.update(
+    {
+        _ID: "use letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)",
+        _DATASTREAM: "a datastream name of 1..64 characters without '/', '+', '#'",
+    }
+)
 
 
 def _check_server_url(value: str) -> str:
@@ -498,6 +526,16 @@ class CredentialsSource(PydanticBaseSettingsSource):
         return credentials_data(self.directory)
 
 
+class CredentialFileError(Exception):
+    """A credential file that cannot be a value (not UTF-8); names the file, never its content."""
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        super().__init__(f"{path}: {key}: {reason}")
+        self.path = path
+        self.key = key
+        self.reason = reason
+
+
 def credentials_data(directory: str | None) -> dict[str, Any]:
     """The nested dict the credential files in ``directory`` spell out."""
     data: dict[str, Any] = {}
@@ -507,9 +545,15 @@ def credentials_data(directory: str | None) -> dict[str, Any]:
         if not CredentialsSource.NAME.match(entry):
             continue
         try:
-            value = Path(directory, entry).read_text().rstrip("\r\n")
+            raw = Path(directory, entry).read_bytes()[: MAX_CONFIG_BYTES + 1]
         except OSError:
             continue
+        try:
+            value = raw.decode("utf-8").rstrip("\r\n")
+        except UnicodeDecodeError as exc:
+            raise CredentialFileError(
+                str(Path(directory, entry)), entry, f"not UTF-8 text (at byte {exc.start})"
+            ) from None
         *parents, leaf = entry.split(".")
         node = data
         for part in parents:
@@ -523,49 +567,17 @@ def credentials_data(directory: str | None) -> dict[str, Any]:
 
 
 class ConfigError(Exception):
-    """A configuration that cannot be used; ``lines`` are ``FILE: key: message``."""
+    """A configuration that cannot be used; ``lines`` are ``FILE:LINE:COL: key: message — hint``."""
 
     def __init__(self, lines: Iterable[str]) -> None:
         self.lines = list(lines)
         super().__init__("\n".join(self.lines))
 
 
-_MESSAGES = {
-    "extra_forbidden": "unknown key",
-    "missing": "required key is missing",
-}
-
-
-def _format_loc(loc: Iterable[Any]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-_PATTERN_HINTS = {
-    _ID: "use letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)",
-    _DATASTREAM: "a datastream name of 1..64 characters without '/', '+', '#'",
-}
-
-
-def _message(err: Mapping[str, Any]) -> str:
-    msg = _MESSAGES.get(err["type"]) or err["msg"]
-    if err["type"] == "string_pattern_mismatch":
-        msg = _PATTERN_HINTS.get(err.get("ctx", {}).get("pattern"), msg)
-    msg = msg.replace("Value error, ", "")
-    if err["type"] not in ("missing", "extra_forbidden") and "input" in err:
-        value = err["input"]
-        if not isinstance(value, (dict, list)) and not _is_secret_loc(err.get("loc", ())) and str(value) not in msg:
-            msg += f" (got {value!r})"
-    return msg
-
-
-def _is_secret_loc(loc: Iterable[Any]) -> bool:
-    return any(str(p) in {"token", "password", "write_api_key", "api_key"} for p in loc)
+#: Largest config file read: far beyond any real one, small enough for a Pi Zero.
+MAX_CONFIG_BYTES = 1_000_000
+#: Placeholder a missing secret is validated with when the command needs none.
+UNSET_SECRET = "<unset: only edge-agent run needs it>"
 
 
 def _origin(path: Path, loc: tuple[Any, ...]) -> str:
@@ -585,12 +597,44 @@ def _origin(path: Path, loc: tuple[Any, ...]) -> str:
     return str(path)
 
 
-def _errors_to_lines(path: Path, exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
-    lines = []
+def errors_to_problems(
+    source: Source, exc: ValidationError, prefix: tuple[Any, ...] = (), model: type[BaseModel] | None = None
+) -> list[Located]:
+    """Each pydantic error as a located, plain-worded problem."""
+    problems = []
     for err in exc.errors():
         loc = prefix + tuple(err["loc"])
-        lines.append(f"{_origin(path, loc)}: {_format_loc(loc)}: {_message(err)}")
-    return lines
+        message, hint = explain(err, loc, model)
+        problems.append(source.locate(_origin(source.path, loc), loc, message, hint))
+    return problems
+
+
+def _errors_to_lines(path: Path, exc: ValidationError, prefix: tuple[Any, ...] = ()) -> list[str]:
+    return [p.line() for p in errors_to_problems(Source(path), exc, prefix)]
+
+
+def environment_secrets() -> set[str]:
+    """Secret values the environment and the credential files hold (for scrubbing)."""
+    found: set[str] = set()
+    for name, value in os.environ.items():
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX):
+            continue
+        if any(word in upper for word in ("TOKEN", "PASSWORD", "KEY")):
+            found.add(value)
+        elif value.lstrip().startswith(("{", "[")):
+            try:
+                collect_secrets(json.loads(value), found)
+            except (ValueError, RecursionError):
+                found.add(value)  # unparsable: all of it is suspect
+    creds = os.environ.get("CREDENTIALS_DIRECTORY")
+    if creds and os.path.isdir(creds):
+        for entry in os.listdir(creds):
+            try:
+                found.add(Path(creds, entry).read_bytes()[:4096].decode("utf-8", "replace").strip())
+            except OSError:
+                continue
+    return found
 
 
 # --------------------------------------------------------------------------
@@ -630,32 +674,95 @@ class Config:
         return next((s for s in self.sensors if s.entry.id == sensor_id), None)
 
 
-def read_toml(path: Path) -> dict[str, Any]:
-    """Parse the TOML file; syntax errors keep tomllib's line and column."""
+def read_source(path: Path) -> Source:
+    """Read and parse the TOML file, whatever it is: every failure (no file, a
+    directory, ``/dev/zero``, a huge file, not UTF-8, bad syntax, nesting too
+    deep) is a :class:`ConfigError` with one ``FILE: message`` line."""
     try:
         with path.open("rb") as fh:
-            return tomllib.load(fh)
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError([f"{path}: file not found"]) from None
-    except (IsADirectoryError, PermissionError) as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: larger than {MAX_CONFIG_BYTES} bytes: not a config file"])
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{path}: TOML nested too deeply"]) from None
+    return Source(path, data, TomlPositions(text), collect_secrets(data, set()))
 
 
-def load_settings(path: Path) -> Settings:
-    """Read and validate the core shape of the configuration at ``path``."""
-    data = read_toml(path)
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse the TOML file; syntax errors keep tomllib's line and column."""
+    data: dict[str, Any] = read_source(path).data
+    return data
+
+
+def _env_json_problem(exc: SettingsError) -> Located:
+    """Which ``EDGE_AGENT_...`` value is not the JSON its list or table needs (never its value)."""
+    hint = 'lists and tables are JSON, e.g. \'["Pump"]\' or \'{"token": "..."}\''
+    match = re.search(r'field "([^"]+)"', str(exc))
+    field_name = match.group(1).upper() if match else ""
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX + field_name):
+            continue
+        try:
+            json.loads(os.environ[name])
+        except (ValueError, RecursionError):
+            key = ".".join(part.lower() for part in upper[len(ENV_PREFIX) :].split(ENV_NESTING))
+            return Located(f"environment {upper}", key, "not valid JSON", hint)
+    return Located("environment", field_name.lower() or "(top level)", "a value is not valid JSON", hint)
+
+
+def _fill_unset_secrets(data: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``data`` with a placeholder for each secret no source sets,
+    so that commands other than ``run`` validate without secrets (the
+    environment and credentials, being stronger, still win)."""
+    out = dict(data)
+    for section, key in (("blynk", "token"), ("thingspeak", "password")):
+        table = out.get(section)
+        if isinstance(table, dict) and key not in table:
+            if section == "thingspeak" and table.get("mode", "device") != "device":
+                continue
+            out[section] = {**table, key: UNSET_SECRET}
+    return out
+
+
+def unset_secrets(settings: Settings) -> list[tuple[str, str]]:
+    """``(dotted key, hint)`` of each secret that only the placeholder filled."""
+    found = []
+    if settings.blynk is not None and settings.blynk.token.get_secret_value() == UNSET_SECRET:
+        found.append(("blynk.token", SECRET_SOURCES[("blynk", "token")]))
+    ts = settings.thingspeak
+    if ts is not None and ts.password is not None and ts.password.get_secret_value() == UNSET_SECRET:
+        found.append(("thingspeak.password", SECRET_SOURCES[("thingspeak", "password")]))
+    return found
+
+
+def validate_settings(source: Source, need_secrets: bool = True) -> tuple[Settings | None, list[Located]]:
+    """The core shape of the configuration, or every problem with it."""
+    data = source.data if need_secrets else _fill_unset_secrets(source.data)
     try:
         settings = Settings(**data)
     except ValidationError as exc:
-        raise ConfigError(_errors_to_lines(path, exc)) from None
+        return None, errors_to_problems(source, exc, model=Settings)
     except SettingsError as exc:  # an environment value that is not valid JSON for a list/table
-        raise ConfigError([f"environment: {exc} (lists and tables are JSON, e.g. '[\"Pump\"]')"]) from None
+        return None, [_env_json_problem(exc)]
+    except CredentialFileError as exc:
+        return None, [Located(exc.path, exc.key, exc.reason)]
+    except RecursionError:
+        return None, [Located(str(source.path), "(top level)", "nested too deeply")]
     # Relative paths in the file are relative to the file, not to the cwd.
-    base = path.resolve().parent
+    base = source.path.resolve().parent
     agent = settings.agent
     agent.plugin_dirs = [d if d.is_absolute() else base / d for d in agent.plugin_dirs]
     if not agent.state_dir.is_absolute():
@@ -663,17 +770,39 @@ def load_settings(path: Path) -> Settings:
     for section in (settings.blynk, settings.thingspeak):
         if section is not None and section.ca_file is not None and not section.ca_file.is_absolute():
             section.ca_file = base / section.ca_file
+    return settings, []
+
+
+def scrubbed(source: Source, problems: Iterable[Located]) -> list[str]:
+    """Problems as sorted lines, with every known secret masked."""
+    ordered = sorted(problems, key=lambda p: p.sort_key())
+    return scrub((p.line() for p in ordered), source.secrets | environment_secrets())
+
+
+def load_settings(path: Path, need_secrets: bool = True) -> Settings:
+    """Read and validate the core shape of the configuration at ``path``."""
+    source = read_source(path)
+    settings, problems = validate_settings(source, need_secrets)
+    if settings is None:
+        raise ConfigError(scrubbed(source, problems))
     return settings
 
 
-def resolve_plugins(path: Path, settings: Settings, registry: PluginRegistry, skip_broken: bool = False) -> Config:
+def resolve_plugins(
+    path: Path, settings: Settings, registry: PluginRegistry, skip_broken: bool = False, source: Source | None = None
+) -> Config:
     """Check every sensor/actuator entry against its plugin; collect all errors.
 
     With ``skip_broken``, an entry whose plugin exists but failed to load is
     dropped with one error log line instead of failing the whole config: the
     rest of the agent runs on.
     """
-    lines: list[str] = []
+    if source is None:
+        try:
+            source = read_source(path)
+        except ConfigError:
+            source = Source(path)
+    problems: list[Located] = []
     sensors: list[SensorSpec] = []
     actuators: list[ActuatorSpec] = []
     for i, entry in enumerate(settings.sensors):
@@ -683,21 +812,17 @@ def resolve_plugins(path: Path, settings: Settings, registry: PluginRegistry, sk
             log.error("sensor %s: plugin type %r failed to load; sensor skipped", entry.id, entry.type)
             continue
         if info is None:
-            lines.append(_unknown_type(path, where, entry.type, "sensor", registry))
+            problems.append(_unknown_type(source, where, entry.type, "sensor", registry))
             continue
         try:
             options = info.cls.Options.model_validate(entry.plugin_options)
         except ValidationError as exc:
-            lines.extend(_errors_to_lines(path, exc, where))
+            problems.extend(errors_to_problems(source, exc, where, _entry_model(SensorEntry, info.cls.Options)))
             continue
         quantities = dict(info.cls.quantities_for(options))
         for quantity in entry.readings:
             if quantity not in quantities:
-                known = ", ".join(quantities) or "nothing"
-                lines.append(
-                    f"{path}: {_format_loc((*where, 'readings', quantity))}: "
-                    f"a {entry.type} sensor yields no quantity {quantity!r} (it yields {known})"
-                )
+                problems.append(_unknown_quantity(source, where, entry.type, quantity, quantities))
         if entry.enabled:
             sensors.append(SensorSpec(entry, info, options, quantities))
     for i, act in enumerate(settings.actuators):
@@ -707,18 +832,44 @@ def resolve_plugins(path: Path, settings: Settings, registry: PluginRegistry, sk
             log.error("actuator %s: plugin type %r failed to load; actuator skipped", act.id, act.type)
             continue
         if ainfo is None:
-            lines.append(_unknown_type(path, where, act.type, "actuator", registry))
+            problems.append(_unknown_type(source, where, act.type, "actuator", registry))
             continue
         try:
             aoptions = ainfo.cls.Options.model_validate(act.plugin_options)
         except ValidationError as exc:
-            lines.extend(_errors_to_lines(path, exc, where))
+            problems.extend(errors_to_problems(source, exc, where, _entry_model(ActuatorEntry, ainfo.cls.Options)))
             continue
         if act.enabled:
             actuators.append(ActuatorSpec(act, ainfo, aoptions))
-    if lines:
-        raise ConfigError(lines)
+    if problems:
+        raise ConfigError(scrubbed(source, problems))
     return Config(path, settings, sensors, actuators)
+
+
+def _entry_model(core: type[BaseModel], options: type[BaseModel]) -> type[BaseModel]:
+    """A model whose fields are an entry's core keys and its plugin's options
+    (only used to suggest keys: ``keys_at`` reads its fields)."""
+    fields: dict[str, Any] = dict.fromkeys({**core.model_fields, **options.model_fields}, (Any, None))
+    model: type[BaseModel] = create_model("Entry", **fields)
+    return _wrap_list(model)
+
+
+def _wrap_list(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` as the item of a list, so that paths ``(list, i, key)`` resolve."""
+    wrapper: type[BaseModel] = create_model("Entries", sensors=(list[model], []), actuators=(list[model], []))  # type: ignore[valid-type]
+    return wrapper
+
+
+def _unknown_quantity(
+    source: Source, where: tuple[Any, ...], type_name: str, quantity: str, quantities: Mapping[str, str]
+) -> Located:
+    known = ", ".join(quantities) or "nothing"
+    return source.locate(
+        str(source.path),
+        (*where, "readings", quantity),
+        f"a {type_name} sensor yields no quantity {quantity!r} (it yields {known})",
+        did_you_mean(quantity, quantities),
+    )
 
 
 def _failed_plugin(registry: PluginRegistry, type_name: str) -> str | None:
@@ -729,13 +880,16 @@ def _failed_plugin(registry: PluginRegistry, type_name: str) -> str | None:
     return None
 
 
-def _unknown_type(path: Path, where: tuple[Any, ...], type_name: str, kind: str, registry: PluginRegistry) -> str:
+def _unknown_type(
+    source: Source, where: tuple[Any, ...], type_name: str, kind: str, registry: PluginRegistry
+) -> Located:
     known = registry.available(kind)
-    msg = f"unknown {kind} type {type_name!r} (known: {', '.join(known) or 'none'})"
+    msg = f"unknown {kind} type {type_name!r}"
     failed = _failed_plugin(registry, type_name)
     if failed:
         msg += f"; a plugin named so failed to load: {failed}"
-    return f"{path}: {_format_loc((*where, 'type'))}: {msg}"
+    hint = did_you_mean(type_name, known) or f"known: {', '.join(known) or 'none'}"
+    return source.locate(str(source.path), (*where, "type"), msg, hint)
 
 
 def load_config(path: Path, registry: PluginRegistry | None = None) -> Config:

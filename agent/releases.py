@@ -499,14 +499,41 @@ def _can_import(python: str, module: str) -> bool:
         return False
 
 
+#: Seconds between two "still working" lines while a build step runs.
+PROGRESS_EVERY = 30.0
+#: Set by ``python -m agent.releases build --progress`` (install.sh): a line on
+#: stderr when each build step starts, every PROGRESS_EVERY s while it runs, and when it ends.
+progress_lines = False
+
+
+def _progress(text: str) -> None:
+    if progress_lines:
+        print(f"    ... {text}", file=sys.stderr, flush=True)
+
+
 def run_tool(cmd: Sequence[str], what: str, timeout: float = 1800) -> str:
     """Run a helper program (venv, pip, the new release) to completion; its
     stdout, or :class:`ReleaseError` with ``what`` and the tail of its output."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "PIP_REQUIRE_VIRTUALENV")}
+    started = time.monotonic()
+    _progress(f"{what}")
     try:
-        proc = subprocess.run(list(cmd), capture_output=True, text=True, env=env, timeout=timeout)
+        with subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) as popen:
+            while True:
+                try:
+                    out, err = popen.communicate(timeout=PROGRESS_EVERY)
+                    break
+                except subprocess.TimeoutExpired:
+                    elapsed = time.monotonic() - started
+                    if elapsed > timeout:
+                        popen.kill()
+                        popen.communicate()
+                        raise
+                    _progress(f"{what}: still working ({elapsed:.0f} s; minutes on a Pi Zero)")
+        proc = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ReleaseError(f"cannot {what}: {exc}") from None
+    _progress(f"{what}: done in {time.monotonic() - started:.0f} s")
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-15:])
         raise ReleaseError(f"cannot {what} (exit {proc.returncode}): {tail}")
@@ -542,6 +569,7 @@ def _parser() -> argparse.ArgumentParser:
         help="let the venv see system packages (default: if python3-lgpio is installed)",
     )
     site.add_argument("--no-system-site-packages", dest="site", action="store_false")
+    build.add_argument("--progress", action="store_true", help="a line on stderr per build step (and every 30 s)")
     flip = sub.add_parser("flip", help="point current at a release (atomically)")
     flip.add_argument("version")
     sub.add_parser("current", help="print the current release")
@@ -563,6 +591,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     whether a run changed anything.
     """
     args = _parser().parse_args(argv)
+    global progress_lines
+    progress_lines = bool(getattr(args, "progress", False))
     logging.basicConfig(level=logging.WARNING, format="releases: %(message)s", stream=sys.stderr)
     state = args.state_dir
     try:

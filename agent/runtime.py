@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent import clock
 from agent.actuation import ActuatorManager, Outcome
 from agent.config import Config, SensorSpec
+from agent.control import ControlServer, socket_path
 from agent.hardware import Hardware
 from agent.outbox import Outbox, cancel_and_wait
 from agent.pipeline import FilterChain, Reading, ReadingSink, Router
@@ -117,6 +118,8 @@ class Agent:
         self.actuation.attach(self.links)
         self._warned: set[tuple[str, str]] = set()
         self._stopped = False
+        #: the control socket of ``edge-agent set`` (from start())
+        self.control: ControlServer | None = None
         #: set when the first real values arrive (cold-start measurements)
         self.first_reading: asyncio.Event | None = None
 
@@ -129,6 +132,10 @@ class Agent:
         for spec in self.config.sensors:
             self._add_sensor(spec)
         self.actuation.start()
+        if self.outbox is not None:
+            self.outbox.add_status_provider("actuators", self.actuation.status_info)
+        self.control = ControlServer(socket_path(self.config), self.actuation)
+        await self.control.start()
         for link in self.links:
             await link.start()
         for handle in self.sensors.values():
@@ -295,6 +302,8 @@ class Agent:
         # outputs first: nothing that follows (a sensor task slow to cancel,
         # a link slow to close) may keep an actuator in its last state
         self.make_safe()
+        if self.control is not None:
+            await self.control.stop()
         tasks = [h.task for h in self.sensors.values() if h.task is not None]
         await asyncio.gather(*(cancel_and_wait(t) for t in tasks))
         if self.ota is not None:

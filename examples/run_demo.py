@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +27,7 @@ from tests.support.cloud import CloudClient, Message  # noqa: E402
 
 
 def show(message: Message) -> None:
-    """Print one message the 'cloud' received, readably."""
+    """Print one message the agent sent to the 'cloud', readably."""
     payload = message.payload.decode("utf-8", "replace").replace("\x00", "\\0")
     print(f"  cloud <- {message.topic:34} {payload[:110]}", flush=True)
 
@@ -47,7 +49,8 @@ def main() -> int:
                 messages = cloud.messages
                 with lock:
                     for m in messages[seen:]:
-                        show(m)
+                        if not m.topic.startswith("downlink/"):  # the cloud's own commands, printed as sent
+                            show(m)
                     seen = len(messages)
                 time.sleep(0.1)
 
@@ -55,10 +58,13 @@ def main() -> int:
         cloud.subscribe("#")
         printer = threading.Thread(target=follow, daemon=True)
         printer.start()
+        # a fresh state dir per run: an outbox left by the last demo would replay its readings
+        state = tempfile.mkdtemp(prefix="edge-agent-demo-")
         env = dict(os.environ)
         env.update(
             EDGE_AGENT_BLYNK__SERVER=broker.url("mqtt"),
             EDGE_AGENT_BLYNK__TOKEN=broker.token,
+            EDGE_AGENT_AGENT__STATE_DIR=state,
             PYTHONUNBUFFERED="1",
         )
         config = ROOT / "examples" / "demo.toml"
@@ -87,6 +93,7 @@ def main() -> int:
             stop.set()
             printer.join(timeout=1)
             cloud.close()
+            shutil.rmtree(state, ignore_errors=True)
         print(f"demo: the agent stopped with exit code {agent.returncode} (0 = clean shutdown, pump off)")
         return 0 if agent.returncode == 0 else 1
 

@@ -352,7 +352,7 @@ def test_interlock_naming_an_unknown_actuator_is_a_config_error(tmp_path: Any) -
     with pytest.raises(ConfigError) as err:
         load_settings(path)
     assert err.value.lines == [
-        f"{path}: actuators: actuator 'a': interlock names 'nope', which is not an actuator (actuators: a)"
+        f"{path}:1:1: actuators: actuator 'a': interlock names 'nope', which is not an actuator (actuators: a)"
     ]
 
 
@@ -362,9 +362,9 @@ def test_interlock_naming_an_unknown_actuator_is_a_config_error(tmp_path: Any) -
         ('initial = "keep"', 'initial = "keep" is not possible'),
         ('on_shutdown = "keep"', 'on_shutdown = "keep" is not possible'),
         ('interlock = ["a"]', "interlock names the actuator itself"),
-        ('restore = "last"', "Input should be 'safe' or 'cloud'"),
-        ("failsafe_after = 0", "greater than 0"),
-        ("input = { pin = 40 }", "less than or equal to 27"),
+        ('restore = "last"', "must be one of 'safe' or 'cloud' (got 'last')"),
+        ("failsafe_after = 0", "must be more than 0 (got 0)"),
+        ("input = { pin = 40 }", "must be at most 27 (got 40) — BCM GPIO numbers are 0..27"),
     ],
 )
 def test_safety_keys_are_checked(tmp_path: Any, extra: str, message: str) -> None:

@@ -54,7 +54,7 @@ def test_drop_in_plugin_is_listed_and_read(tmp_path):
     line = next(x for x in listed.stdout.splitlines() if " dice " in x)
     assert line.split()[0] == "sensor" and str(d / "dice.py") in line
     assert "quantities: roll [pips], ok" in listed.stdout
-    assert "option base: float = 1.5" in listed.stdout
+    assert "option base: number; default 1.5" in listed.stdout
     read = edge_agent("read", "d6", "--config", str(cfg))
     assert read.returncode == 0, read.stderr
     assert read.stdout.splitlines() == ["roll: 8.0 pips", "ok: True"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -44,11 +45,11 @@ BROKEN = {
     "unknown_key": ('[agent]\nnmae = "x"\n', "agent.nmae", "unknown key", None),
     "wrong_type": (
         '[[sensors]]\nid = "a"\ntype = "simulated"\ninterval = "often"\n',
-        "sensors[0].interval",
-        "valid number",
+        "sensors[a].interval",
+        "expected a number (got 'often')",
         None,
     ),
-    "missing_required": ('[blynk]\ntoken = "x"\n', "blynk.template_id", "required key is missing", None),
+    "missing_required": ('[blynk]\nserver = "mqtt://x"\n', "blynk.template_id", "required key is missing", None),
     "duplicate_id": (
         '[[sensors]]\nid = "a"\ntype = "simulated"\n[[sensors]]\nid = "a"\ntype = "simulated"\n',
         "sensors",
@@ -57,20 +58,20 @@ BROKEN = {
     ),
     "unknown_plugin": (
         '[[sensors]]\nid = "a"\ntype = "bme281"\n',
-        "sensors[0].type",
+        "sensors[a].type",
         "unknown sensor type 'bme281'",
-        None,
+        "did you mean 'bme280'?",
     ),
     "plugin_option_type": (
         '[[sensors]]\nid = "a"\ntype = "bme280"\naddress = "left"\n',
-        "sensors[0].address",
-        "valid integer",
+        "sensors[a].address",
+        "expected a whole number (got 'left')",
         None,
     ),
     "plugin_option_range": (
         '[[sensors]]\nid = "a"\ntype = "bme280"\naddress = 0x99\n',
-        "sensors[0].address",
-        "(got 153)",
+        "sensors[a].address",
+        "address 0x99 is not one the chip can use",
         None,
     ),
 }
@@ -82,10 +83,10 @@ def test_check_rejects_broken_config_with_one_line(tmp_path, case):
     path = write(tmp_path, "[agent]\nplugin_dirs = []\n" + text if not text.startswith("[agent]") else text)
     result = edge_agent("check", "--config", str(path))
     assert result.returncode == 2
-    lines = result.stderr.strip().splitlines()
+    lines = [x for x in result.stderr.strip().splitlines() if ": warning: " not in x]
     assert len(lines) == 1, result.stderr
     line = lines[0]
-    assert line.startswith(f"{path}: "), line
+    assert re.match(rf"{re.escape(str(path))}(:\d+:\d+)?: ", line), line
     assert f": {key}: " in line or (key == "" and "TOML" in line), line
     assert message in line
     if extra:
@@ -113,8 +114,7 @@ def test_environment_overrides_file_and_errors_name_the_variable(tmp_path, monke
     with pytest.raises(ConfigError) as info:
         load_settings(path)
     assert info.value.lines == [
-        "environment EDGE_AGENT_AGENT__WORKERS: agent.workers: "
-        "Input should be a valid integer, unable to parse string as an integer (got 'lots')"
+        "environment EDGE_AGENT_AGENT__WORKERS: agent.workers: expected a whole number (got 'lots')"
     ]
 
 
@@ -154,15 +154,15 @@ def test_readings_must_name_quantities_the_plugin_yields(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path)
     (line,) = info.value.lines
-    assert "sensors[0].readings.temprature" in line
-    assert "yields no quantity 'temprature' (it yields temperature)" in line
+    assert "sensors[a].readings.temprature" in line
+    assert "yields no quantity 'temprature' (it yields temperature) — did you mean 'temperature'?" in line
 
 
 def test_datastream_names_with_mqtt_wildcards_are_refused(tmp_path):
     path = write(tmp_path, GOOD + 'readings.value = { blynk = "a/b" }\n')
     with pytest.raises(ConfigError) as info:
         load_config(path)
-    assert "sensors[0].readings.value.blynk" in info.value.lines[0]
+    assert "sensors[a].readings.value.blynk" in info.value.lines[0]
 
 
 def test_all_errors_reported_together(tmp_path):
@@ -171,7 +171,7 @@ def test_all_errors_reported_together(tmp_path):
         load_settings(path)
     assert len(info.value.lines) == 2
     assert any("agent.workers" in x for x in info.value.lines)
-    assert any("sensors[0].id" in x for x in info.value.lines)
+    assert any("sensors[bad id!].id" in x for x in info.value.lines)
 
 
 def test_relative_plugin_dirs_are_relative_to_the_file(tmp_path):
@@ -205,4 +205,4 @@ def test_more_mistakes_are_one_line_each(tmp_path, monkeypatch):
     monkeypatch.setenv("EDGE_AGENT_BLYNK__SYNC", "Pump")
     with pytest.raises(ConfigError) as info:
         load_settings(path)
-    assert info.value.lines[0].startswith("environment: ") and "JSON" in info.value.lines[0]
+    assert info.value.lines[0].startswith("environment EDGE_AGENT_BLYNK__SYNC: ") and "JSON" in info.value.lines[0]

@@ -243,8 +243,11 @@ def test_release_venv_and_current_link(installed: Installed) -> None:
     assert (release / "release.json").is_file() and (release / "pyvenv.cfg").is_file()
     assert "home = /usr/bin" in (release / "pyvenv.cfg").read_text(), "made from the system's python3"
     scripts = (release / "bin" / "edge-agent").read_text().splitlines()[0]
-    assert scripts == f"#!{release}/bin/python", "built at its final path"
-    out = subprocess.run([str(link / "bin" / "edge-agent"), "version"], capture_output=True, text=True, timeout=60)
+    final = f"/{release.relative_to(installed.root)}"
+    assert scripts == f"#!{final}/bin/python", "names its final path (no --root in it), so the image starts there"
+    out = subprocess.run(
+        [str(link / "bin" / "python"), "-m", "agent", "version"], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 0 and out.stdout.startswith("edge-agent ")
     command = installed.root / "usr/local/bin/edge-agent"
     assert os.readlink(command) == "/var/lib/edge-agent/current/bin/edge-agent", "sudo edge-agent ... works"
@@ -354,8 +357,10 @@ def test_installed_agent_runs_the_demo_hardware(installed: Installed, broker: An
             "PYTHONDONTWRITEBYTECODE": "1",
         }
         agent = subprocess.Popen(
-            [
-                str(installed.state / "current/bin/edge-agent"),
+            [  # the scripts name the final path (/var/lib/...): start the venv's python under the root
+                str(installed.state / "current/bin/python"),
+                "-m",
+                "agent",
                 "run",
                 "--config",
                 str(root / "etc/edge-agent/agent.toml"),
@@ -395,7 +400,9 @@ def test_installed_agent_runs_the_demo_hardware(installed: Installed, broker: An
         stderr = agent.stderr.read()
         assert code == 0, stderr[-3000:]
         assert uid_line.split()[1] == str(NOBODY)
-        assert any(re.match(r"^\d+\.\d+ greenhouse\.temperature = \d", x) for x in lines), lines[:5]
+        assert any(
+            re.match(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} greenhouse\.temperature = \d", x) for x in lines
+        ), lines[:5]
         ready = listener.first("READY")
         assert ready and ready["STATUS"].startswith("blynk: connected; thingspeak: "), listener.messages[:5]
         assert "; 1 sensor" in ready["STATUS"]
@@ -482,7 +489,8 @@ def test_wheel_install_keeps_config_then_uninstall_and_purge(wheelhouse: Path) -
         config.chmod(0o600)
         broken = run_installer(root, *args)
         assert broken.returncode == 1
-        assert f"{config}: sensors[0]" in broken.stderr and "was not started" in broken.stderr, broken.stderr
+        assert f"{config}:12:1: sensors[t].colour: unknown key" in broken.stderr, broken.stderr
+        assert "was not started" in broken.stderr, broken.stderr
         assert "systemctl enable --now edge-agent.service" not in (root / "edge-agent-install.plan").read_text()
         # 2. the user fixes it; the installer goes through and leaves it alone
         config.write_text(GOOD_CONFIG)
@@ -519,7 +527,10 @@ def test_wheel_install_keeps_config_then_uninstall_and_purge(wheelhouse: Path) -
 
         # 4. --purge: everything it put there goes; the shared groups stay
         (root / "etc/credstore/blynk.token").write_text("x")
-        purged = run_installer(root, "--purge")
+        refused = run_installer(root, "--purge")  # no terminal to ask on, no --yes
+        assert refused.returncode == 1 and "add --yes to confirm" in refused.stderr, refused.stderr
+        assert config.exists() and (root / "etc/credstore/blynk.token").exists()
+        purged = run_installer(root, "--purge", "--yes")
         assert purged.returncode == 0, purged.stdout + purged.stderr
         for path in ("etc/edge-agent", "var/lib/edge-agent", "etc/credstore"):
             assert not (root / path).exists(), path
@@ -527,7 +538,43 @@ def test_wheel_install_keeps_config_then_uninstall_and_purge(wheelhouse: Path) -
         groups = {line.split(":")[0]: line.split(":")[3] for line in (root / "etc/group").read_text().splitlines()}
         assert set(groups) == {"gpio", "i2c"} and groups == {"gpio": "", "i2c": ""}
         assert "userdel edge-agent" in (root / "edge-agent-install.plan").read_text()
-        assert "nothing to remove" in run_installer(root, "--purge").stdout
+        assert "nothing to remove" in run_installer(root, "--purge", "--yes").stdout
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_example_config_is_never_started_and_the_image_has_no_root_path(wheelhouse: Path) -> None:
+    """The shipped examples/pi.toml as the config: check passes, but its
+    placeholders keep the service off, and the message names each one. The
+    release built under --root names no path under the root, so the image
+    starts at its real path."""
+    root = scratch_root("placeholders")
+    try:
+        wheel = next((wheelhouse / "project").glob("*.whl"))
+        args = ["--wheel", str(wheel), "--wheelhouse", str(wheelhouse), "--offline", "--blynk-token", "real-token"]
+        result = run_installer(root, *args)
+        assert result.returncode == 0, result.stdout + result.stderr
+        out = result.stdout
+        assert (
+            "not enabling or starting the service: /etc/edge-agent/agent.toml still holds the example's values" in out
+        )
+        assert "blynk.template_id: warning: still the example's placeholder" in out
+        assert "sensors[soil].serial: warning: still the example's DS18B20 serial" in out
+        assert "then run: sudo ./install.sh" in out
+        assert "... install the agent and its dependencies" in result.stderr  # progress during the build
+        plan = (root / "edge-agent-install.plan").read_text()
+        assert "systemctl enable --now edge-agent.service" not in plan
+        leaks = []
+        for base in ("var/lib/edge-agent", "etc", "usr/local/bin"):
+            for path in (root / base).rglob("*"):
+                if path.is_symlink():
+                    if str(root) in os.readlink(path):
+                        leaks.append(f"{path} -> {os.readlink(path)}")
+                elif path.is_file() and path.suffix not in (".pyc", ".so") and str(root).encode() in path.read_bytes():
+                    leaks.append(str(path))
+        assert not leaks, leaks
+        shebang = (root / "var/lib/edge-agent/current/bin/edge-agent").read_text().splitlines()[0]
+        assert shebang.startswith("#!/var/lib/edge-agent/releases/"), shebang
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -617,7 +664,7 @@ echo "config: $(stat -c '%a %U:%G' /etc/edge-agent/agent.toml)"
 echo "token: $(stat -c '%a %U:%G' /etc/credstore/blynk.token)"
 echo "state: $(stat -c '%a %U:%G' /var/lib/edge-agent) $(find /var/lib/edge-agent ! -user edge-agent | wc -l) not owned"
 echo "current: $(readlink /var/lib/edge-agent/current)"
-sh "$INSTALL" --purge --no-systemd >/dev/null
+sh "$INSTALL" --purge --yes --no-systemd >/dev/null
 echo "after purge: $(getent passwd edge-agent || echo no user); $(getent group gpio | cut -d: -f1,4)"
 rm -rf "$scratch"
 """

@@ -236,8 +236,17 @@ def test_sensor_doc_examples_pass_edge_agent_check(tmp_path: Path) -> None:
         if lang == "toml" and "[[sensors]]" in body and "[agent]" not in body
     ]
     config = tmp_path / "agent.toml"
-    config.write_text('[agent]\nhardware = "simulated"\npin_factory = "mock"\nplugin_dirs = []\n\n' + "\n".join(blocks))
+    config.write_text(
+        '[agent]\nhardware = "simulated"\npin_factory = "mock"\nplugin_dirs = []\n\n'
+        '[blynk]\ntemplate_id = "TMPL6bQ2rX9c"\n\n' + "\n".join(blocks)
+    )
     result = edge_agent("check", "--config", str(config))
-    assert result.returncode == 0, result.stderr
+    # the blocks are separate examples: merged, some share an I2C address, which check rightly refuses
+    errors = [
+        line
+        for line in result.stderr.splitlines()
+        if ": warning: " not in line and "two chips cannot share an address" not in line
+    ]
+    assert result.returncode in (0, 2) and not errors, result.stderr
     documented = set(re.findall(r'^type = "([a-z0-9_]+)"', config.read_text(), re.M))
     assert set(registered_types()) <= documented, sorted(set(registered_types()) - documented)
