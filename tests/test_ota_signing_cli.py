@@ -4,16 +4,19 @@ subprocesses): keygen, pack --sign --introduce, inspect --key, and a hand
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from agent.ota.package import SIGNATURE, open_package
-from agent.ota.signing import parse_public_key, read_statement
+from agent.ota.signing import parse_public_key, read_statement, sign_package
 from agent.ota.tag import find_tags
 from tests.support.ota import SRC, TEMPLATE, fake_release_root
-from tests.support.signing import tiny_package
+from tests.support.signing import key_pair, tiny_package
 from tests.test_ota_package import edge_agent
 
 pytestmark = pytest.mark.integration
@@ -80,3 +83,30 @@ def test_hand_install_refuses_an_unsigned_package(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == "ota: signature: the package is unsigned"
     assert not (root / "releases" / "1.1.0").exists()
+
+
+@pytest.mark.skipif(not os.path.exists(sys.executable), reason="needs the interpreter")
+def test_nothing_of_cryptography_is_imported_without_trusted_keys(tmp_path: Path) -> None:
+    """The manager's path with ``trusted_keys`` unset (and a signed package
+    opened, as every update opens one) imports no ``cryptography`` module:
+    checked in a fresh interpreter, whose sys.modules this suite cannot taint."""
+    private, _ = key_pair(tmp_path, "a")
+    info = sign_package(tiny_package(tmp_path / "p.zip"), private)
+    code = f"""
+import asyncio, sys
+from pathlib import Path
+from agent.config import BlynkSection, OtaSection
+from agent.ota.manager import OtaManager
+from agent.ota.package import open_package
+from agent.ota.offer import parse_offer
+import agent.ota.keys, agent.ota.signing, agent.ota.commands
+m = OtaManager(OtaSection(), BlynkSection(token="x" * 32, template_id="TMPLtest01"), Path({str(tmp_path)!r}))
+pkg = open_package(Path({str(info.path)!r}))
+offer = parse_offer('{{"url": "https://localhost/p.zip", "size": 1000, "type": "TMPLtest01", "ver": "1.1.0", "build": "x"}}')
+assert asyncio.run(m._verify(offer, pkg)) == (None, None)
+bad = sorted(n for n in sys.modules if n == "cryptography" or n.startswith("cryptography."))
+assert not bad, bad
+print("ok")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
