@@ -579,6 +579,42 @@ def test_example_config_is_never_started_and_the_image_has_no_root_path(wheelhou
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_ota_key_is_put_in_place_and_trusted_and_a_private_key_is_refused(
+    wheelhouse: Path, broker: Any, tmp_path: Path
+) -> None:
+    """--ota-key: the public key lands in /etc/edge-agent (root's, 0644), the
+    config trusts it, a second run changes nothing; a private key is refused
+    before anything is written."""
+    from agent.ota.signing import generate_key_pair
+
+    public = generate_key_pair(tmp_path / "owner.key", tmp_path / "owner.pub")
+    root = scratch_root("otakey")
+    try:
+        refused = run_installer(root, "--ota-key", str(tmp_path / "owner.key"), "--offline")
+        assert refused.returncode != 0
+        assert "not a public key from 'edge-agent ota keygen'" in refused.stdout + refused.stderr
+        assert not (root / "etc/edge-agent").exists(), "nothing written before the key was checked"
+
+        template = tmp_path / "template.toml"
+        template.write_text(smoke_config(root, broker))
+        args = ["--config-template", str(template), "--wheelhouse", str(wheelhouse), "--offline"]
+        args += ["--blynk-token", broker.token, "--ota-key", str(tmp_path / "owner.pub")]
+        env = {f"EDGE_AGENT_THINGSPEAK__{k}": v for k, v in TS.items()}
+        first = run_installer(root, *args, env=env)
+        assert first.returncode == 0, first.stdout + first.stderr
+        key_file = root / "etc/edge-agent/ota-signing.pub"
+        assert key_file.read_text().strip() == public.text()
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o644 and key_file.stat().st_uid == 0
+        config = (root / "etc/edge-agent/agent.toml").read_text()
+        assert 'trusted_keys = ["/etc/edge-agent/ota-signing.pub"]' in config
+        second = run_installer(root, *args, env=env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "/etc/edge-agent/ota-signing.pub holds this key" in second.stdout
+        assert (root / "etc/edge-agent/agent.toml").read_text().count("trusted_keys") == 1
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 # -- agent/releases.py without pip: flipping and pruning -----------------------------------
 
 
