@@ -32,6 +32,7 @@ from tests.support.blynk import TEMPLATE, points_in, run, until
 from tests.support.broker import Broker
 from tests.support.cloud import CloudClient
 from tests.support.process import ROOT, agent_env
+from tests.support.waiting import until_sync
 
 SENSORS = 5
 RUN_SECONDS = 75.0  # ten kills at least 6 s apart fit with slack to spare
@@ -413,12 +414,15 @@ def test_agent_killed_ten_times_loss_and_duplicates_within_the_bound(broker: Bro
             assert _integrity(db) == "ok"  # the file is sound after every kill
             proc = start()
         time.sleep(max(0.0, t0 + RUN_SECONDS - time.monotonic()))
-        # a clean stop: SIGTERM closes the outbox (what waits stays in it)
+        # a clean stop: SIGTERM closes the outbox (what waits stays in it); only once the
+        # agent has started (a loaded machine can take seconds), or the signal kills it
+        until_sync(lambda: " started with " in runs[-1].read_text(), 60, "agent started")
         stops.append(time.time())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0, runs[-1].read_text()[-2000:]
         # once more, without sensors reading for long: send what a kill left behind
         proc = start()
+        until_sync(lambda: " started with " in runs[-1].read_text(), 60, "agent started")
         deadline = time.monotonic() + 30
         time.sleep(4.0)
         while time.monotonic() < deadline and _waiting(db) > SENSORS * 2:
