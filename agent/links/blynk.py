@@ -17,7 +17,13 @@ again. A backlog so large that draining it would hold live values back for
 more than 10 s is drained every other message, live values going in between.
 Readings older than Blynk's one-month window are dropped and counted. The
 messages sent right after a connect count against the rate limit too. Command
-echoes, events and widget properties jump the queue (QoS 0, not stored).
+echoes, events and widget properties are priority messages (QoS 0, not
+stored): an echo or a property is *state*, so at most one waits per topic and
+the latest value replaces a waiting one; events wait in a short bounded queue
+(Blynk allows 100 a day anyway). The budget rule: while readings wait,
+priority messages and readings alternate, so readings keep at least half of
+``rate_limit`` under any downlink flood; with no readings waiting, priority
+messages use all of it.
 
 Downlink: ``ds/NAME`` goes to the command handler (the actuators),
 ``redirect`` moves the session to another server (remembered in the state dir,
@@ -93,6 +99,8 @@ REDIRECT_LIMIT = 5
 REDIRECT_WINDOW = 300.0
 #: connect failures on a redirected server before going back to the configured one
 REDIRECT_FAILURES_BEFORE_FALLBACK = 3
+#: events waiting to be sent at most; beyond it the oldest is dropped (counted)
+EVENT_QUEUE_MAX = 16
 
 CommandHandler = Callable[[str, str], object]
 #: receives the raw ``downlink/ota/json`` payload (:meth:`agent.ota.manager.OtaManager.offer`)
@@ -105,7 +113,10 @@ class BlynkCounters:
 
     ``points_dropped``: readings outside Blynk's one-month window, or that can
     never be encoded (the outbox counts its own drops, see ``Outbox.counts``);
-    ``resent_unknown``: messages sent again because no PUBACK came."""
+    ``resent_unknown``: messages sent again because no PUBACK came;
+    ``echoes_superseded``: echoes and properties replaced by a newer value of
+    the same topic before they were sent (state, not lost);
+    ``events_dropped``: events dropped from a full event queue."""
 
     points_sent: int = 0
     messages_sent: int = 0
@@ -117,6 +128,8 @@ class BlynkCounters:
     bad_downlinks: int = 0
     redirects: int = 0
     events_refused: int = 0
+    echoes_superseded: int = 0
+    events_dropped: int = 0
 
 
 @dataclass
@@ -181,7 +194,11 @@ class BlynkLink:
         self._attempt_since: float | None = None  # wall time the latest connect attempt began
         self._unwatch: Callable[[], None] | None = None
         self._too_old_logged = 0.0
-        self._priority: deque[tuple[str, bytes]] = deque()
+        #: priority state messages (echoes, properties): topic -> latest payload
+        self._state_msgs: dict[str, bytes] = {}
+        #: priority events, in order, bounded
+        self._event_msgs: deque[tuple[str, bytes]] = deque()
+        self._last_priority = False  # the previous message was a priority one
         self._wake = asyncio.Event()
         self._limiter = SlidingWindowLimiter(settings.rate_limit)
         self._redirects = _Redirects()
@@ -302,12 +319,13 @@ class BlynkLink:
 
     def send_value(self, datastream: str, value: Any) -> None:
         """Send a datastream value ahead of the queue (command echoes)."""
-        self._send_priority(f"ds/{datastream}", self._fit(f"ds/{datastream}", text_value(value), datastream))
+        topic = f"ds/{datastream}"
+        self._send_state(topic, self._fit(topic, text_value(value), datastream))
 
     def set_property(self, datastream: str, prop: str, value: Any) -> None:
         """Set a widget property (``label``, ``color``, ``isDisabled``, ...)."""
         topic = f"ds/{datastream}/prop/{prop}"
-        self._send_priority(topic, self._fit(topic, text_value(value), datastream))
+        self._send_state(topic, self._fit(topic, text_value(value), datastream))
 
     def event(self, code: str, description: str = "") -> bool:
         """Log a Blynk event; refused (False) when Blynk's limits would be
@@ -323,12 +341,41 @@ class BlynkLink:
         self._events[code] = now
         self._event_day = (day, self._event_day[1] + 1)
         topic = f"event/{code}"
-        self._send_priority(topic, self._fit(topic, description, f"event {code}"))
+        self._event_msgs.append((topic, self._fit(topic, description, f"event {code}").encode()))
+        while len(self._event_msgs) > EVENT_QUEUE_MAX:
+            self._event_msgs.popleft()
+            self.counters.events_dropped += 1
+        self._wake.set()
         return True
 
-    def _send_priority(self, topic: str, payload: str) -> None:
-        self._priority.append((topic, payload.encode()))
+    def _send_state(self, topic: str, payload: str) -> None:
+        """Queue a state message: a waiting one on the same topic is replaced
+        (it keeps its place in the queue; the latest value wins)."""
+        if topic in self._state_msgs:
+            self.counters.echoes_superseded += 1
+        self._state_msgs[topic] = payload.encode()
         self._wake.set()
+
+    def _has_priority(self) -> bool:
+        return bool(self._state_msgs or self._event_msgs)
+
+    def _pop_priority(self) -> tuple[str, bytes, list[Entry]]:
+        """The oldest waiting priority message: events first, then state."""
+        self._last_priority = True
+        if self._event_msgs:
+            topic, payload = self._event_msgs.popleft()
+        else:
+            topic = next(iter(self._state_msgs))
+            payload = self._state_msgs.pop(topic)
+        return topic, payload, []
+
+    def _requeue_priority(self, topic: str, payload: bytes) -> None:
+        """A priority message could not be sent: back to the front of its queue
+        (a state message only if no newer value for its topic arrived meanwhile)."""
+        if topic.startswith("event/"):
+            self._event_msgs.appendleft((topic, payload))
+        elif topic not in self._state_msgs:
+            self._state_msgs = {topic: payload, **self._state_msgs}
 
     def _fit(self, topic: str, text: str, what: str) -> str:
         """Cut a text value so topic plus payload fit the message limit."""
@@ -363,7 +410,7 @@ class BlynkLink:
 
     async def _uplink_step(self) -> None:
         """Wait for something to send and a connection, then send one message."""
-        if not self._priority and not self._rows:
+        if not self._has_priority() and not self._rows:
             self._wake.clear()
             await self._wake.wait()
             return
@@ -399,7 +446,7 @@ class BlynkLink:
                 await self.session.publish(topic, payload)
         except NotConnected:
             if not taken:
-                self._priority.appendleft((topic, payload))
+                self._requeue_priority(topic, payload)
             return  # a reading stays in the outbox: sent again after the reconnect
         except AckTimeout:
             self.counters.resent_unknown += 1
@@ -414,7 +461,7 @@ class BlynkLink:
         except MqttSessionError as exc:
             log.warning("blynk: publish failed: %s; will retry", exc)
             if not taken:
-                self._priority.appendleft((topic, payload))
+                self._requeue_priority(topic, payload)
             await asyncio.sleep(0.5)
             return
         self.counters.messages_sent += 1
@@ -442,15 +489,21 @@ class BlynkLink:
 
     async def _next_message(self) -> tuple[str, bytes, list[Entry]] | None:
         """The next message to send: a priority message, or readings from the
-        outbox packed as tightly as the size limit allows."""
-        if self._priority:
-            topic, payload = self._priority.popleft()
-            return topic, payload, []
+        outbox packed as tightly as the size limit allows. While readings
+        wait, the two alternate (the budget rule in the module's docstring)."""
+        if self._has_priority() and (not self._rows or not self._last_priority):
+            return self._pop_priority()
+        self._last_priority = False
+        generation = self._generation
         window = await self.outbox.fetch(NAME, WINDOW)
         window = await self._drop_out_of_window(window)
         if not window:
             self._backfill_done()
-            return None
+            if not self._has_priority():
+                return None
+            if generation == self._generation:
+                self._rows = False  # nothing committed arrived meanwhile
+            return self._pop_priority()
         live_from = self._live_since_ms()
         now_ms = int(clock.wall() * 1000)
         head = window[0]
