@@ -58,6 +58,7 @@ from agent.links.blynk_format import (
 )
 from agent.links.ratelimit import SlidingWindowLimiter
 from agent.locks import InstanceLock, LockHeld
+from agent.logtext import LogLimiter, clean
 from agent.mqtt import MqttSession, parse_server_url
 from agent.mqtt.errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
@@ -206,6 +207,9 @@ class BlynkLink:
         self._event_day: tuple[int, int] = (0, 0)  # (day number, count)
         self._truncated_warned: set[str] = set()
         self._bad_warned: set[str] = set()
+        #: lines a downlink can trigger, rate-limited per kind (a server or
+        #: anyone publishing to the device chooses how many)
+        self._peer_log = LogLimiter(log)
         self._task: asyncio.Task[None] | None = None
         self._lock = InstanceLock.for_secret("blynk", settings.token.get_secret_value())
         self.session = MqttSession(
@@ -260,6 +264,7 @@ class BlynkLink:
             await cancel_and_wait(self._task)
             self._task = None
         await self.session.stop()
+        self._peer_log.flush()
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
@@ -336,7 +341,13 @@ class BlynkLink:
             self._event_day = (day, 0)
         if now - self._events.get(code, -1e9) < EVENT_MIN_GAP or self._event_day[1] >= EVENTS_PER_DAY:
             self.counters.events_refused += 1
-            log.warning("blynk: event %s refused by the rate limits (1/s per code, %d/day)", code, EVENTS_PER_DAY)
+            self._peer_log.log(
+                "blynk: events refused",
+                logging.WARNING,
+                "blynk: event %s refused by the rate limits (1/s per code, %d/day)",
+                clean(code, 64),
+                EVENTS_PER_DAY,
+            )
             return False
         self._events[code] = now
         self._event_day = (day, self._event_day[1] + 1)
@@ -731,21 +742,40 @@ class BlynkLink:
             self._dispatch(topic, payload)
         except Exception as exc:  # noqa: BLE001 - the server's input must never crash us
             self.counters.bad_downlinks += 1
-            log.warning("blynk: downlink %s not handled: %s: %s", topic[:80], type(exc).__name__, exc)
+            self._peer_log.log(
+                "blynk: downlinks not handled",
+                logging.WARNING,
+                "blynk: downlink %s not handled: %s: %s",
+                clean(topic, 80),
+                type(exc).__name__,
+                clean(exc),
+            )
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         if not topic.startswith("downlink/"):
-            log.debug("blynk: message on unexpected topic %s ignored", topic[:80])
+            self._peer_log.log(
+                "blynk: unexpected topics",
+                logging.DEBUG,
+                "blynk: message on unexpected topic %s ignored",
+                clean(topic, 80),
+            )
             return
         sub = topic[len("downlink/") :]
         text = payload.decode("utf-8", "replace")
         if sub.startswith("ds/"):
             name = sub[3:]
             if not name or "/" in name:
-                log.debug("blynk: downlink %s ignored", topic[:80])
+                self._peer_log.log(
+                    "blynk: downlinks ignored", logging.DEBUG, "blynk: downlink %s ignored", clean(topic, 80)
+                )
                 return
             if self.on_command is None:
-                log.debug("blynk: command for %s ignored (no actuators)", name)
+                self._peer_log.log(
+                    "blynk: commands ignored",
+                    logging.DEBUG,
+                    "blynk: command for %s ignored (no actuators)",
+                    clean(name),
+                )
                 return
             self.on_command(name, text)
         elif sub == "redirect":
@@ -755,17 +785,25 @@ class BlynkLink:
         elif sub == "reboot":
             self._reboot()
         elif sub == "diag":
-            log.warning("blynk: server diagnostic: %s", text[:500])
+            self._peer_log.log(
+                "blynk: server diagnostics", logging.WARNING, "blynk: server diagnostic: %s", clean(text, 500)
+            )
         elif sub == "utc/all/json":
             self._utc(text)
         elif sub == "ota/json":
             self._ota(text)
         elif sub == "reconfigure":
-            log.info("blynk: reconfigure requested by the server; ignored (configure with agent.toml)")
+            self._peer_log.log(
+                "blynk: reconfigure requests",
+                logging.INFO,
+                "blynk: reconfigure requested by the server; ignored (configure with agent.toml)",
+            )
         elif sub.startswith("meta/") or sub == "loc/all":
-            log.info("blynk: %s = %s", sub, text[:200])
+            self._peer_log.log("blynk: metadata answers", logging.INFO, "blynk: %s = %s", clean(sub, 80), clean(text))
         else:
-            log.debug("blynk: downlink %s ignored", topic[:80])
+            self._peer_log.log(
+                "blynk: downlinks ignored", logging.DEBUG, "blynk: downlink %s ignored", clean(topic, 80)
+            )
 
     def _redirect(self, url: str) -> None:
         try:
@@ -774,31 +812,42 @@ class BlynkLink:
             self.counters.bad_downlinks += 1
             # the exception's text shows the URL with any user info hidden; the
             # raw payload is not logged, it may carry a password
-            log.warning("blynk: redirect refused: %s", str(exc)[:300])
+            self._peer_log.log(
+                "blynk: redirects refused", logging.WARNING, "blynk: redirect refused: %s", clean(exc, 300)
+            )
             return
         now = clock.monotonic()
         recent = [u for t, u in self._redirects.history if now - t < REDIRECT_WINDOW]
         if len(recent) >= REDIRECT_LIMIT or endpoint.url in recent[-REDIRECT_LIMIT:-1]:
-            log.error(
+            self._peer_log.log(
+                "blynk: redirect loops",
+                logging.ERROR,
                 "blynk: redirect loop (%d redirects in %d s, back to %s); staying on %s",
                 len(recent) + 1,
                 REDIRECT_WINDOW,
-                endpoint.url,
-                self.session.endpoint.url,
+                clean(endpoint.url),
+                clean(self.session.endpoint.url),
             )
             return
         if endpoint == self.session.endpoint:
-            log.info("blynk: redirect to the current server %s ignored", endpoint.url)
+            self._peer_log.log(
+                "blynk: redirects ignored",
+                logging.INFO,
+                "blynk: redirect to the current server %s ignored",
+                clean(endpoint.url),
+            )
             return
         self._redirects.history.append((now, endpoint.url))
         self.counters.redirects += 1
-        log.info("blynk: redirected to %s", endpoint.url)
+        log.info("blynk: redirected to %s", clean(endpoint.url))
         self._remember_redirect(endpoint)
         self.session.set_endpoint(endpoint)
 
     def _reboot(self) -> None:
         action = self.settings.reboot
-        log.warning("blynk: reboot requested by the server (action: %s)", action)
+        self._peer_log.log(
+            "blynk: reboot requests", logging.WARNING, "blynk: reboot requested by the server (action: %s)", action
+        )
         if action != "ignore" and self.on_reboot is not None:
             self.on_reboot(action)
 
@@ -808,13 +857,22 @@ class BlynkLink:
             raise ValueError("utc answer without a numeric 'time'")
         self.utc = data
         offset = clock.wall() - data["time"] / 1000
-        log.info("blynk: server time %s (%s); local clock off by %.1f s", data["time"], data.get("tz_name"), offset)
+        self._peer_log.log(
+            "blynk: server time answers",
+            logging.INFO,
+            "blynk: server time %s (%s); local clock off by %.1f s",
+            clean(data["time"], 40),
+            clean(data.get("tz_name"), 64),
+            offset,
+        )
         for listener in self.utc_listeners:
             listener(data)
 
     def _ota(self, text: str) -> None:
         if self.on_ota is None:
-            log.info("blynk: OTA offer received; this agent takes no updates")
+            self._peer_log.log(
+                "blynk: OTA offers ignored", logging.INFO, "blynk: OTA offer received; this agent takes no updates"
+            )
             return
         self.on_ota(text)
 

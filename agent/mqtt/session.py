@@ -34,6 +34,7 @@ import gmqtt
 from pydantic import SecretStr
 
 from agent import clock
+from agent.logtext import LogLimiter, clean
 
 from ._gmqtt import GmqttClient, GmqttLogAdapter, close_client, connect_error_code
 from .backoff import Backoff, Jitter
@@ -86,6 +87,8 @@ _STATE_LOG_LEVEL = {
 _WRITE_HIGH_WATER = 256 * 1024
 #: Async on_message calls waiting to run, beyond which inbound messages are dropped.
 _INBOUND_QUEUE = 1024
+#: characters of a topic looked at for a log line (a topic may be 64 KiB)
+TOPIC_LOG_CHARS = 400
 
 _T = TypeVar("_T")
 
@@ -243,6 +246,8 @@ class MqttSession:
         self._ssl_context: ssl.SSLContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._inbound = InboundDispatcher(name, _INBOUND_QUEUE)
+        #: lines an inbound message can trigger, rate-limited per kind
+        self._peer_log = LogLimiter(log)
         self._current: _Attempt | None = None
         self._connected = asyncio.Event()
         self._stopping = False
@@ -376,6 +381,7 @@ class MqttSession:
                     raise  # our caller was cancelled; the session still stops on its own
             self._task = None
         await self._inbound.close()
+        self._peer_log.flush()
         self._current = None
         self._set_status(LinkState.STOPPED, "stop() called")
 
@@ -579,20 +585,24 @@ class MqttSession:
                 return
             if not isinstance(topic, str):
                 self._counters.dropped_inbound += 1
-                log.warning(
-                    "%s: dropped inbound message with a topic that is not UTF-8", self._name, extra={"link": self._name}
+                self._peer_log.log(
+                    f"{self._name}: inbound messages dropped",
+                    logging.WARNING,
+                    "%s: dropped inbound message with a topic that is not UTF-8",
+                    self._name,
                 )
                 return
-            size = len(topic.encode("utf-8")) + len(payload)
+            size = len(topic.encode("utf-8", "surrogatepass")) + len(payload)
             if size > self._max_incoming:
                 self._counters.dropped_inbound += 1
-                log.warning(
+                self._peer_log.log(
+                    f"{self._name}: inbound messages dropped",
+                    logging.WARNING,
                     "%s: dropped inbound message on %s: %d bytes (topic + payload) exceed max_incoming %d",
                     self._name,
-                    redact_topic(topic),
+                    clean(redact_topic(topic[:TOPIC_LOG_CHARS])),
                     size,
                     self._max_incoming,
-                    extra={"link": self._name},
                 )
                 return
             self._counters.received_messages += 1
@@ -602,12 +612,13 @@ class MqttSession:
             result = handler(topic, bytes(payload), qos, properties)
             if inspect.isawaitable(result) and not self._inbound.submit(result):
                 self._counters.dropped_inbound += 1
-                log.warning(
+                self._peer_log.log(
+                    f"{self._name}: inbound messages dropped",
+                    logging.WARNING,
                     "%s: dropped inbound message on %s: %d handler calls already waiting",
                     self._name,
-                    redact_topic(topic),
+                    clean(redact_topic(topic[:TOPIC_LOG_CHARS])),
                     self._inbound.limit,
-                    extra={"link": self._name},
                 )
         except Exception:
             log.exception("%s: on_message failed", self._name, extra={"link": self._name})

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from agent import clock
 from agent.config import BlynkSection, OtaSection
 from agent.locks import InstanceLock, LockHeld
+from agent.logtext import LogLimiter, clean
 from agent.ota.download import DownloadError, download, verify_headers
 from agent.ota.install import InstallError, TrialRules, stage_and_swap, staging_dir
 from agent.ota.offer import Offer, OfferError, OfferPolicy, blynk_domain, host_allowed, parse_offer, safe_url
@@ -112,6 +113,8 @@ class OtaManager:
         self._trial_task: asyncio.Task[None] | None = None
         self._cancel = threading.Event()
         self._pending_report: str | None = None
+        #: lines an offer can trigger, rate-limited per kind (offers come from the network)
+        self._peer_log = LogLimiter(log)
 
     # -- offers --------------------------------------------------------------
 
@@ -141,9 +144,20 @@ class OtaManager:
             return
         if self.active is not None:
             if offer.key == self.active.key:
-                log.info("ota: offer of %s ignored: that update is in progress", offer.version)
+                self._peer_log.log(
+                    "ota: offers ignored",
+                    logging.INFO,
+                    "ota: offer of %s ignored: that update is in progress",
+                    clean(offer.version, 64),
+                )
             else:
-                log.warning("ota: offer of %s ignored: busy with the update to %s", offer.version, self.active.version)
+                self._peer_log.log(
+                    "ota: offers ignored",
+                    logging.WARNING,
+                    "ota: offer of %s ignored: busy with the update to %s",
+                    clean(offer.version, 64),
+                    clean(self.active.version, 64),
+                )
             return
         if self.trial is not None:
             self._refuse(offer, f"this release ({self.trial.version}) is on trial; updates wait until it is committed")
@@ -171,7 +185,9 @@ class OtaManager:
 
     def _refuse(self, offer: Offer | None, reason: str) -> None:
         what = offer.describe() if offer is not None else "offer"
-        log.warning("ota: %s refused: %s", what, reason)
+        self._peer_log.log(
+            "ota: offers refused", logging.WARNING, "ota: %s refused: %s", clean(what, 300), clean(reason, 500)
+        )
         self.outcomes.append(("refused", reason))
         self._event(f"update {offer.version if offer else ''} refused: {reason}".replace("  ", " "))
 
@@ -397,3 +413,4 @@ class OtaManager:
             if task is not None:
                 await cancel_and_wait(task)
         self._task = self._trial_task = None
+        self._peer_log.flush()
