@@ -63,7 +63,7 @@ from agent.mqtt import MqttSession, parse_server_url
 from agent.mqtt.errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
 from agent.mqtt.url import Endpoint
-from agent.outbox import OUTBOX_FILE, Entry, Outbox, OutboxError, cancel_and_wait
+from agent.outbox import OUTBOX_FILE, Entry, Outbox, OutboxError, StorageFault, cancel_and_wait
 from agent.pipeline import Reading
 from agent.version import build_time, version
 
@@ -415,6 +415,11 @@ class BlynkLink:
                 raise
             except OutboxError:
                 return  # the outbox closed under us: the agent is stopping
+            except StorageFault as exc:
+                # the storage fails and the outbox could not move to another store
+                # this time: nothing is dropped, the step is tried again
+                self._peer_log.log("blynk: storage faults", logging.WARNING, "blynk: %s; trying again in 1 s", exc)
+                await asyncio.sleep(1.0)
             except Exception:
                 log.exception("blynk: uplink error; going on in 1 s")
                 await asyncio.sleep(1.0)
@@ -438,7 +443,7 @@ class BlynkLink:
         generation = self._generation
         try:
             message = await self._next_message()
-        except OutboxError:
+        except (OutboxError, StorageFault):
             raise
         except Exception:
             log.exception("blynk: could not pack the next reading; dropped")
