@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from agent import clock
 from agent.locks import InstanceLock, LockHeld
 
 log = logging.getLogger("agent.outbox")
@@ -392,6 +393,32 @@ class Outbox:
         if not through:
             return 0, 0
         return await self._call(self._db_settle, link, dict(through), skipped_before_ms, reason)
+
+    async def restamp(self, delta: float, now: float) -> int:
+        """The wall clock stepped by ``delta`` seconds (it is ``now`` on the new
+        clock): move the readings still waiting that were stamped with the old
+        clock by ``delta`` too, so they carry the time they were taken. Those
+        are told apart by their stamps: before ``now - delta/2`` for a forward
+        step, after it for a backward one (new readings are stamped near
+        ``now``). Returns how many committed rows moved."""
+        delta_ms = round(delta * 1000)
+        boundary = int((now - delta / 2) * 1000)
+
+        def before(ts_ms: int) -> bool:
+            return ts_ms < boundary if delta_ms > 0 else ts_ms > boundary
+
+        with self._mutex:
+            self._incoming = [
+                (link, target, ts_ms + delta_ms if before(ts_ms) else ts_ms, value)
+                for link, target, ts_ms, value in self._incoming
+            ]
+        moved = await self._call(self._db_restamp, delta_ms, boundary)
+        if moved:
+            log.warning("outbox: %d waiting readings re-stamped by %+.1f s (the clock stepped)", moved, delta)
+            for callbacks in self._watchers.values():
+                for callback in list(callbacks):
+                    callback()
+        return moved
 
     async def latest(self, link: str, target: str) -> Entry | None:
         """The newest committed row of ``link`` for ``target``."""
@@ -1083,11 +1110,13 @@ class Outbox:
         conn = self._conn
         if conn is None:
             return
-        cutoff = int((time.time() - self.max_age) * 1000)
+        cutoff = int((clock.wall() - self.max_age) * 1000)
+        unset = int(clock.VALID_FROM * 1000)
         dropped: dict[str, int] = {}
         while True:
             rows = conn.execute("SELECT id, link, ts_ms FROM readings ORDER BY id LIMIT ?", (_CHUNK,)).fetchall()
-            old = [(rid, code) for rid, code, ts_ms in rows if ts_ms < cutoff]
+            # rows stamped before the clock was set wait to be re-stamped (agent.clockwatch)
+            old = [(rid, code) for rid, code, ts_ms in rows if unset <= ts_ms < cutoff]
             if not old:
                 break
             conn.execute("BEGIN IMMEDIATE")
@@ -1260,6 +1289,20 @@ class Outbox:
             if skipped:
                 counts.dropped[reason] = counts.dropped.get(reason, 0) + skipped
         return deleted - skipped, skipped
+
+    def _db_restamp(self, delta_ms: int, boundary: int) -> int:
+        conn = self._conn
+        assert conn is not None
+        where = "ts_ms < ?" if delta_ms > 0 else "ts_ms > ?"
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(f"UPDATE readings SET ts_ms = ts_ms + ? WHERE {where}", (delta_ms, boundary))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self._db_refresh_oldest()
+        return int(cur.rowcount)
 
     def _db_latest(self, link: str, target: str) -> Entry | None:
         conn = self._conn

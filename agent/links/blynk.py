@@ -92,6 +92,8 @@ POINTS_PER_MESSAGE = 40
 PROGRESS_EVERY = 10.0
 #: smaller backlogs (a reconnect after a blip) are not announced in the log
 BACKFILL_LOG_MIN = 50
+#: readings stamped before this (epoch ms) were taken before the clock was set
+UNSET_BEFORE_MS = int(clock.VALID_FROM * 1000)
 #: Blynk's per-device event limits
 EVENT_MIN_GAP = 1.0
 EVENTS_PER_DAY = 100
@@ -524,6 +526,16 @@ class BlynkLink:
         now_ms = int(clock.wall() * 1000)
         head = window[0]
         backlog = head.ts_ms < live_from or now_ms - head.ts_ms > LIVE_MAX_DELAY_MS
+        if head.ts_ms < UNSET_BEFORE_MS:
+            # taken before the clock was set: never sent with its 1970 time. A
+            # live value goes without a timestamp (Blynk stamps it on arrival);
+            # an older one is held until the clock is set and the outbox
+            # re-stamps it (agent.clockwatch; the re-stamping wakes the uplink)
+            if not backlog:
+                return self._single(head)
+            if generation == self._generation:
+                self._rows = False
+            return self._pop_priority() if self._has_priority() else None
         after_id = 0
         if backlog:
             self._backfill_progress(head)
@@ -608,7 +620,9 @@ class BlynkLink:
         dropped = 0
         while True:
             now_ms = int(clock.wall() * 1000)
-            stale = [e.id for e in window if abs(now_ms - e.ts_ms) > MAX_AGE_MS]
+            # a reading stamped before the clock was set waits to be re-stamped
+            # (agent.clockwatch): never dropped, never sent with its 1970 time
+            stale = [e.id for e in window if abs(now_ms - e.ts_ms) > MAX_AGE_MS and e.ts_ms >= UNSET_BEFORE_MS]
             if not stale:
                 break
             dropped += await self.outbox.discard(NAME, stale, DROP_TOO_OLD)
