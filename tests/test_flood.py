@@ -156,6 +156,7 @@ def test_downlink_flood_keeps_readings_and_commands_moving(broker: Any, make_clo
     assert echo_after <= 2.0
     assert growth_mb < 20
     assert "Traceback" not in raw.decode("utf-8", "replace")
+    assert broker.token.encode() not in raw, "the device token reached the log"
     _check_log(flood_lines)
 
 
