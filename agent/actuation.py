@@ -50,12 +50,15 @@ from agent import clock
 from agent.actuators import OutputActuator, quote
 from agent.config import ActuatorEntry, ActuatorSpec
 from agent.hardware import Hardware
+from agent.logtext import LogLimiter, clean
 from agent.plugin import Actuator
 
 if TYPE_CHECKING:  # the MQTT package (gmqtt, websockets) is not imported for this
     from agent.mqtt.status import LinkStatus
 
 log = logging.getLogger("agent.actuation")
+#: lines about commands written per actuator and minute; the rest are counted
+COMMAND_LOG_BURST = 20
 
 #: LinkState values (agent.mqtt.status), compared as text
 _IDLE, _CONNECTING, _CONNECTED = "idle", "connecting", "connected"
@@ -215,6 +218,8 @@ class ActuatorManager:
         self._sync_deadline: float | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failsafe_timers: list[asyncio.TimerHandle] = []
+        #: command lines, rate-limited per actuator (see _command_log)
+        self._peer_log = LogLimiter(log, burst=COMMAND_LOG_BURST)
         self._stopping = False
         self._shutdown_done = False
         self._closed = False
@@ -394,7 +399,9 @@ class ActuatorManager:
             log.debug("command for datastream %r ignored: no actuator follows it", datastream)
             return None
         if self._stopping:
-            log.info("actuator %s: command %s ignored: the agent is stopping", slot.id, quote(text))
+            self._command_log(
+                slot, logging.INFO, "actuator %s: command %s ignored: the agent is stopping", slot.id, quote(text)
+            )
             return Outcome(slot.id, "ignored", slot.actuator.state, "stopping")
         if self._is_sync_answer(datastream):
             return self._sync_answer(slot, text)
@@ -408,7 +415,9 @@ class ActuatorManager:
         no such actuator is open."""
         slot = self.slots.get(actuator_id)
         if slot is None:
-            log.warning(
+            self._peer_log.log(
+                "actuation: commands for no open actuator",
+                logging.WARNING,
                 "command %s from %s for actuator %r ignored: no such actuator is open",
                 quote(value),
                 source,
@@ -416,7 +425,9 @@ class ActuatorManager:
             )
             return None
         if self._stopping:
-            log.info("actuator %s: command %s ignored: the agent is stopping", slot.id, quote(value))
+            self._command_log(
+                slot, logging.INFO, "actuator %s: command %s ignored: the agent is stopping", slot.id, quote(value)
+            )
             return Outcome(slot.id, "ignored", slot.actuator.state, "stopping")
         slot.last_command_at = clock.wall()
         act = slot.actuator
@@ -424,12 +435,14 @@ class ActuatorManager:
             target = act.parse(value)
         except Exception as exc:  # noqa: BLE001 - any parser failure is a refusal
             reason = str(exc) if isinstance(exc, ValueError) else _describe(exc)
-            log.warning(
+            self._command_log(
+                slot,
+                logging.WARNING,
                 "actuator %s: %s value %s refused: %s; output unchanged (%s)",
                 slot.id,
                 source,
                 quote(value),
-                reason,
+                clean(reason),
                 act.describe(act.state),
             )
             self._echo(slot)
@@ -447,14 +460,20 @@ class ActuatorManager:
         what = f"{source} {quote(raw)}"
         current = act.state
         if act.same(target, current):
-            log.info("actuator %s: %s: already %s", slot.id, what, act.describe(current))
+            self._command_log(slot, logging.INFO, "actuator %s: %s: already %s", slot.id, what, act.describe(current))
             self._echo(slot)
             return Outcome(slot.id, "unchanged", current)
         blocker = self._interlock_blocker(slot, target)
         if blocker is not None:
             reason = f"interlock: {blocker} is on"
-            log.warning(
-                "actuator %s: %s refused: %s; output unchanged (%s)", slot.id, what, reason, act.describe(current)
+            self._command_log(
+                slot,
+                logging.WARNING,
+                "actuator %s: %s refused: %s; output unchanged (%s)",
+                slot.id,
+                what,
+                reason,
+                act.describe(current),
             )
             self._echo(slot)
             return Outcome(slot.id, "refused", current, reason)
@@ -462,7 +481,9 @@ class ActuatorManager:
         if wait > 0:
             slot.held = (target, source, raw)
             slot.held_timer = self._call_later(wait, self._release_held, slot)
-            log.info(
+            self._command_log(
+                slot,
+                logging.INFO,
                 "actuator %s: %s held %.2f s by min_switch_interval (%g s); %s until then",
                 slot.id,
                 what,
@@ -472,9 +493,14 @@ class ActuatorManager:
             )
             self._echo(slot)
             return Outcome(slot.id, "held", current, f"min_switch_interval: {wait:.2f} s left")
-        ok = self._drive(slot, target, what)
+        ok = self._drive(slot, target, what, limited=True)
         self._echo(slot)
         return Outcome(slot.id, "applied" if ok else "failed", act.state)
+
+    def _command_log(self, slot: Slot, level: int, msg: str, *args: object) -> None:
+        """A line a command caused: rate-limited per actuator (commands come
+        from the network, as fast as anyone sends them)."""
+        self._peer_log.log(f"actuator {slot.id}: command lines", level, msg, *args)
 
     def _release_held(self, slot: Slot) -> None:
         slot.held_timer = None
@@ -505,8 +531,9 @@ class ActuatorManager:
             return 0.0
         return max(0.0, slot.last_switch + interval - clock.monotonic())
 
-    def _drive(self, slot: Slot, target: Any, why: str) -> bool:
-        """Drive ``target`` now (all checks done); one log line either way."""
+    def _drive(self, slot: Slot, target: Any, why: str, limited: bool = False) -> bool:
+        """Drive ``target`` now (all checks done); one log line either way
+        (rate-limited per actuator when a command caused it: ``limited``)."""
         act = slot.actuator
         before = act.state
         try:
@@ -523,7 +550,11 @@ class ActuatorManager:
             )
             return False
         self._after_change(slot, before)
-        log.info("actuator %s: %s -> %s [%s]", slot.id, why, act.describe(act.state), act.pin_report())
+        line = ("actuator %s: %s -> %s [%s]", slot.id, why, act.describe(act.state), act.pin_report())
+        if limited:
+            self._command_log(slot, logging.INFO, *line)
+        else:
+            log.info(*line)
         return True
 
     def _force(self, slot: Slot, target: Any, why: str) -> bool:
@@ -831,6 +862,7 @@ class ActuatorManager:
             return
         self.make_safe()
         self._closed = True
+        self._peer_log.flush()
         if self._remove_listener is not None:
             self._remove_listener()
             self._remove_listener = None

@@ -385,9 +385,21 @@ def _status_lines(
         lines.append(f"outbox: {db_path}: cannot be read: {db_error}")
     else:
         lines.append(f"outbox: {db_path}: not there")
+    storage = outbox.get("storage") or {}
+    if storage.get("state") == "memory":
+        since = storage.get("since")
+        lines.append(
+            f"  storage failing for {age_text(None if since is None else now - since)}: {str(storage.get('reason'))[:200]};"
+            " readings kept in memory and sent from there"
+        )
     queues: dict[str, Any] = dict(outbox.get("queues") or {})
     for name, q in (stored or {}).items():
-        queues[name] = {**queues.get(name, {}), **q}  # the database is the authority for what waits
+        live_drops = (queues.get(name) or {}).get("dropped") or {}
+        stored_drops = q.get("dropped") or {}
+        # the database is the authority for what waits; a drop it could not
+        # record (the storage failed) is known to the running agent only
+        merged = {k: max(live_drops.get(k, 0), stored_drops.get(k, 0)) for k in {*live_drops, *stored_drops}}
+        queues[name] = {**queues.get(name, {}), **q, "dropped": merged}
     links: dict[str, Any] = dict((live or {}).get("links") or {})
     actuators = links.pop("actuators", None)
     if isinstance(actuators, dict):

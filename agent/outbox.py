@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from agent import clock
 from agent.locks import InstanceLock, LockHeld
 
 log = logging.getLogger("agent.outbox")
@@ -71,6 +72,9 @@ DROP_LINK = "link"
 DROP_SKIPPED = "skipped"
 #: readings that could not be stored (the storage kept failing) and overflowed memory
 DROP_UNSTORED = "unstored"
+#: drop reason: rows in a database found damaged at run time; the file is set
+#: aside (kept for inspection, nothing in it deleted) and a fresh one opened
+DROP_DAMAGED = "damaged"
 #: readings held in memory while commits fail, at most
 MEMORY_LIMIT = 100_000
 #: seconds between two commit attempts after a failure
@@ -88,6 +92,23 @@ Synchronous = Literal["full", "normal"]
 
 class OutboxError(Exception):
     """The outbox cannot be used (its file is locked by another agent, unreadable)."""
+
+
+class StorageFault(Exception):
+    """A query or deletion failed on the storage even after the outbox moved
+    to another store; the caller waits a moment and tries again. Never a
+    reason to drop a reading."""
+
+
+#: SQLite primary result codes that mean the file's content is damaged
+_DAMAGE_CODES = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+def _is_damage(exc: BaseException) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        return (code & 0xFF) in _DAMAGE_CODES
+    return isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +242,18 @@ class Outbox:
         self._drop_links: dict[str, dict[str, int]] = {}  # reason -> link -> dropped since the last line
         self._retry_at = 0.0  # after a failed commit: not before this (monotonic)
         self._failure_logged = 0.0
+        #: the in-memory store used while the file cannot be written (None: on the file)
+        self._memory: sqlite3.Connection | None = None
+        #: the file's connection while the memory store is in use (None: to be reopened)
+        self._disk: sqlite3.Connection | None = None
+        #: deletions the file could not take: (link, ids, reason), applied when it works again
+        self._deferred: list[tuple[str, list[int], str | None]] = []
+        self._disk_retry_at = 0.0
+        self._id_floor = 0  # the highest row id known; a memory store's ids start above it
+        #: "file", or "memory" while the file cannot be written, and why / since when
+        self.storage = "file"
+        self.storage_reason = ""
+        self.storage_since: float | None = None
         self.commits = 0
         self.last_commit_seconds = 0.0
         self.opened_at: float | None = None
@@ -361,6 +394,32 @@ class Outbox:
             return 0, 0
         return await self._call(self._db_settle, link, dict(through), skipped_before_ms, reason)
 
+    async def restamp(self, delta: float, now: float) -> int:
+        """The wall clock stepped by ``delta`` seconds (it is ``now`` on the new
+        clock): move the readings still waiting that were stamped with the old
+        clock by ``delta`` too, so they carry the time they were taken. Those
+        are told apart by their stamps: before ``now - delta/2`` for a forward
+        step, after it for a backward one (new readings are stamped near
+        ``now``). Returns how many committed rows moved."""
+        delta_ms = round(delta * 1000)
+        boundary = int((now - delta / 2) * 1000)
+
+        def before(ts_ms: int) -> bool:
+            return ts_ms < boundary if delta_ms > 0 else ts_ms > boundary
+
+        with self._mutex:
+            self._incoming = [
+                (link, target, ts_ms + delta_ms if before(ts_ms) else ts_ms, value)
+                for link, target, ts_ms, value in self._incoming
+            ]
+        moved = await self._call(self._db_restamp, delta_ms, boundary)
+        if moved:
+            log.warning("outbox: %d waiting readings re-stamped by %+.1f s (the clock stepped)", moved, delta)
+            for callbacks in self._watchers.values():
+                for callback in list(callbacks):
+                    callback()
+        return moved
+
     async def latest(self, link: str, target: str) -> Entry | None:
         """The newest committed row of ``link`` for ``target``."""
         return await self._call(self._db_latest, link, target)
@@ -463,6 +522,7 @@ class Outbox:
                 "last_commit_seconds": self.last_commit_seconds,
                 "open": self.is_open,
                 "recovered": self.recovered,
+                "storage": {"state": self.storage, "reason": self.storage_reason, "since": self.storage_since},
                 "queues": links,
             },
             "links": providers,
@@ -556,6 +616,7 @@ class Outbox:
                 self._db_flush()
             except Exception:
                 log.exception("outbox: final commit failed")
+            self._close_memory()
             conn, self._conn = self._conn, None
             # anything still queued can no longer be served
             while True:
@@ -580,20 +641,28 @@ class Outbox:
             with self._mutex:
                 pending = bool(self._incoming)
             timeout = max(0.0, self._next_age_check - now)
+            if self._memory is not None:
+                if now >= self._disk_retry_at:
+                    self._try_file()
+                    continue
+                timeout = min(timeout, self._disk_retry_at - now)
             if pending:
                 due = max(self._last_commit + self.commit_interval, self._retry_at) - now
                 if due <= 0:
                     try:
                         self._db_flush()
                     except sqlite3.Error as exc:
-                        self._storage_failed("commit", exc)
+                        if self._conn is self._memory:
+                            self._storage_failed("commit", exc)
+                        else:
+                            self._fault("commit", exc)
                     continue
                 timeout = min(timeout, due)
             if timeout <= 0:
                 try:
                     self._db_prune_age()
                 except sqlite3.Error as exc:
-                    self._storage_failed("age check", exc)
+                    self._fault("age check", exc)
                 continue
             try:
                 job = self._jobs.get(timeout=timeout)
@@ -605,11 +674,236 @@ class Outbox:
                 continue  # _WAKE: re-evaluate what is due
             fn, args, future, loop = job
             try:
-                result = fn(*args)
+                try:
+                    result = fn(*args)
+                except sqlite3.Error as exc:
+                    # the store failed: move to another (a fresh file, or memory) and ask that
+                    self._fault(getattr(fn, "__name__", "query"), exc)
+                    try:
+                        result = fn(*args)
+                    except sqlite3.Error as again:
+                        raise StorageFault(f"outbox: storage failing: {again}") from None
             except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
                 self._post(loop, self._resolve, future, None, exc)
             else:
                 self._post(loop, self._resolve, future, result, None)
+
+    # -- storage faults: a damaged file is set aside, an unwritable one replaced by memory ----
+
+    def _fault(self, what: str, exc: sqlite3.Error) -> None:
+        """The current store failed doing ``what``. A damaged file is set
+        aside and a fresh one opened; a file that cannot be written (full,
+        read-only, I/O errors) is replaced by a store in memory until it works
+        again. Readings keep flowing either way."""
+        if self._conn is self._memory and self._memory is not None:
+            raise exc  # memory itself failed: nothing better to move to
+        if _is_damage(exc):
+            self._set_aside(what, exc)
+        else:
+            self._enter_memory(f"{what} failed ({exc})")
+
+    def _set_aside(self, what: str, exc: BaseException) -> None:
+        """Move the damaged file aside (kept, nothing in it deleted), count its
+        rows as ``damaged`` and open a fresh one (memory if that fails too)."""
+        old = self._conn
+        self._conn = None
+        if old is not None:
+            try:
+                old.close()
+            except sqlite3.Error:
+                pass
+        with self._mutex:
+            lost = {name: c.depth for name, c in self._counts.items() if c.depth > 0}
+            previous = {name: dict(c.dropped) for name, c in self._counts.items()}
+            acked = {name: c.acked for name, c in self._counts.items()}
+        try:
+            aside = self._move_aside()
+        except OSError as move_error:
+            self._enter_memory(f"{what}: the database is damaged ({exc}) and cannot be moved aside ({move_error})")
+            return
+        self.recovered = f"damaged database moved to {aside} ({exc})"
+        log.error(
+            "outbox: %s: %s is damaged (%s); moved to %s with its %d waiting readings (counted as %r), a fresh one opened",
+            what,
+            self.path,
+            exc,
+            aside,
+            sum(lost.values()),
+            DROP_DAMAGED,
+        )
+        try:
+            self._db_connect()
+        except sqlite3.Error as again:
+            self._enter_memory(f"no fresh database after the damage ({again})")
+            conn = self._memory
+        else:
+            conn = self._conn
+        assert conn is not None
+        # the counters lived in the damaged file: carry them over, plus the rows it took along
+        merged: dict[str, dict[str, int]] = previous
+        for name, n in lost.items():
+            merged.setdefault(name, {})[DROP_DAMAGED] = merged.get(name, {}).get(DROP_DAMAGED, 0) + n
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                "INSERT INTO counters (link, name, value) VALUES (?, ?, ?) "
+                "ON CONFLICT (link, name) DO UPDATE SET value = excluded.value",
+                [(link, reason, n) for link, reasons in merged.items() for reason, n in reasons.items() if n],
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            _rollback(conn)
+        with self._mutex:
+            for name, reasons in merged.items():
+                counts = self._counts.setdefault(name, LinkCounts())
+                counts.dropped = dict(reasons)
+                counts.acked = acked.get(name, counts.acked)
+
+    def _move_aside(self) -> str:
+        """Rename the database (and its WAL) to ``NAME.corrupt-TIME``; the new name."""
+        aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            src = Path(str(self.path) + suffix)
+            if src.exists():
+                os.replace(src, Path(str(aside) + suffix))
+        return aside.name
+
+    def _new_memory(self) -> sqlite3.Connection:
+        mem = _connect(":memory:")
+        base = max(self._id_floor, int(time.time() * 1000)) + 1_000_000
+        mem.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('readings', ?)", (base,))
+        mem.executemany("INSERT INTO links (code, name) VALUES (?, ?)", [(c, n) for n, c in self._codes.items()])
+        return mem
+
+    def _enter_memory(self, why: str) -> None:
+        """Serve the links from a store in memory (bounded by ``MEMORY_LIMIT``)
+        while the file cannot be written; the file is tried every ``RETRY_AFTER``."""
+        self._disk_retry_at = time.monotonic() + RETRY_AFTER
+        if self._memory is not None and self._conn is self._memory:
+            return
+        if self._memory is None:
+            self._memory = self._new_memory()
+        self._disk = self._conn
+        self._conn = self._memory
+        self._total = self._memory.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
+        self.storage, self.storage_reason, self.storage_since = "memory", why, time.time()
+        log.error(
+            "outbox: %s: %s; readings now kept in memory (at most %d) and sent from there; the file is tried again"
+            " every %g s",
+            self.path,
+            why,
+            min(MEMORY_LIMIT, self.max_readings),
+            RETRY_AFTER,
+        )
+
+    def _try_file(self) -> None:
+        """Memory mode: move what memory holds into the file, with the
+        deletions it could not take, and go back to it; or stay in memory."""
+        self._disk_retry_at = time.monotonic() + RETRY_AFTER
+        mem = self._memory
+        assert mem is not None
+        disk = self._disk
+        fresh = disk is None
+        try:
+            if disk is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                disk = _connect(str(self.path))
+            codes = {name: code for code, name in disk.execute("SELECT code, name FROM links")}
+            disk.execute("BEGIN IMMEDIATE")
+            try:
+                for name in set(self._codes) - set(codes):
+                    codes[name] = int(disk.execute("INSERT INTO links (name) VALUES (?)", (name,)).lastrowid or 0)
+                for link, ids, reason in self._deferred:
+                    for i in range(0, len(ids), _CHUNK):
+                        chunk = ids[i : i + _CHUNK]
+                        cur = disk.execute(f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                        if reason is not None and cur.rowcount:
+                            _count(disk, {link: cur.rowcount}, reason)
+                rows = mem.execute("SELECT id, link, target, ts_ms, value FROM readings ORDER BY id").fetchall()
+                disk.executemany(
+                    "INSERT INTO readings (id, link, target, ts_ms, value) VALUES (?, ?, ?, ?, ?)",
+                    [(rid, codes[self._names[code]], tgt, ts, val) for rid, code, tgt, ts, val in rows],
+                )
+                disk.executemany(
+                    "INSERT INTO counters (link, name, value) VALUES (?, ?, ?) "
+                    "ON CONFLICT (link, name) DO UPDATE SET value = value + excluded.value",
+                    mem.execute("SELECT link, name, value FROM counters").fetchall(),
+                )
+                disk.execute("COMMIT")
+            except BaseException:
+                _rollback(disk)
+                raise
+        except (sqlite3.Error, OSError) as exc:
+            if fresh and disk is not None:
+                disk.close()
+            if _is_damage(exc) and fresh:
+                aside = self._move_aside()
+                log.error("outbox: %s is damaged (%s); moved to %s, a fresh one is tried next", self.path, exc, aside)
+                return
+            now = time.monotonic()
+            if now - self._failure_logged >= DROP_LOG_EVERY:
+                self._failure_logged = now
+                log.error("outbox: %s still cannot be written (%s); %d readings in memory", self.path, exc, self._total)
+            return
+        took = len(rows)
+        self._deferred.clear()
+        self._conn, self._disk, self._memory = disk, None, None
+        mem.close()
+        self._codes, self._names = codes, {c: n for n, c in codes.items()}
+        self._reload_counts()
+        was = self.storage_reason
+        self.storage, self.storage_reason, self.storage_since = "file", "", None
+        log.warning("outbox: %s works again (it failed: %s); %d readings moved there from memory", self.path, was, took)
+
+    def _reload_counts(self) -> None:
+        """Depths, drops and oldest times as the file has them now."""
+        conn = self._conn
+        assert conn is not None
+        counts: dict[str, LinkCounts] = {}
+        total = 0
+        for code, n in conn.execute("SELECT link, COUNT(*) FROM readings GROUP BY link"):
+            counts[self._names.get(code, f"#{code}")] = LinkCounts(depth=n)
+            total += n
+        for link_name, name, value in conn.execute("SELECT link, name, value FROM counters"):
+            counts.setdefault(link_name, LinkCounts()).dropped[name] = value
+        with self._mutex:
+            for name, old in self._counts.items():
+                counts.setdefault(name, LinkCounts()).acked = old.acked
+            self._counts = counts
+        self._total = total
+        self._db_refresh_oldest()
+
+    def _close_memory(self) -> None:
+        """At close in memory mode: one last try of the file, else every
+        reading memory still holds is counted (``unstored``) and logged."""
+        if self._memory is None:
+            return
+        self._try_file()
+        mem = self._memory
+        if mem is None:
+            return
+        lost = {
+            self._names.get(code, f"#{code}"): n
+            for code, n in mem.execute("SELECT link, COUNT(*) FROM readings GROUP BY link")
+        }
+        with self._mutex:
+            for link, n in lost.items():
+                counts = self._counts.setdefault(link, LinkCounts())
+                counts.depth -= n
+                counts.dropped[DROP_UNSTORED] = counts.dropped.get(DROP_UNSTORED, 0) + n
+        if lost:
+            log.error(
+                "outbox: stopping while %s cannot be written: %d readings held in memory are lost (%s), counted as %r",
+                self.path,
+                sum(lost.values()),
+                ", ".join(f"{k} {v}" for k, v in sorted(lost.items())),
+                DROP_UNSTORED,
+            )
+        if self._conn is mem:
+            self._conn = self._disk
+        self._disk = None
+        self._memory = None
+        mem.close()
 
     def _storage_failed(self, what: str, exc: sqlite3.Error) -> None:
         """A commit failed (a full or failing SD card): keep the readings in
@@ -642,29 +936,38 @@ class Outbox:
             self._log_drop(DROP_UNSTORED, dropped)
 
     def _db_open(self) -> None:
-        if self._lock_file is not None:
+        try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._enter_memory(f"the state dir cannot be created ({exc})")
+            return
+        if self._lock_file is not None:
             try:
                 self._lock_file.acquire()
             except LockHeld as exc:
                 raise OutboxError(
                     f"{self.path} is used by another agent (pid {exc.holder or '?'}); readings cannot be stored"
                 ) from None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                # a read-only state dir: nobody can write this file, so there is nothing to guard
+                log.warning("outbox: lock %s cannot be taken (%s); going on without it", self._lock_file.path, exc)
         started = time.monotonic()
         try:
             self._db_connect()
         except sqlite3.DatabaseError as exc:
+            if not _is_damage(exc):
+                self._enter_memory(f"{self.path} cannot be opened for writing ({exc})")
+                return
             # a file SQLite cannot read (a power cut on storage that lied about
             # flushing, a foreign file): keep it for inspection, start afresh
-            aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            for suffix in ("", "-wal", "-shm"):
-                src = Path(str(self.path) + suffix)
-                if src.exists():
-                    os.replace(src, Path(str(aside) + suffix))
-            self.recovered = f"unreadable database moved to {aside.name} ({exc})"
+            try:
+                aside = self._move_aside()
+                self._db_connect()
+            except (OSError, sqlite3.Error) as again:
+                self._enter_memory(f"{self.path} is not a usable database ({exc}) and cannot be replaced ({again})")
+                return
+            self.recovered = f"unreadable database moved to {aside} ({exc})"
             log.error("outbox: %s is not a usable database (%s); moved to %s, starting empty", self.path, exc, aside)
-            self._db_connect()
         self.opened_at = time.time()
         log.info(
             "outbox: %s opened in %.2f s: %s (bound %d readings, %s; commit every %g s, synchronous=%s)",
@@ -678,31 +981,8 @@ class Outbox:
         )
 
     def _db_connect(self) -> None:
-        conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=True, timeout=10.0)
+        conn = _connect(str(self.path))
         try:
-            conn.execute("PRAGMA journal_mode=WAL").fetchone()
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA journal_size_limit=4194304")
-            conn.execute("PRAGMA temp_store=MEMORY")
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS readings ("
-                " id INTEGER PRIMARY KEY AUTOINCREMENT,"
-                " link INTEGER NOT NULL,"
-                " target TEXT NOT NULL,"
-                " ts_ms INTEGER NOT NULL,"
-                " value TEXT NOT NULL)"
-            )
-            conn.execute("CREATE INDEX IF NOT EXISTS readings_link ON readings(link, id)")
-            conn.execute("CREATE INDEX IF NOT EXISTS readings_target ON readings(link, target, id)")
-            conn.execute("CREATE TABLE IF NOT EXISTS links (code INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS counters ("
-                " link TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (link, name))"
-            )
-            conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-            conn.execute("COMMIT")
             self._codes = {name: code for code, name in conn.execute("SELECT code, name FROM links")}
             self._names = {code: name for name, code in self._codes.items()}
             counts: dict[str, LinkCounts] = {}
@@ -726,6 +1006,7 @@ class Outbox:
                 row = conn.execute("SELECT ts_ms FROM readings WHERE link = ? ORDER BY id LIMIT 1", (code,)).fetchone()
                 counts[name].oldest_ts = row[0] / 1000 if row else None
         self._next_age_check = time.monotonic()  # prune at once
+        self._id_floor = max(self._id_floor, int(conn.execute("SELECT MAX(id) FROM readings").fetchone()[0] or 0))
 
     def _code(self, link: str) -> int:
         code = self._codes.get(link)
@@ -765,6 +1046,7 @@ class Outbox:
                     first_ts.setdefault(link, ts_ms)
                 conn.executemany("INSERT INTO readings (link, target, ts_ms, value) VALUES (?, ?, ?, ?)", params)
                 dropped = self._db_enforce_size(len(rows))
+                reason = DROP_UNSTORED if conn is self._memory else DROP_FULL
                 conn.execute("COMMIT")
             except BaseException:
                 with self._mutex:
@@ -788,17 +1070,20 @@ class Outbox:
             for link, n in dropped.items():
                 counts = self._counts.setdefault(link, LinkCounts())
                 counts.depth -= n
-                counts.dropped[DROP_FULL] = counts.dropped.get(DROP_FULL, 0) + n
+                counts.dropped[reason] = counts.dropped.get(reason, 0) + n
         if dropped:
             self._db_refresh_oldest()
-            self._log_drop(DROP_FULL, dropped)
+            self._log_drop(reason, dropped)
         for link in added:
             for callback in list(self._watchers.get(link, [])):
                 self._post(self._loop, callback)
 
     def _db_enforce_size(self, incoming: int) -> dict[str, int]:
-        """Inside the insert transaction: delete the oldest rows beyond the bound."""
-        excess = self._total + incoming - self.max_readings
+        """Inside the insert transaction: delete the oldest rows beyond the
+        bound (``MEMORY_LIMIT`` for the store in memory, counted ``unstored``)."""
+        in_memory = self._conn is self._memory
+        bound = min(MEMORY_LIMIT, self.max_readings) if in_memory else self.max_readings
+        excess = self._total + incoming - bound
         if excess <= 0:
             return {}
         conn = self._conn
@@ -812,16 +1097,12 @@ class Outbox:
             for code, n in conn.execute("SELECT link, COUNT(*) FROM readings WHERE id <= ? GROUP BY link", (cut,))
         }
         conn.execute("DELETE FROM readings WHERE id <= ?", (cut,))
-        self._db_count(dropped, DROP_FULL)
+        self._db_count(dropped, DROP_UNSTORED if in_memory else DROP_FULL)
         return dropped
 
     def _db_count(self, dropped: dict[str, int], reason: str) -> None:
         assert self._conn is not None
-        self._conn.executemany(
-            "INSERT INTO counters (link, name, value) VALUES (?, ?, ?) "
-            "ON CONFLICT (link, name) DO UPDATE SET value = value + excluded.value",
-            [(link, reason, n) for link, n in dropped.items() if n],
-        )
+        _count(self._conn, dropped, reason)
 
     def _db_prune_age(self) -> None:
         """Drop rows older than ``max_age``, from the oldest end."""
@@ -829,11 +1110,13 @@ class Outbox:
         conn = self._conn
         if conn is None:
             return
-        cutoff = int((time.time() - self.max_age) * 1000)
+        cutoff = int((clock.wall() - self.max_age) * 1000)
+        unset = int(clock.VALID_FROM * 1000)
         dropped: dict[str, int] = {}
         while True:
             rows = conn.execute("SELECT id, link, ts_ms FROM readings ORDER BY id LIMIT ?", (_CHUNK,)).fetchall()
-            old = [(rid, code) for rid, code, ts_ms in rows if ts_ms < cutoff]
+            # rows stamped before the clock was set wait to be re-stamped (agent.clockwatch)
+            old = [(rid, code) for rid, code, ts_ms in rows if unset <= ts_ms < cutoff]
             if not old:
                 break
             conn.execute("BEGIN IMMEDIATE")
@@ -924,18 +1207,37 @@ class Outbox:
         conn = self._conn
         assert conn is not None
         deleted = 0
-        conn.execute("BEGIN IMMEDIATE")
         try:
-            for i in range(0, len(ids), _CHUNK):
-                chunk = ids[i : i + _CHUNK]
-                cur = conn.execute(f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-                deleted += cur.rowcount
-            if reason is not None and deleted:
-                self._db_count({link: deleted}, reason)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for i in range(0, len(ids), _CHUNK):
+                    chunk = ids[i : i + _CHUNK]
+                    cur = conn.execute(f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                    deleted += cur.rowcount
+                if reason is not None and deleted:
+                    self._db_count({link: deleted}, reason)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            if conn is self._memory:
+                raise
+            self._fault("mark as sent", exc)
+            if _is_damage(exc):
+                return 0  # the rows went aside with the damaged file (counted there)
+            # the file cannot take the deletion now: it is applied when the file
+            # works again (never a reason to send the rows twice, nor to lose them)
+            self._deferred.append((link, list(ids), reason))
+            deleted = len(ids)
+            with self._mutex:
+                counts = self._counts.setdefault(link, LinkCounts())
+                counts.depth -= deleted
+                if reason is None:
+                    counts.acked += deleted
+                else:
+                    counts.dropped[reason] = counts.dropped.get(reason, 0) + deleted
+            return deleted
         self._total -= deleted
         oldest = self._db_oldest(link)
         with self._mutex:
@@ -988,6 +1290,20 @@ class Outbox:
                 counts.dropped[reason] = counts.dropped.get(reason, 0) + skipped
         return deleted - skipped, skipped
 
+    def _db_restamp(self, delta_ms: int, boundary: int) -> int:
+        conn = self._conn
+        assert conn is not None
+        where = "ts_ms < ?" if delta_ms > 0 else "ts_ms > ?"
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute(f"UPDATE readings SET ts_ms = ts_ms + ? WHERE {where}", (delta_ms, boundary))
+            conn.execute("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
+        self._db_refresh_oldest()
+        return int(cur.rowcount)
+
     def _db_latest(self, link: str, target: str) -> Entry | None:
         conn = self._conn
         assert conn is not None
@@ -1024,6 +1340,50 @@ class Outbox:
         assert conn is not None
         row = conn.execute("SELECT MAX(id) FROM readings").fetchone()
         return int(row[0] or 0)
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    """A connection to the database at ``path`` (``:memory:`` for a store in
+    memory) with the schema in place."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=True, timeout=10.0)
+    try:
+        if path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA journal_size_limit=4194304")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS readings ("
+            " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+            " link INTEGER NOT NULL,"
+            " target TEXT NOT NULL,"
+            " ts_ms INTEGER NOT NULL,"
+            " value TEXT NOT NULL)"
+        )
+        conn.execute("CREATE INDEX IF NOT EXISTS readings_link ON readings(link, id)")
+        conn.execute("CREATE INDEX IF NOT EXISTS readings_target ON readings(link, target, id)")
+        conn.execute("CREATE TABLE IF NOT EXISTS links (code INTEGER PRIMARY KEY, name TEXT UNIQUE NOT NULL)")
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS counters ("
+            " link TEXT NOT NULL, name TEXT NOT NULL, value INTEGER NOT NULL, PRIMARY KEY (link, name))"
+        )
+        conn.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _count(conn: sqlite3.Connection, dropped: dict[str, int], reason: str) -> None:
+    """Add ``dropped`` (link -> rows) to the persisted drop counters for ``reason``."""
+    conn.executemany(
+        "INSERT INTO counters (link, name, value) VALUES (?, ?, ?) "
+        "ON CONFLICT (link, name) DO UPDATE SET value = value + excluded.value",
+        [(link, reason, n) for link, n in dropped.items() if n],
+    )
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

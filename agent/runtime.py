@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import clock
 from agent.actuation import ActuatorManager, Outcome
+from agent.clockwatch import ClockWatch
 from agent.config import Config, SensorSpec
 from agent.control import ControlServer, socket_path
 from agent.hardware import Hardware
@@ -117,6 +118,9 @@ class Agent:
             self.router.add_sink(link)
         self.actuation.attach(self.links)
         self._warned: set[tuple[str, str]] = set()
+        #: notices wall-clock steps; the outbox re-stamps what waits (no RTC on a Pi)
+        self.clockwatch = ClockWatch()
+        self._restamps: set[asyncio.Task[int]] = set()
         self._stopped = False
         #: the control socket of ``edge-agent set`` (from start())
         self.control: ControlServer | None = None
@@ -138,6 +142,9 @@ class Agent:
         await self.control.start()
         for link in self.links:
             await link.start()
+        if self.outbox is not None:
+            self.clockwatch.listeners.append(self._clock_stepped)
+        self.clockwatch.start()
         for handle in self.sensors.values():
             handle.task = asyncio.create_task(handle.runner.run(), name=f"sensor:{handle.spec.entry.id}")
         log.info(
@@ -304,6 +311,7 @@ class Agent:
         self.make_safe()
         if self.control is not None:
             await self.control.stop()
+        await self.clockwatch.stop()
         tasks = [h.task for h in self.sensors.values() if h.task is not None]
         await asyncio.gather(*(cancel_and_wait(t) for t in tasks))
         if self.ota is not None:
@@ -320,6 +328,22 @@ class Agent:
         self.hardware.close()
         self.pool.shutdown()
         log.info("agent %s: stopped", self.config.settings.agent.name)
+
+    def _clock_stepped(self, delta: float, now: float) -> None:
+        """The wall clock stepped: re-stamp the readings waiting in the outbox
+        (one task per step, ``outbox:restamp``)."""
+        outbox = self.outbox
+        if outbox is None or not outbox.is_open:
+            return
+        task = asyncio.get_running_loop().create_task(outbox.restamp(delta, now), name="outbox:restamp")
+        self._restamps.add(task)
+        task.add_done_callback(self._restamp_done)
+
+    def _restamp_done(self, task: asyncio.Task[int]) -> None:
+        self._restamps.discard(task)
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            log.warning("outbox: re-stamping after a clock step failed: %s", describe_error(error))
 
     def make_safe(self) -> None:
         """Drive every actuator to its ``on_shutdown`` state (stop, crash path)."""

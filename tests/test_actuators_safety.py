@@ -30,7 +30,7 @@ from tests.support.actuators import (
     timeline,
     wait_for,
 )
-from tests.support.blynk import blynk_of, run, running
+from tests.support.blynk import blynk_of, run, running, until
 
 # -- failsafe and restore -----------------------------------------------------------
 
@@ -293,8 +293,26 @@ def test_interlocked_outputs_are_never_on_together(broker: Any, cloud: Any, tmp_
                 a, b = ("1", "0") if i % 2 else ("0", "1")
                 await cloud.apublish("downlink/ds/Fill", a)
                 await cloud.apublish("downlink/ds/Drain", b)
-            await echoes(cloud, "Fill", 60)
-            await echoes(cloud, "Drain", 60)
+            # echoes are state (the latest value per datastream wins): wait
+            # until the link has sent every echo left, then for the last ones
+            link = blynk_of(agent)
+            await until(lambda: not link._has_priority(), 10, "echoes sent")
+            slots = agent.actuation.slots
+            final = {
+                ds: str(
+                    slots[agent.actuation.datastreams[ds]].actuator.echo_value(
+                        slots[agent.actuation.datastreams[ds]].actuator.state
+                    )
+                )
+                for ds in ("Fill", "Drain")
+            }
+            for ds, value in final.items():
+                await cloud.await_until(
+                    lambda ds=ds, value=value: (
+                        [m for m in cloud.messages if m.topic == f"ds/{ds}"][-1].payload == value.encode()
+                    ),
+                    10,
+                )
             end = time.monotonic()
             fill = on_intervals(timeline(agent, 17), fill_on, end)
             drain = on_intervals(timeline(agent, 27), drain_on, end)

@@ -184,3 +184,52 @@ def test_long_backlog_drains_exactly_and_in_linear_time(link: Any) -> None:
     last = timed[-1] - timed[-1 - quarter]
     print(f"{elapsed:.2f} s of CPU to pack {messages} messages; first quarter {first:.2f} s, last {last:.2f} s")
     assert first < 2.0 * last + 0.05, f"first quarter {first:.2f} s of CPU, last quarter {last:.2f} s: not linear"
+
+
+# -- priority messages: echoes are state, and share the budget with readings ---------------------
+
+
+def test_echoes_are_state_the_latest_wins(link: Any) -> None:
+    """A slider dragged (or a flood of commands): one echo per datastream waits,
+    with the latest value, in the place the first one took."""
+    connected_since(link, time.time() - 60)
+    for i in range(3000):
+        link.send_value("Pump", i % 2)
+        link.send_value("Fan", i)
+    link.set_property("Pump", "color", "#00FF00")
+    link.set_property("Pump", "color", "#FF0000")
+    out = drain(link)
+    assert out == [("ds/Pump", b"1"), ("ds/Fan", b"2999"), ("ds/Pump/prop/color", b"#FF0000")]
+    assert link.counters.echoes_superseded == 2 * 2999 + 1
+
+
+def test_events_wait_in_a_bounded_queue(link: Any) -> None:
+    connected_since(link, time.time() - 60)
+    link._events.clear()
+    for i in range(40):
+        link._events.clear()  # past the 1 s gap per code, for the test
+        assert link.event(f"e{i}")
+    out = drain(link)
+    assert [t for t, _ in out] == [f"event/e{i}" for i in range(40 - 16, 40)]
+    assert link.counters.events_dropped == 40 - 16
+
+
+def test_readings_and_priority_messages_alternate(link: Any) -> None:
+    """The budget rule: while readings wait, every other message carries
+    readings, whatever number of echoes waits."""
+    connected_since(link, time.time() - 60)
+    now = time.time()
+    for i in range(200):
+        link.submit(reading(float(i), now - 300 + i), "T")  # a backlog: several messages
+    for i in range(20):
+        link.send_value(f"D{i}", i)
+    link._rows = True  # as the outbox's commit says once the link runs
+    out = drain(link)
+    kinds = ["reading" if t.endswith("timestamped_batch") else "echo" for t, _ in out]
+    assert kinds.count("echo") == 20 and kinds.count("reading") >= 4
+    first_readings = kinds.index("reading")
+    assert first_readings <= 1
+    # readings go at least every other message until they are all sent
+    last_reading = max(i for i, k in enumerate(kinds) if k == "reading")
+    for a, b in zip(kinds[:last_reading], kinds[1:last_reading]):
+        assert not (a == "echo" and b == "echo"), kinds

@@ -78,3 +78,18 @@ def test_a_refused_token_is_tried_again_only_after_refused_wait() -> None:
     assert len(refused) == 4  # at 0, 900, 1800 and 2700 s: one attempt per refused_wait
     gaps = [b - a for a, b in zip(starts, starts[1:])]
     assert gaps == pytest.approx([900.0, 900.0, 900.0], abs=1e-6)
+
+
+def test_the_first_seconds_of_an_outage_retry_within_a_second_then_the_backoff_grows() -> None:
+    """A broker back after a short outage is found within about a second;
+    a long outage still backs off (the failures counted all along)."""
+    from agent.mqtt.session import FAST_RETRY_FOR, FAST_RETRY_MAX
+
+    seen = attempts(hang_up, 600, backoff_initial=0.5, backoff_max=30.0, connect_timeout=10)
+    waits = [s for s in seen if s.state is LinkState.BACKING_OFF]
+    first = waits[0].since
+    early = [w.retry_at - w.since for w in waits if w.since - first < FAST_RETRY_FOR]  # type: ignore[operator]
+    late = [w.retry_at - w.since for w in waits if w.since - first >= FAST_RETRY_FOR + 1]  # type: ignore[operator]
+    assert len(early) >= 20 and all(0 <= d <= FAST_RETRY_MAX for d in early)
+    assert len(set(early)) == len(early)  # still jittered
+    assert late and max(late) > 10 and len(late) < 60

@@ -364,8 +364,11 @@ def test_matches_a_bounded_list_model(tmp_path_factory: Any, ops: list[tuple[str
 def test_a_failing_storage_keeps_the_readings_in_memory_and_retries(
     tmp_path: Path, caplog: Any, monkeypatch: Any
 ) -> None:
-    """A commit that fails (a full SD card) loses nothing: the readings stay
-    in memory, one error line is logged, and the next attempt stores them."""
+    """A commit that fails (a full SD card) loses nothing: the outbox moves to
+    a store in memory (the readings can be fetched and sent from there), one
+    error line is logged, and once the file works again everything memory
+    holds is moved into it, in order. (Adapted: before, the readings waited
+    in memory unseen by the links until a commit worked.)"""
     import agent.outbox as outbox_module
 
     monkeypatch.setattr(outbox_module, "RETRY_AFTER", 0.2)
@@ -375,11 +378,10 @@ def test_a_failing_storage_keeps_the_readings_in_memory_and_retries(
         await ob.open()
         try:
             real = ob._db_flush
-            failures = {"left": 3}
+            failing = {"on": True}
 
             def flaky() -> None:
-                if failures["left"]:
-                    failures["left"] -= 1
+                if failing["on"] and ob._conn is not ob._memory:
                     with ob._mutex:
                         pending = list(ob._incoming)
                     assert pending
@@ -390,15 +392,27 @@ def test_a_failing_storage_keeps_the_readings_in_memory_and_retries(
             for i in range(10):
                 ob.put("blynk", "T", T0 + i, i)
             for _ in range(300):
-                if failures["left"] == 0 and ob.counts("blynk").depth == 10 and not ob._incoming:
+                if ob.storage == "memory" and ob.counts("blynk").depth == 10 and not ob._incoming:
                     break
                 await asyncio.sleep(0.01)
+            assert ob.storage == "memory"
             rows = await ob.fetch("blynk", 100)
-            assert [r.value for r in rows] == list(range(10))
+            assert [r.value for r in rows] == list(range(10))  # sendable while the file fails
+            await ob.ack("blynk", [rows[0].id])
+            failing["on"] = False
+            for _ in range(300):
+                if ob.storage == "file":
+                    break
+                await asyncio.sleep(0.01)
+            assert ob.storage == "file"
+            rows = await ob.fetch("blynk", 100)
+            assert [r.value for r in rows] == list(range(1, 10))
+            assert ob.counts("blynk").depth == 9
         finally:
             await ob.release()
 
-    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+    with caplog.at_level(logging.WARNING, logger="agent.outbox"):
         run(scenario())
-    errors = [r.getMessage() for r in caplog.records if "commit failed" in r.getMessage()]
-    assert len(errors) == 1 and "disk is full" in errors[0] and "10 readings held in memory" in errors[0]
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "disk is full" in errors[0] and "kept in memory" in errors[0]
+    assert any("works again" in r.getMessage() and "9 readings moved" in r.getMessage() for r in caplog.records)

@@ -17,7 +17,13 @@ again. A backlog so large that draining it would hold live values back for
 more than 10 s is drained every other message, live values going in between.
 Readings older than Blynk's one-month window are dropped and counted. The
 messages sent right after a connect count against the rate limit too. Command
-echoes, events and widget properties jump the queue (QoS 0, not stored).
+echoes, events and widget properties are priority messages (QoS 0, not
+stored): an echo or a property is *state*, so at most one waits per topic and
+the latest value replaces a waiting one; events wait in a short bounded queue
+(Blynk allows 100 a day anyway). The budget rule: while readings wait,
+priority messages and readings alternate, so readings keep at least half of
+``rate_limit`` under any downlink flood; with no readings waiting, priority
+messages use all of it.
 
 Downlink: ``ds/NAME`` goes to the command handler (the actuators),
 ``redirect`` moves the session to another server (remembered in the state dir,
@@ -52,11 +58,12 @@ from agent.links.blynk_format import (
 )
 from agent.links.ratelimit import SlidingWindowLimiter
 from agent.locks import InstanceLock, LockHeld
+from agent.logtext import LogLimiter, clean
 from agent.mqtt import MqttSession, parse_server_url
 from agent.mqtt.errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
 from agent.mqtt.url import Endpoint
-from agent.outbox import OUTBOX_FILE, Entry, Outbox, OutboxError, cancel_and_wait
+from agent.outbox import OUTBOX_FILE, Entry, Outbox, OutboxError, StorageFault, cancel_and_wait
 from agent.pipeline import Reading
 from agent.version import build_time, version
 
@@ -85,6 +92,8 @@ POINTS_PER_MESSAGE = 40
 PROGRESS_EVERY = 10.0
 #: smaller backlogs (a reconnect after a blip) are not announced in the log
 BACKFILL_LOG_MIN = 50
+#: readings stamped before this (epoch ms) were taken before the clock was set
+UNSET_BEFORE_MS = int(clock.VALID_FROM * 1000)
 #: Blynk's per-device event limits
 EVENT_MIN_GAP = 1.0
 EVENTS_PER_DAY = 100
@@ -93,6 +102,8 @@ REDIRECT_LIMIT = 5
 REDIRECT_WINDOW = 300.0
 #: connect failures on a redirected server before going back to the configured one
 REDIRECT_FAILURES_BEFORE_FALLBACK = 3
+#: events waiting to be sent at most; beyond it the oldest is dropped (counted)
+EVENT_QUEUE_MAX = 16
 
 CommandHandler = Callable[[str, str], object]
 #: receives the raw ``downlink/ota/json`` payload (:meth:`agent.ota.manager.OtaManager.offer`)
@@ -105,7 +116,10 @@ class BlynkCounters:
 
     ``points_dropped``: readings outside Blynk's one-month window, or that can
     never be encoded (the outbox counts its own drops, see ``Outbox.counts``);
-    ``resent_unknown``: messages sent again because no PUBACK came."""
+    ``resent_unknown``: messages sent again because no PUBACK came;
+    ``echoes_superseded``: echoes and properties replaced by a newer value of
+    the same topic before they were sent (state, not lost);
+    ``events_dropped``: events dropped from a full event queue."""
 
     points_sent: int = 0
     messages_sent: int = 0
@@ -117,6 +131,8 @@ class BlynkCounters:
     bad_downlinks: int = 0
     redirects: int = 0
     events_refused: int = 0
+    echoes_superseded: int = 0
+    events_dropped: int = 0
 
 
 @dataclass
@@ -181,7 +197,11 @@ class BlynkLink:
         self._attempt_since: float | None = None  # wall time the latest connect attempt began
         self._unwatch: Callable[[], None] | None = None
         self._too_old_logged = 0.0
-        self._priority: deque[tuple[str, bytes]] = deque()
+        #: priority state messages (echoes, properties): topic -> latest payload
+        self._state_msgs: dict[str, bytes] = {}
+        #: priority events, in order, bounded
+        self._event_msgs: deque[tuple[str, bytes]] = deque()
+        self._last_priority = False  # the previous message was a priority one
         self._wake = asyncio.Event()
         self._limiter = SlidingWindowLimiter(settings.rate_limit)
         self._redirects = _Redirects()
@@ -189,6 +209,9 @@ class BlynkLink:
         self._event_day: tuple[int, int] = (0, 0)  # (day number, count)
         self._truncated_warned: set[str] = set()
         self._bad_warned: set[str] = set()
+        #: lines a downlink can trigger, rate-limited per kind (a server or
+        #: anyone publishing to the device chooses how many)
+        self._peer_log = LogLimiter(log)
         self._task: asyncio.Task[None] | None = None
         self._lock = InstanceLock.for_secret("blynk", settings.token.get_secret_value())
         self.session = MqttSession(
@@ -243,6 +266,7 @@ class BlynkLink:
             await cancel_and_wait(self._task)
             self._task = None
         await self.session.stop()
+        self._peer_log.flush()
         if self._unwatch is not None:
             self._unwatch()
             self._unwatch = None
@@ -302,12 +326,13 @@ class BlynkLink:
 
     def send_value(self, datastream: str, value: Any) -> None:
         """Send a datastream value ahead of the queue (command echoes)."""
-        self._send_priority(f"ds/{datastream}", self._fit(f"ds/{datastream}", text_value(value), datastream))
+        topic = f"ds/{datastream}"
+        self._send_state(topic, self._fit(topic, text_value(value), datastream))
 
     def set_property(self, datastream: str, prop: str, value: Any) -> None:
         """Set a widget property (``label``, ``color``, ``isDisabled``, ...)."""
         topic = f"ds/{datastream}/prop/{prop}"
-        self._send_priority(topic, self._fit(topic, text_value(value), datastream))
+        self._send_state(topic, self._fit(topic, text_value(value), datastream))
 
     def event(self, code: str, description: str = "") -> bool:
         """Log a Blynk event; refused (False) when Blynk's limits would be
@@ -318,17 +343,52 @@ class BlynkLink:
             self._event_day = (day, 0)
         if now - self._events.get(code, -1e9) < EVENT_MIN_GAP or self._event_day[1] >= EVENTS_PER_DAY:
             self.counters.events_refused += 1
-            log.warning("blynk: event %s refused by the rate limits (1/s per code, %d/day)", code, EVENTS_PER_DAY)
+            self._peer_log.log(
+                "blynk: events refused",
+                logging.WARNING,
+                "blynk: event %s refused by the rate limits (1/s per code, %d/day)",
+                clean(code, 64),
+                EVENTS_PER_DAY,
+            )
             return False
         self._events[code] = now
         self._event_day = (day, self._event_day[1] + 1)
         topic = f"event/{code}"
-        self._send_priority(topic, self._fit(topic, description, f"event {code}"))
+        self._event_msgs.append((topic, self._fit(topic, description, f"event {code}").encode()))
+        while len(self._event_msgs) > EVENT_QUEUE_MAX:
+            self._event_msgs.popleft()
+            self.counters.events_dropped += 1
+        self._wake.set()
         return True
 
-    def _send_priority(self, topic: str, payload: str) -> None:
-        self._priority.append((topic, payload.encode()))
+    def _send_state(self, topic: str, payload: str) -> None:
+        """Queue a state message: a waiting one on the same topic is replaced
+        (it keeps its place in the queue; the latest value wins)."""
+        if topic in self._state_msgs:
+            self.counters.echoes_superseded += 1
+        self._state_msgs[topic] = payload.encode()
         self._wake.set()
+
+    def _has_priority(self) -> bool:
+        return bool(self._state_msgs or self._event_msgs)
+
+    def _pop_priority(self) -> tuple[str, bytes, list[Entry]]:
+        """The oldest waiting priority message: events first, then state."""
+        self._last_priority = True
+        if self._event_msgs:
+            topic, payload = self._event_msgs.popleft()
+        else:
+            topic = next(iter(self._state_msgs))
+            payload = self._state_msgs.pop(topic)
+        return topic, payload, []
+
+    def _requeue_priority(self, topic: str, payload: bytes) -> None:
+        """A priority message could not be sent: back to the front of its queue
+        (a state message only if no newer value for its topic arrived meanwhile)."""
+        if topic.startswith("event/"):
+            self._event_msgs.appendleft((topic, payload))
+        elif topic not in self._state_msgs:
+            self._state_msgs = {topic: payload, **self._state_msgs}
 
     def _fit(self, topic: str, text: str, what: str) -> str:
         """Cut a text value so topic plus payload fit the message limit."""
@@ -357,13 +417,18 @@ class BlynkLink:
                 raise
             except OutboxError:
                 return  # the outbox closed under us: the agent is stopping
+            except StorageFault as exc:
+                # the storage fails and the outbox could not move to another store
+                # this time: nothing is dropped, the step is tried again
+                self._peer_log.log("blynk: storage faults", logging.WARNING, "blynk: %s; trying again in 1 s", exc)
+                await asyncio.sleep(1.0)
             except Exception:
                 log.exception("blynk: uplink error; going on in 1 s")
                 await asyncio.sleep(1.0)
 
     async def _uplink_step(self) -> None:
         """Wait for something to send and a connection, then send one message."""
-        if not self._priority and not self._rows:
+        if not self._has_priority() and not self._rows:
             self._wake.clear()
             await self._wake.wait()
             return
@@ -380,7 +445,7 @@ class BlynkLink:
         generation = self._generation
         try:
             message = await self._next_message()
-        except OutboxError:
+        except (OutboxError, StorageFault):
             raise
         except Exception:
             log.exception("blynk: could not pack the next reading; dropped")
@@ -399,7 +464,7 @@ class BlynkLink:
                 await self.session.publish(topic, payload)
         except NotConnected:
             if not taken:
-                self._priority.appendleft((topic, payload))
+                self._requeue_priority(topic, payload)
             return  # a reading stays in the outbox: sent again after the reconnect
         except AckTimeout:
             self.counters.resent_unknown += 1
@@ -414,7 +479,7 @@ class BlynkLink:
         except MqttSessionError as exc:
             log.warning("blynk: publish failed: %s; will retry", exc)
             if not taken:
-                self._priority.appendleft((topic, payload))
+                self._requeue_priority(topic, payload)
             await asyncio.sleep(0.5)
             return
         self.counters.messages_sent += 1
@@ -442,19 +507,35 @@ class BlynkLink:
 
     async def _next_message(self) -> tuple[str, bytes, list[Entry]] | None:
         """The next message to send: a priority message, or readings from the
-        outbox packed as tightly as the size limit allows."""
-        if self._priority:
-            topic, payload = self._priority.popleft()
-            return topic, payload, []
+        outbox packed as tightly as the size limit allows. While readings
+        wait, the two alternate (the budget rule in the module's docstring)."""
+        if self._has_priority() and (not self._rows or not self._last_priority):
+            return self._pop_priority()
+        self._last_priority = False
+        generation = self._generation
         window = await self.outbox.fetch(NAME, WINDOW)
         window = await self._drop_out_of_window(window)
         if not window:
             self._backfill_done()
-            return None
+            if not self._has_priority():
+                return None
+            if generation == self._generation:
+                self._rows = False  # nothing committed arrived meanwhile
+            return self._pop_priority()
         live_from = self._live_since_ms()
         now_ms = int(clock.wall() * 1000)
         head = window[0]
         backlog = head.ts_ms < live_from or now_ms - head.ts_ms > LIVE_MAX_DELAY_MS
+        if head.ts_ms < UNSET_BEFORE_MS:
+            # taken before the clock was set: never sent with its 1970 time. A
+            # live value goes without a timestamp (Blynk stamps it on arrival);
+            # an older one is held until the clock is set and the outbox
+            # re-stamps it (agent.clockwatch; the re-stamping wakes the uplink)
+            if not backlog:
+                return self._single(head)
+            if generation == self._generation:
+                self._rows = False
+            return self._pop_priority() if self._has_priority() else None
         after_id = 0
         if backlog:
             self._backfill_progress(head)
@@ -539,7 +620,9 @@ class BlynkLink:
         dropped = 0
         while True:
             now_ms = int(clock.wall() * 1000)
-            stale = [e.id for e in window if abs(now_ms - e.ts_ms) > MAX_AGE_MS]
+            # a reading stamped before the clock was set waits to be re-stamped
+            # (agent.clockwatch): never dropped, never sent with its 1970 time
+            stale = [e.id for e in window if abs(now_ms - e.ts_ms) > MAX_AGE_MS and e.ts_ms >= UNSET_BEFORE_MS]
             if not stale:
                 break
             dropped += await self.outbox.discard(NAME, stale, DROP_TOO_OLD)
@@ -678,21 +761,40 @@ class BlynkLink:
             self._dispatch(topic, payload)
         except Exception as exc:  # noqa: BLE001 - the server's input must never crash us
             self.counters.bad_downlinks += 1
-            log.warning("blynk: downlink %s not handled: %s: %s", topic[:80], type(exc).__name__, exc)
+            self._peer_log.log(
+                "blynk: downlinks not handled",
+                logging.WARNING,
+                "blynk: downlink %s not handled: %s: %s",
+                clean(topic, 80),
+                type(exc).__name__,
+                clean(exc),
+            )
 
     def _dispatch(self, topic: str, payload: bytes) -> None:
         if not topic.startswith("downlink/"):
-            log.debug("blynk: message on unexpected topic %s ignored", topic[:80])
+            self._peer_log.log(
+                "blynk: unexpected topics",
+                logging.DEBUG,
+                "blynk: message on unexpected topic %s ignored",
+                clean(topic, 80),
+            )
             return
         sub = topic[len("downlink/") :]
         text = payload.decode("utf-8", "replace")
         if sub.startswith("ds/"):
             name = sub[3:]
             if not name or "/" in name:
-                log.debug("blynk: downlink %s ignored", topic[:80])
+                self._peer_log.log(
+                    "blynk: downlinks ignored", logging.DEBUG, "blynk: downlink %s ignored", clean(topic, 80)
+                )
                 return
             if self.on_command is None:
-                log.debug("blynk: command for %s ignored (no actuators)", name)
+                self._peer_log.log(
+                    "blynk: commands ignored",
+                    logging.DEBUG,
+                    "blynk: command for %s ignored (no actuators)",
+                    clean(name),
+                )
                 return
             self.on_command(name, text)
         elif sub == "redirect":
@@ -702,17 +804,25 @@ class BlynkLink:
         elif sub == "reboot":
             self._reboot()
         elif sub == "diag":
-            log.warning("blynk: server diagnostic: %s", text[:500])
+            self._peer_log.log(
+                "blynk: server diagnostics", logging.WARNING, "blynk: server diagnostic: %s", clean(text, 500)
+            )
         elif sub == "utc/all/json":
             self._utc(text)
         elif sub == "ota/json":
             self._ota(text)
         elif sub == "reconfigure":
-            log.info("blynk: reconfigure requested by the server; ignored (configure with agent.toml)")
+            self._peer_log.log(
+                "blynk: reconfigure requests",
+                logging.INFO,
+                "blynk: reconfigure requested by the server; ignored (configure with agent.toml)",
+            )
         elif sub.startswith("meta/") or sub == "loc/all":
-            log.info("blynk: %s = %s", sub, text[:200])
+            self._peer_log.log("blynk: metadata answers", logging.INFO, "blynk: %s = %s", clean(sub, 80), clean(text))
         else:
-            log.debug("blynk: downlink %s ignored", topic[:80])
+            self._peer_log.log(
+                "blynk: downlinks ignored", logging.DEBUG, "blynk: downlink %s ignored", clean(topic, 80)
+            )
 
     def _redirect(self, url: str) -> None:
         try:
@@ -721,31 +831,42 @@ class BlynkLink:
             self.counters.bad_downlinks += 1
             # the exception's text shows the URL with any user info hidden; the
             # raw payload is not logged, it may carry a password
-            log.warning("blynk: redirect refused: %s", str(exc)[:300])
+            self._peer_log.log(
+                "blynk: redirects refused", logging.WARNING, "blynk: redirect refused: %s", clean(exc, 300)
+            )
             return
         now = clock.monotonic()
         recent = [u for t, u in self._redirects.history if now - t < REDIRECT_WINDOW]
         if len(recent) >= REDIRECT_LIMIT or endpoint.url in recent[-REDIRECT_LIMIT:-1]:
-            log.error(
+            self._peer_log.log(
+                "blynk: redirect loops",
+                logging.ERROR,
                 "blynk: redirect loop (%d redirects in %d s, back to %s); staying on %s",
                 len(recent) + 1,
                 REDIRECT_WINDOW,
-                endpoint.url,
-                self.session.endpoint.url,
+                clean(endpoint.url),
+                clean(self.session.endpoint.url),
             )
             return
         if endpoint == self.session.endpoint:
-            log.info("blynk: redirect to the current server %s ignored", endpoint.url)
+            self._peer_log.log(
+                "blynk: redirects ignored",
+                logging.INFO,
+                "blynk: redirect to the current server %s ignored",
+                clean(endpoint.url),
+            )
             return
         self._redirects.history.append((now, endpoint.url))
         self.counters.redirects += 1
-        log.info("blynk: redirected to %s", endpoint.url)
+        log.info("blynk: redirected to %s", clean(endpoint.url))
         self._remember_redirect(endpoint)
         self.session.set_endpoint(endpoint)
 
     def _reboot(self) -> None:
         action = self.settings.reboot
-        log.warning("blynk: reboot requested by the server (action: %s)", action)
+        self._peer_log.log(
+            "blynk: reboot requests", logging.WARNING, "blynk: reboot requested by the server (action: %s)", action
+        )
         if action != "ignore" and self.on_reboot is not None:
             self.on_reboot(action)
 
@@ -755,13 +876,22 @@ class BlynkLink:
             raise ValueError("utc answer without a numeric 'time'")
         self.utc = data
         offset = clock.wall() - data["time"] / 1000
-        log.info("blynk: server time %s (%s); local clock off by %.1f s", data["time"], data.get("tz_name"), offset)
+        self._peer_log.log(
+            "blynk: server time answers",
+            logging.INFO,
+            "blynk: server time %s (%s); local clock off by %.1f s",
+            clean(data["time"], 40),
+            clean(data.get("tz_name"), 64),
+            offset,
+        )
         for listener in self.utc_listeners:
             listener(data)
 
     def _ota(self, text: str) -> None:
         if self.on_ota is None:
-            log.info("blynk: OTA offer received; this agent takes no updates")
+            self._peer_log.log(
+                "blynk: OTA offers ignored", logging.INFO, "blynk: OTA offer received; this agent takes no updates"
+            )
             return
         self.on_ota(text)
 

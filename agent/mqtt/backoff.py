@@ -60,9 +60,15 @@ class Backoff:
         """Upper bound of the next full-jitter delay."""
         return min(self.maximum, self.initial * self.multiplier ** min(self._failures, 64))
 
-    def next_delay(self) -> float:
-        """Count one failure and return how long to wait before the next attempt."""
-        if self.jitter == "full":
+    def next_delay(self, cap: float | None = None) -> float:
+        """Count one failure and return how long to wait before the next attempt.
+
+        ``cap`` (the first seconds of an outage, see ``MqttSession``) draws the
+        delay below ``cap`` instead, still at random, while the failures go on
+        counting: once the cap is lifted the delays have grown as usual."""
+        if cap is not None:
+            delay = self._rng.uniform(0.0, min(cap, self.ceiling()))
+        elif self.jitter == "full":
             delay = self._rng.uniform(0.0, self.ceiling())
         else:
             delay = min(self.maximum, self._rng.uniform(self.initial, self._previous * 3))

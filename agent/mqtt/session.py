@@ -34,6 +34,7 @@ import gmqtt
 from pydantic import SecretStr
 
 from agent import clock
+from agent.logtext import LogLimiter, clean
 
 from ._gmqtt import GmqttClient, GmqttLogAdapter, close_client, connect_error_code
 from .backoff import Backoff, Jitter
@@ -86,6 +87,16 @@ _STATE_LOG_LEVEL = {
 _WRITE_HIGH_WATER = 256 * 1024
 #: Async on_message calls waiting to run, beyond which inbound messages are dropped.
 _INBOUND_QUEUE = 1024
+#: for this long after an outage begins, retries come at most FAST_RETRY_MAX
+#: apart (at random below it): a broker back after a short outage (a restart,
+#: a Wi-Fi blip) is found within about a second. Later the backoff grows.
+FAST_RETRY_FOR = 30.0
+FAST_RETRY_MAX = 1.0
+#: a connection that stayed up this long ended the outage: the next one starts
+#: afresh with fast retries (a broker that drops every client at once does not)
+FAST_RETRY_STABLE = 5.0
+#: characters of a topic looked at for a log line (a topic may be 64 KiB)
+TOPIC_LOG_CHARS = 400
 
 _T = TypeVar("_T")
 
@@ -223,6 +234,8 @@ class MqttSession:
         self._protocol = _normalise_protocol(protocol)
         self._backoff = Backoff(backoff_initial, backoff_max, backoff_multiplier, jitter, rng)
         self._backoff_reset_after = backoff_reset_after
+        #: loop time the current outage began (None: connected, or not started)
+        self._outage_since: float | None = None
         self._refused_wait = refused_wait
         self._max_outgoing = max_outgoing
         self._max_incoming = max_incoming
@@ -243,6 +256,8 @@ class MqttSession:
         self._ssl_context: ssl.SSLContext | None = None
         self._task: asyncio.Task[None] | None = None
         self._inbound = InboundDispatcher(name, _INBOUND_QUEUE)
+        #: lines an inbound message can trigger, rate-limited per kind
+        self._peer_log = LogLimiter(log)
         self._current: _Attempt | None = None
         self._connected = asyncio.Event()
         self._stopping = False
@@ -376,6 +391,7 @@ class MqttSession:
                     raise  # our caller was cancelled; the session still stops on its own
             self._task = None
         await self._inbound.close()
+        self._peer_log.flush()
         self._current = None
         self._set_status(LinkState.STOPPED, "stop() called")
 
@@ -579,20 +595,24 @@ class MqttSession:
                 return
             if not isinstance(topic, str):
                 self._counters.dropped_inbound += 1
-                log.warning(
-                    "%s: dropped inbound message with a topic that is not UTF-8", self._name, extra={"link": self._name}
+                self._peer_log.log(
+                    f"{self._name}: inbound messages dropped",
+                    logging.WARNING,
+                    "%s: dropped inbound message with a topic that is not UTF-8",
+                    self._name,
                 )
                 return
-            size = len(topic.encode("utf-8")) + len(payload)
+            size = len(topic.encode("utf-8", "surrogatepass")) + len(payload)
             if size > self._max_incoming:
                 self._counters.dropped_inbound += 1
-                log.warning(
+                self._peer_log.log(
+                    f"{self._name}: inbound messages dropped",
+                    logging.WARNING,
                     "%s: dropped inbound message on %s: %d bytes (topic + payload) exceed max_incoming %d",
                     self._name,
-                    redact_topic(topic),
+                    clean(redact_topic(topic[:TOPIC_LOG_CHARS])),
                     size,
                     self._max_incoming,
-                    extra={"link": self._name},
                 )
                 return
             self._counters.received_messages += 1
@@ -602,12 +622,13 @@ class MqttSession:
             result = handler(topic, bytes(payload), qos, properties)
             if inspect.isawaitable(result) and not self._inbound.submit(result):
                 self._counters.dropped_inbound += 1
-                log.warning(
+                self._peer_log.log(
+                    f"{self._name}: inbound messages dropped",
+                    logging.WARNING,
                     "%s: dropped inbound message on %s: %d handler calls already waiting",
                     self._name,
-                    redact_topic(topic),
+                    clean(redact_topic(topic[:TOPIC_LOG_CHARS])),
                     self._inbound.limit,
-                    extra={"link": self._name},
                 )
         except Exception:
             log.exception("%s: on_message failed", self._name, extra={"link": self._name})
@@ -665,7 +686,7 @@ class MqttSession:
                     raise
                 except Exception as exc:  # a bug: log it, do not let the link die
                     log.exception("%s: unexpected error in the connection loop", self._name, extra={"link": self._name})
-                    await self._pause(LinkState.BACKING_OFF, f"internal error: {exc}", self._backoff.next_delay())
+                    await self._pause(LinkState.BACKING_OFF, f"internal error: {exc}", self._retry_delay())
         finally:
             attempt, self._current = self._current, None
             if attempt is not None:
@@ -696,7 +717,7 @@ class MqttSession:
                     self._refused_wait,
                 )
             else:
-                delay = self._backoff.next_delay()
+                delay = self._retry_delay()
                 await self._pause(
                     LinkState.BACKING_OFF, f"{self._describe(exc, endpoint)}; next attempt in {_seconds(delay)}", delay
                 )
@@ -713,6 +734,8 @@ class MqttSession:
         stayed_up = loop.time() - attempt.up_at >= self._backoff_reset_after
         if stayed_up:
             self._backoff.reset()
+        if loop.time() - attempt.up_at >= FAST_RETRY_STABLE:
+            self._outage_since = None  # a new outage begins now (a flapping one keeps its start)
         self._current = None
         if self._wake.done():  # stop(), reconnect_now() or set_endpoint(): leave cleanly
             attempt.closing = True
@@ -721,12 +744,22 @@ class MqttSession:
             return
         attempt.closing = True
         await close_client(attempt.client, send_disconnect=False)
-        delay = self._backoff.next_delay()
+        delay = self._retry_delay()
         await self._pause(
             LinkState.BACKING_OFF,
             f"connection to {endpoint.url} lost ({attempt.lost.result()}); reconnecting in {_seconds(delay)}",
             delay,
         )
+
+    def _retry_delay(self) -> float:
+        """The wait before the next attempt: below ``FAST_RETRY_MAX`` in the
+        first ``FAST_RETRY_FOR`` seconds of an outage, then the growing backoff
+        (jittered either way, so a fleet does not come back in lock-step)."""
+        now = clock.monotonic()
+        if self._outage_since is None:
+            self._outage_since = now
+        fast = now - self._outage_since < FAST_RETRY_FOR
+        return self._backoff.next_delay(cap=FAST_RETRY_MAX if fast else None)
 
     async def _pause(self, state: LinkState, reason: str, delay: float) -> None:
         """Enter ``state`` and wait ``delay`` seconds, or less if poked."""

@@ -14,6 +14,7 @@ import hashlib
 import http.client
 import logging
 import os
+import socket
 import ssl
 import threading
 import time
@@ -85,7 +86,10 @@ def download(
     """Fetch the offer's package into ``dest`` (replaced); return what was measured.
 
     ``timeout`` bounds the connect and every read, ``total_timeout`` the whole
-    download. Refused (:class:`DownloadError`): an HTTP error status, a
+    download on the monotonic clock: a server that trickles (a byte a second
+    resets no per-read timeout) is cut off at the deadline, because every read
+    takes what has arrived (``read1``) and the socket's timeout is never
+    longer than the time left. Refused (:class:`DownloadError`): an HTTP error status, a
     ``Content-Length`` or a body that is not the offer's size (a short body
     may be retried), a redirect ``check_url`` refuses, a cancel.
     """
@@ -93,9 +97,10 @@ def download(
     opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _CheckedRedirects(check_url))
     request = urllib.request.Request(offer.url, headers={"User-Agent": "pi-edge-agent", "Accept-Encoding": "identity"})
     began = time.monotonic()
+    deadline = began + total_timeout
     shown = safe_url(offer.url)
     try:
-        response = opener.open(request, timeout=timeout)
+        response = opener.open(request, timeout=min(timeout, total_timeout))
     except DownloadError:
         raise
     except urllib.error.HTTPError as exc:
@@ -115,16 +120,20 @@ def download(
         if length is not None and length.strip() != str(offer.size):
             raise DownloadError(f"server sends {length.strip()} bytes, the offer says {offer.size}", retry=False)
         last = began
+        sock = _socket_of(response)
         try:
             with open(dest, "wb") as out:
                 while True:
                     if cancel is not None and cancel.is_set():
                         raise DownloadError("cancelled", retry=False)
-                    if time.monotonic() - began > total_timeout:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
                         raise DownloadError(
                             f"not complete after {total_timeout:.0f} s ({received} of {offer.size} bytes)", retry=True
                         )
-                    chunk = response.read(CHUNK)
+                    if sock is not None:
+                        sock.settimeout(max(0.05, min(timeout, left)))
+                    chunk = response.read1(CHUNK)
                     if not chunk:
                         break
                     received += len(chunk)
@@ -150,6 +159,10 @@ def download(
             received += len(exc.partial)
             raise DownloadError(f"truncated download: {received} of {offer.size} bytes", retry=True) from None
         except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise DownloadError(
+                    f"not complete after {total_timeout:.0f} s ({received} of {offer.size} bytes)", retry=True
+                ) from None
             raise DownloadError(
                 f"no data for {timeout:.0f} s after {received} of {offer.size} bytes", retry=True
             ) from None
@@ -158,6 +171,15 @@ def download(
     if received != offer.size:
         raise DownloadError(f"truncated download: {received} of {offer.size} bytes", retry=True)
     return Downloaded(dest, received, sha.digest(), md5.hexdigest(), headers, time.monotonic() - began)
+
+
+def _socket_of(response: object) -> socket.socket | None:
+    """The socket under an ``http.client`` response (its timeout is set per
+    read), or None when it cannot be reached (then a read waits at most
+    ``timeout`` past the deadline)."""
+    raw = getattr(getattr(response, "fp", None), "raw", None)
+    sock = getattr(raw, "_sock", None)
+    return sock if isinstance(sock, socket.socket) else None
 
 
 def verify_headers(got: Downloaded, offer: Offer) -> None:

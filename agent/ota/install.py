@@ -84,10 +84,13 @@ def stage_and_swap(
     allow_index: bool = False,
     rules: TrialRules = TrialRules(),
     name: str = "ota",
+    reserve: int = 0,
 ) -> str:
     """Install ``package`` as a new release under ``root`` and make it current,
     on trial; return the release it replaced. :class:`InstallError` (and
-    nothing changed but a removed half-built release) on any failure."""
+    nothing changed but a removed half-built release) on any failure. Refused
+    before anything is written: less free space than the package's unpacked
+    size plus ``reserve`` bytes."""
     root = Path(root)
     version = package.version
     previous = current_release(root)
@@ -114,6 +117,11 @@ def stage_and_swap(
             shutil.rmtree(target)
     work = staging_dir(root) / version
     shutil.rmtree(work, ignore_errors=True)
+    free = shutil.disk_usage(root).free
+    if package.unpacked + reserve > free:
+        raise InstallError(
+            f"not enough disk to unpack: {package.unpacked} bytes unpacked and a reserve of {reserve}, {free} free"
+        )
     try:
         wheel = extract_wheels(package, work)
         offline = package.dependencies or not allow_index

@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 from agent import clock
 from agent.config import BlynkSection, OtaSection
 from agent.locks import InstanceLock, LockHeld
+from agent.logtext import LogLimiter, clean
 from agent.ota.download import DownloadError, download, verify_headers
 from agent.ota.install import InstallError, TrialRules, stage_and_swap, staging_dir
 from agent.ota.keys import KeyRing, load_keyring, remember_introduced
@@ -114,6 +115,15 @@ class OtaManager:
         self._trial_task: asyncio.Task[None] | None = None
         self._cancel = threading.Event()
         self._pending_report: str | None = None
+        #: a newer offer that supersedes the active one (started when that one has stopped)
+        self._next: Offer | None = None
+        #: set when a newer offer arrives: ends a wait for a download retry at once
+        self._superseded = asyncio.Event()
+        #: the active update is being staged and installed (not interrupted)
+        self._installing = False
+        self._restarting = False
+        #: lines an offer can trigger, rate-limited per kind (offers come from the network)
+        self._peer_log = LogLimiter(log)
 
     # -- offers --------------------------------------------------------------
 
@@ -142,17 +152,57 @@ class OtaManager:
             self._refuse(offer, "updates are disabled ([ota] enabled = false)")
             return
         if self.active is not None:
+            if offer.key != self.active.key and (self._next is None or offer.key != self._next.key):
+                self._supersede(offer)
+                return
             if offer.key == self.active.key:
-                log.info("ota: offer of %s ignored: that update is in progress", offer.version)
+                self._peer_log.log(
+                    "ota: offers ignored",
+                    logging.INFO,
+                    "ota: offer of %s ignored: that update is in progress",
+                    clean(offer.version, 64),
+                )
             else:
-                log.warning("ota: offer of %s ignored: busy with the update to %s", offer.version, self.active.version)
+                self._peer_log.log(
+                    "ota: offers ignored",
+                    logging.WARNING,
+                    "ota: offer of %s ignored: busy with the update to %s",
+                    clean(offer.version, 64),
+                    clean(self.active.version, 64),
+                )
             return
         if self.trial is not None:
             self._refuse(offer, f"this release ({self.trial.version}) is on trial; updates wait until it is committed")
             return
+        self._start(offer)
+
+    def _start(self, offer: Offer) -> None:
         self.active = offer
         self._cancel.clear()
+        self._superseded.clear()
         self._task = asyncio.get_running_loop().create_task(self._update(offer), name="ota:update")
+
+    def _supersede(self, offer: Offer) -> None:
+        """A newer offer while one is active: Blynk.Air's newest shipment is
+        what counts. A download (or the wait for its retry) is abandoned at
+        once and the new offer taken next; an install already under way
+        finishes first (it cannot be cut safely)."""
+        assert self.active is not None
+        self._next = offer
+        if self._installing:
+            log.info(
+                "ota: offer of %s waits: the update to %s is being installed",
+                clean(offer.version, 64),
+                clean(self.active.version, 64),
+            )
+            return
+        log.info(
+            "ota: offer of %s supersedes the update to %s; abandoning it",
+            clean(offer.version, 64),
+            clean(self.active.version, 64),
+        )
+        self._cancel.set()
+        self._superseded.set()
 
     def _refusal(self, offer: Offer) -> str | None:
         """Why the offer is refused, or None (reads the disk: run it on a worker thread)."""
@@ -173,7 +223,9 @@ class OtaManager:
 
     def _refuse(self, offer: Offer | None, reason: str) -> None:
         what = offer.describe() if offer is not None else "offer"
-        log.warning("ota: %s refused: %s", what, reason)
+        self._peer_log.log(
+            "ota: offers refused", logging.WARNING, "ota: %s refused: %s", clean(what, 300), clean(reason, 500)
+        )
         self.outcomes.append(("refused", reason))
         self._event(f"update {offer.version if offer else ''} refused: {reason}".replace("  ", " "))
 
@@ -201,6 +253,8 @@ class OtaManager:
     async def _update(self, offer: Offer) -> None:
         try:
             reason = await in_thread(self._refusal, offer)
+            if self._next is not None:
+                return
             if reason is not None:
                 self._refuse(offer, reason)
                 return
@@ -214,6 +268,9 @@ class OtaManager:
             await self._failed(offer, f"{type(exc).__name__}: {exc}")
         finally:
             self.active = None
+            upcoming, self._next = self._next, None
+            if upcoming is not None and not self._restarting and self.trial is None:
+                self._start(upcoming)
 
     async def _run_update(self, offer: Offer) -> None:
         lock = InstanceLock(self.root / "ota" / "update.lock")
@@ -234,7 +291,10 @@ class OtaManager:
                 return
             ring, statement = verified
             rules = TrialRules(self.settings.max_starts, self.settings.trial_timeout, self.settings.healthy_period)
+            if self._next is not None:
+                return
             log.info("ota: %s: staging beside the running %s", offer.version, running_version())
+            self._installing = True
             try:
                 previous = await in_thread(
                     lambda: stage_and_swap(
@@ -243,17 +303,21 @@ class OtaManager:
                         config_path=self.config_path,
                         allow_index=self.settings.allow_index,
                         rules=rules,
+                        reserve=self.settings.reserve,
                     )
                 )
             except InstallError as exc:
                 await self._failed(offer, str(exc))
                 return
+            finally:
+                self._installing = False
             if statement is not None:
                 await self._keep_keys(offer, ring, statement)
             self.outcomes.append(("swapped", offer.version))
             log.warning("ota: updated %s -> %s; restarting into the new release", previous, offer.version)
             self._event(f"updated {previous} -> {offer.version}; restarting (on trial)")
             if self.restart is not None:
+                self._restarting = True
                 self.restart()
         finally:
             await in_thread(lambda: shutil.rmtree(work, ignore_errors=True))
@@ -295,11 +359,19 @@ class OtaManager:
                 )
                 break
             except DownloadError as exc:
+                if self._next is not None:
+                    log.info("ota: %s: download abandoned (%s): a newer offer came", offer.version, exc)
+                    return None
                 if exc.retry and attempt < s.attempts:
                     log.warning(
                         "ota: %s: download failed: %s; trying again in %.0f s", offer.version, exc, s.retry_delay
                     )
-                    await asyncio.sleep(s.retry_delay)
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(s.retry_delay):
+                            await self._superseded.wait()
+                    if self._next is not None:
+                        log.info("ota: %s: retry abandoned: a newer offer came", offer.version)
+                        return None
                     continue
                 await self._failed(offer, f"download: {exc}")
                 return None
@@ -440,3 +512,4 @@ class OtaManager:
             if task is not None:
                 await cancel_and_wait(task)
         self._task = self._trial_task = None
+        self._peer_log.flush()

@@ -63,6 +63,11 @@ FORMAT = "pi-edge-agent-ota/1"
 DIST = "pi_edge_agent"
 #: most entries a package may have (a damaged or hostile file stops here)
 MAX_ENTRIES = 500
+#: unpacked bytes per packed byte allowed, for the package's wheels and for
+#: each wheel's files (Python wheels expand 2-5 times; a ZIP bomb thousands)
+MAX_RATIO = 20
+#: most entries a wheel may have
+MAX_WHEEL_ENTRIES = 50_000
 
 
 class PackageError(Exception):
@@ -95,6 +100,9 @@ class PackageInfo:
     manifest_sha256: str = ""
     #: the signature entry's bytes, None when the package is unsigned
     signature: bytes | None = None
+    #: bytes the install writes: the wheels extracted plus the files in them
+    #: (declared sizes; zipfile never yields more than an entry declares)
+    unpacked: int = 0
 
     @property
     def version(self) -> str:
@@ -254,7 +262,9 @@ def open_package(path: Path) -> PackageInfo:
     a ZIP file, entries outside ``wheels/`` or with odd names, a manifest that
     disagrees with the tag, a wheel whose size or SHA-256 differs from the
     manifest or whose CRC fails, no agent wheel of the tag's version, an agent
-    wheel whose ``agent/BUILD`` is not the tag's build.
+    wheel whose ``agent/BUILD`` is not the tag's build, a package or wheel
+    whose declared unpacked size exceeds ``MAX_RATIO`` times its packed size
+    (checked from the ZIP directories, before anything is decompressed).
     """
     path = Path(path)
     try:
@@ -291,6 +301,7 @@ def open_package(path: Path) -> PackageInfo:
             for key, value in (("version", tag.version), ("fw_type", tag.fw_type), ("build", tag.build)):
                 if manifest.get(key) != value:
                     raise PackageError(f"{path}: manifest {key} {manifest.get(key)!r} differs from the tag's {value!r}")
+            unpacked = _check_expansion(z, sorted(listed), path)
             entries = [_check_wheel(z, name, listed[name], path) for name in sorted(listed)]
             agent = manifest.get("agent")
             if not isinstance(agent, str) or agent not in listed:
@@ -314,7 +325,41 @@ def open_package(path: Path) -> PackageInfo:
         created=dict(manifest.get("created") or {}),
         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
         signature=signature,
+        unpacked=unpacked,
     )
+
+
+def _check_expansion(z: zipfile.ZipFile, names: list[str], path: Path) -> int:
+    """Bytes the wheels and their files take unpacked (declared sizes);
+    :class:`PackageError` when the package or a wheel expands more than
+    ``MAX_RATIO`` times. Reads ZIP directories only: a bomb is refused
+    before a byte of it is decompressed or written."""
+    package_size = max(1, path.stat().st_size)
+    wheels = [z.getinfo(name) for name in names]
+    outer = sum(i.file_size for i in wheels)
+    if outer > MAX_RATIO * package_size:
+        raise PackageError(
+            f"{path}: its wheels unpack to {outer} bytes, {outer // package_size} times the package's {package_size}"
+            f" (at most {MAX_RATIO} times)"
+        )
+    total = outer
+    for info in wheels:
+        if info.file_size > MAX_RATIO * max(1, info.compress_size):
+            raise PackageError(
+                f"{path}: {info.filename}: {info.compress_size} bytes unpack to {info.file_size}"
+                f" (at most {MAX_RATIO} times)"
+            )
+        with z.open(info) as raw, zipfile.ZipFile(raw) as wheel:
+            files = wheel.infolist()
+            if len(files) > MAX_WHEEL_ENTRIES:
+                raise PackageError(f"{path}: {info.filename}: {len(files)} entries (at most {MAX_WHEEL_ENTRIES})")
+            inner = sum(f.file_size for f in files)
+        if inner > MAX_RATIO * max(1, info.file_size):
+            raise PackageError(
+                f"{path}: {info.filename}: {info.file_size} bytes unpack to {inner} (at most {MAX_RATIO} times)"
+            )
+        total += inner
+    return total
 
 
 def _manifest(data: bytes, path: Path) -> dict[str, Any]:

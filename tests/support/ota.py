@@ -202,7 +202,8 @@ class Served:
     """One file the server offers, and how it misbehaves."""
 
     path: Path
-    fault: str | None = None  # None | "404" | "500" | "truncate" | "bad_sha" | "bad_md5" | "slow"
+    # None | "404" | "500" | "truncate" | "bad_sha" | "bad_md5" | "slow" | "trickle" (1 byte/s)
+    fault: str | None = None
     fw_headers: bool = True
     tag: Any = None
 
@@ -257,6 +258,14 @@ class PackageServer:
                     self.wfile.write(data[: len(data) // 2])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if served.fault == "trickle":
+                    import time
+
+                    for i in range(len(data)):  # until the client gives up (a write then fails)
+                        self.wfile.write(data[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(1.0)
                     return
                 if served.fault == "slow":
                     import time

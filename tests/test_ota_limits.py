@@ -1,0 +1,174 @@
+"""OTA limits a hostile or broken server cannot stretch: the whole download's
+deadline, the newest offer superseding an older one, and packages that
+expand far beyond their size.
+
+The agent runs in-process against the session broker; packages come from the
+real HTTPS test server (``tests/support/ota.py``), which can trickle a
+package at 1 byte/s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from agent.ota.package import MANIFEST, PackageInfo
+from tests.support.blynk import run, running, until
+from tests.support.ota import Packages, PackageServer, offer_for
+from tests.test_ota_refusals import ota_agent
+
+
+def _offer(cloud: Any, offer: dict[str, Any]) -> None:
+    cloud.publish("downlink/ota/json", json.dumps(offer).encode())
+
+
+def test_a_trickle_is_abandoned_at_the_deadline_and_a_newer_offer_after_it_is_fetched(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
+    # a per-read timeout longer than the deadline: only the deadline can end the trickle
+    agent = ota_agent(tmp_path, broker, package_server, download_timeout=4.0, timeout=60.0, attempts=1)
+    slow = package_server.serve("slow.zip", ota_packages.good, fault="trickle")
+    later = package_server.serve("later.zip", ota_packages.crash, fault="bad_sha")
+    cloud.subscribe("#")
+
+    async def scenario() -> float:
+        async with running(agent):
+            await cloud.aexpect("info/mcu", timeout=15)
+            began = time.monotonic()
+            _offer(cloud, offer_for(ota_packages.good, slow))
+            await until(lambda: agent.ota.outcomes, 30, "the trickle's verdict")
+            took = time.monotonic() - began
+            _offer(cloud, offer_for(ota_packages.crash, later))
+            await until(lambda: len(agent.ota.outcomes) == 2, 30, "the newer offer's verdict")
+            return took
+
+    with caplog.at_level(logging.INFO, logger="agent"):
+        took = run(scenario(), 90)
+    print(f"1-byte/s download abandoned {took:.1f} s after the offer (download_timeout 4 s)")
+    first, second = agent.ota.outcomes
+    assert first[0] == "failed" and "not complete after 4 s" in first[1], first
+    assert took <= 4.0 + 4.0
+    assert package_server.requests["later.zip"] == 1
+    assert second[0] == "failed" and "SHA-256 mismatch" in second[1], second
+
+
+def test_a_newer_offer_supersedes_a_download_in_progress(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
+    agent = ota_agent(tmp_path, broker, package_server, download_timeout=600.0, timeout=60.0)
+    slow = package_server.serve("slow.zip", ota_packages.good, fault="trickle")
+    newer = package_server.serve("newer.zip", ota_packages.crash, fault="bad_sha")
+    cloud.subscribe("#")
+
+    async def scenario() -> float:
+        async with running(agent):
+            await cloud.aexpect("info/mcu", timeout=15)
+            _offer(cloud, offer_for(ota_packages.good, slow))
+            await until(lambda: package_server.requests["slow.zip"] == 1, 15, "the trickle to start")
+            await until(lambda: (agent.ota.root / "ota" / "staging").exists(), 15, "the download to begin")
+            began = time.monotonic()
+            _offer(cloud, offer_for(ota_packages.crash, newer))
+            await until(lambda: agent.ota.outcomes, 30, "the newer offer's verdict")
+            took = time.monotonic() - began
+            await until(lambda: agent.ota.active is None, 30, "the update task to end")
+            return took
+
+    with caplog.at_level(logging.INFO, logger="agent"):
+        took = run(scenario(), 90)
+    print(f"newer offer fetched and checked {took:.1f} s after it came, during a 1-byte/s download")
+    assert package_server.requests["newer.zip"] == 1
+    assert list(agent.ota.outcomes) == [("failed", agent.ota.outcomes[0][1])]
+    assert "SHA-256 mismatch" in agent.ota.outcomes[0][1]
+    assert "offer of 1.2.0 supersedes the update to 1.1.0" in caplog.text
+    assert took <= 10.0
+
+
+def test_a_newer_offer_ends_the_wait_for_a_retry(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
+    agent = ota_agent(tmp_path, broker, package_server, attempts=2, retry_delay=600.0)
+    failing = package_server.serve("failing.zip", ota_packages.good, fault="500")
+    newer = package_server.serve("newer.zip", ota_packages.crash, fault="bad_sha")
+    cloud.subscribe("#")
+
+    async def scenario() -> None:
+        async with running(agent):
+            await cloud.aexpect("info/mcu", timeout=15)
+            _offer(cloud, offer_for(ota_packages.good, failing))
+            await until(lambda: "trying again in 600 s" in caplog.text, 15, "the wait for a retry")
+            _offer(cloud, offer_for(ota_packages.crash, newer))
+            await until(lambda: agent.ota.outcomes, 15, "the newer offer's verdict")
+
+    with caplog.at_level(logging.INFO, logger="agent"):
+        run(scenario(), 60)
+    assert package_server.requests == {"failing.zip": 1, "newer.zip": 1}
+    assert agent.ota.outcomes[0][0] == "failed" and "SHA-256 mismatch" in agent.ota.outcomes[0][1]
+
+
+def _bomb(good: PackageInfo, dest: Path, unpacked: int) -> Path:
+    """``good`` plus one more wheel, deflated: ``unpacked`` bytes of zeros,
+    listed in the manifest with its true size and SHA-256 (every other check
+    passes)."""
+    name = "wheels/zz_filler-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(good.path) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
+        manifest = json.loads(src.read(MANIFEST))
+        for info in src.infolist():
+            if info.filename != MANIFEST:
+                out.writestr(info, src.read(info))
+        info = zipfile.ZipInfo(name)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        sha = hashlib.sha256()
+        block = b"\0" * 2**20
+        with out.open(info, "w", force_zip64=True) as f:
+            for _ in range(unpacked // len(block)):
+                f.write(block)
+                sha.update(block)
+        manifest["wheels"][name] = {"size": unpacked, "sha256": sha.hexdigest()}
+        out.writestr(MANIFEST, json.dumps(manifest))
+        out.comment = src.comment
+    return dest
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def test_an_expanding_package_is_refused_before_it_is_unpacked(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+) -> None:
+    bomb_path = _bomb(ota_packages.good, tmp_path / "bomb.zip", 256 * 2**20)
+    bomb = dataclasses.replace(ota_packages.good, path=bomb_path, size=bomb_path.stat().st_size)
+    agent = ota_agent(tmp_path, broker, package_server)
+    url = package_server.serve("bomb.zip", bomb)
+    cloud.subscribe("#")
+    largest = [0]
+
+    async def scenario() -> None:
+        async with running(agent):
+            await cloud.aexpect("info/mcu", timeout=15)
+            _offer(cloud, offer_for(bomb, url))
+            while not agent.ota.outcomes:
+                largest[0] = max(largest[0], _tree_size(agent.ota.root / "ota"))
+                await asyncio.sleep(0.01)
+
+    with caplog.at_level(logging.INFO, logger="agent"):
+        run(scenario(), 60)
+    outcome, detail = agent.ota.outcomes[0]
+    print(f"expanding package ({bomb.size} bytes, 256 MiB unpacked): {detail}; most written {largest[0]} bytes")
+    assert outcome == "failed" and "unpack to" in detail and "at most 20 times" in detail
+    assert largest[0] <= 2 * bomb.size
