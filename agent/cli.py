@@ -64,6 +64,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = _load(args, skip_broken=True, need_secrets=True)
     except ConfigError as exc:
         return print_config_error(exc)
+    from agent.redact import register_secrets, secrets_of
+
+    register_secrets(secrets_of(config.settings))
     setup_logging(args.log_level or config.settings.agent.log_level)
     return asyncio.run(_run(config, print_readings=args.print_readings, decision=decision))
 

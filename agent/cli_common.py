@@ -23,6 +23,11 @@ def setup_logging(level: str = "info") -> None:
     if "JOURNAL_STREAM" not in os.environ:
         fmt = "%(asctime)s " + fmt
     logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr, force=True)
+    # the last word before a line is written: no registered secret gets through
+    from agent.redact import SecretFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretFilter(handler.formatter))
     # gmqtt logs every packet at INFO; our session layer logs the events that matter
     from agent.mqtt._gmqtt import quiet_gmqtt_logging
 

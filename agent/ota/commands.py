@@ -184,6 +184,9 @@ def cmd_install(args: argparse.Namespace) -> int:
         settings = load_settings(path)
     except ConfigError as exc:
         return print_config_error(exc)
+    from agent.redact import register_secrets, secrets_of
+
+    register_secrets(secrets_of(settings))
     root = args.state_dir or settings.agent.state_dir
     try:
         info = open_package(args.file)
