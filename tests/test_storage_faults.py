@@ -25,7 +25,17 @@ from typing import Any
 import pytest
 
 from agent.outbox import OUTBOX_FILE
-from tests.support.blynk import blynk_of, build_agent, command_roundtrip, reading, run, running, until
+from tests.support.blynk import (
+    blynk_of,
+    build_agent,
+    command_roundtrip,
+    config_text,
+    reading,
+    run,
+    running,
+    until,
+)
+from tests.support.process import ROOT, agent_env
 
 
 @contextlib.contextmanager
@@ -218,3 +228,38 @@ def test_read_only_or_missing_state_dir(broker: Any, cloud: Any, tmp_path: Path,
                 assert agent.outbox.storage == "memory"
 
         run(scenario(), 60)
+
+
+def test_the_real_process_on_a_read_only_state_dir_drives_echoes_and_sends(
+    broker: Any, make_cloud: Any, tmp_path: Path
+) -> None:
+    """``edge-agent run`` itself, its state dir a read-only file system: it
+    connects, obeys and echoes a command, and its sensor's readings arrive."""
+    cloud = make_cloud(broker)
+    for topic in ("ds/#", "batch_ds", "info/mcu"):
+        cloud.subscribe(topic)
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro:
+        config = tmp_path / "agent.toml"
+        config.write_text(config_text(ro, broker, sensor_interval=0.5))
+        log = tmp_path / "agent.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [".venv/bin/edge-agent", "run", "--config", str(config)],
+                stdout=out,
+                stderr=out,
+                env=agent_env(),
+                cwd=ROOT,
+            )
+        try:
+            cloud.expect("info/mcu", timeout=60)
+            sent_at = time.monotonic()
+            cloud.publish("downlink/ds/Pump", "1")
+            echo = cloud.expect("ds/Pump", timeout=30, predicate=lambda m: m.t >= sent_at and m.payload == b"1")
+            assert echo.payload == b"1"
+            cloud.expect("batch_ds", timeout=30, predicate=lambda m: b"Temperature" in m.payload)
+        finally:
+            proc.terminate()
+            code = proc.wait(30)
+        text = log.read_text()
+        assert code == 0, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
