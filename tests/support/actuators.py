@@ -17,7 +17,7 @@ from typing import Any
 from agent.runtime import Agent
 from tests.support.agent_builder import make_agent
 from tests.support.blynk import config_text
-from tests.support.waiting import until as wait_for  # noqa: F401 - the actuator tests' name
+from tests.support.waiting import until as wait_for
 
 #: every pin state change of a mock pin: (monotonic time, value)
 Timeline = list[tuple[float, float]]
@@ -114,3 +114,32 @@ async def connected(agent: Agent, cloud: Any, datastreams: Iterable[str], timeou
     for ds in datastreams:
         await cloud.aexpect(f"ds/{ds}", timeout=timeout)
     cloud.clear()
+
+
+def echo_values(cloud: Any, datastream: str) -> list[str]:
+    """Every value the cloud has received on ``ds/<datastream>``, oldest first."""
+    return [m.payload.decode() for m in list(cloud.messages) if m.topic == f"ds/{datastream}"]
+
+
+async def settled(
+    agent: Agent, cloud: Any, finals: dict[str, str] | Callable[[], dict[str, str]], timeout: float = 15.0
+) -> None:
+    """Echoes are state: a burst of commands may reach the cloud as fewer
+    echoes, the latest value winning. Wait until the Blynk link has no echo
+    left to send and the cloud's last echo of each datastream is its final
+    value (``finals``, or a function giving them, asked again each time)."""
+    link = next(lk for lk in agent.links if lk.name == "blynk")
+
+    def done() -> bool:
+        if link._has_priority():  # type: ignore[attr-defined]
+            return False
+        wanted = finals() if callable(finals) else finals
+        return all((echo_values(cloud, ds) or [None])[-1] == value for ds, value in wanted.items())
+
+    await wait_for(done, timeout, "final echoes")
+
+
+def is_subsequence(part: list[str], whole: list[str]) -> bool:
+    """Whether ``part`` is ``whole`` with some items left out (order kept)."""
+    it = iter(whole)
+    return all(any(x == y for y in it) for x in part)
