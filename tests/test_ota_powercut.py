@@ -21,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.ota.trial import load_state, state_path
 from agent.releases import MARKER, RELEASES, current_release, flip_current
 from tests.support.ota import TEMPLATE, Packages, make_release_root, tree
@@ -118,6 +120,7 @@ def check_after_cut(root: Path, before: dict[str, Any], point: str) -> str:
     return current
 
 
+@pytest.mark.slow
 def test_power_cut_at_every_point_of_stage_and_swap(ota_packages: Packages, wheelhouse: Path) -> None:
     root = make_release_root(ota_packages.v1, wheelhouse)
     config(root)

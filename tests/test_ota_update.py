@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.ota.trial import load_state
 from agent.releases import current_release, list_releases
 from tests.support.blynk import uid
@@ -132,6 +134,7 @@ def events(cloud: Any) -> list[str]:
     return [m.text for m in cloud.messages if m.topic == "event/ota"]
 
 
+@pytest.mark.slow
 def test_offer_download_swap_restart_report_commit(
     broker: Any, cloud: Any, package_server: PackageServer, ota_packages: Packages, wheelhouse: Path
 ) -> None:
@@ -213,6 +216,7 @@ def update_to(service: Service, cloud: Any, server: PackageServer, package: Any)
     assert current_release(service.root) == package.version
 
 
+@pytest.mark.slow
 def test_a_release_that_crashes_at_start_is_rolled_back(
     broker: Any, cloud: Any, package_server: PackageServer, ota_packages: Packages, wheelhouse: Path
 ) -> None:
@@ -243,6 +247,7 @@ def test_a_release_that_crashes_at_start_is_rolled_back(
         service.kill()
 
 
+@pytest.mark.slow
 def test_a_release_that_never_connects_is_rolled_back(
     broker: Any, cloud: Any, package_server: PackageServer, ota_packages: Packages, wheelhouse: Path
 ) -> None:

@@ -99,6 +99,7 @@ async def produce(link: Any, datastream: str, rate: float, stop: asyncio.Event, 
         await asyncio.sleep(1 / rate)
 
 
+@pytest.mark.slow
 def test_disk_full_then_freed(broker: Any, cloud: Any, tmp_path: Path, monkeypatch: Any) -> None:
     """Disk full for 60 s, then freed: readings keep flowing live (from
     memory), the file is used again within 10 s of the space coming back,
