@@ -409,13 +409,10 @@ def test_free_port_is_bindable() -> None:
 # --------------------------------------------------------------------------
 # mock pins
 # --------------------------------------------------------------------------
-_pin_state: dict[str, object] = {}
-
-
 def test_mock_pins_give_pwm_pins(mock_pins, monkeypatch) -> None:
     import os
 
-    from gpiozero import LED, PWMLED, Button, Device
+    from gpiozero import PWMLED, Button, Device
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
     assert Device.pin_factory is mock_pins and isinstance(mock_pins, MockFactory)
@@ -428,29 +425,27 @@ def test_mock_pins_give_pwm_pins(mock_pins, monkeypatch) -> None:
     assert not button.is_pressed
     mock_pins.pin(17).drive_low()  # pull-up: low means pressed
     assert button.is_pressed
-    LED(27).on()  # deliberately left open: the fixture must release it
-    _pin_state["factory"] = mock_pins
 
 
-def test_mock_pins_are_reset_between_tests(mock_pins) -> None:
+def test_mock_pins_release_every_pin_and_restore_the_previous_factory(monkeypatch) -> None:
+    """The fixture's clean-up, in one test (no reliance on test order): devices
+    left open are closed, the factory is reset, the previous one is back."""
     from gpiozero import LED, PWMLED, Device
 
-    previous = _pin_state.get("factory")
-    if previous is None:
-        pytest.skip("runs after test_mock_pins_give_pwm_pins")
-    assert previous is not mock_pins and previous.pins == {}  # type: ignore[attr-defined]
-    LED(27).close()  # would raise GPIOPinInUse if the pin were still reserved
-    PWMLED(18).close()
-    assert Device.pin_factory is mock_pins
+    from tests.support.fixtures import mock_pin_factory
 
-
-def test_mock_pins_restore_the_previous_factory() -> None:
-    from gpiozero import Device
-
-    previous = _pin_state.get("factory")
-    if previous is None:
-        pytest.skip("runs after test_mock_pins_give_pwm_pins")
-    assert Device.pin_factory is not previous
+    outer = Device.pin_factory
+    with mock_pin_factory(monkeypatch) as first:
+        LED(27).on()  # deliberately left open: the clean-up must release it
+        PWMLED(18).value = 0.5
+    assert Device.pin_factory is outer
+    assert first.pins == {}  # type: ignore[attr-defined]
+    with mock_pin_factory(monkeypatch) as second:
+        assert second is not first
+        LED(27).close()  # would raise GPIOPinInUse if the pin were still reserved
+        PWMLED(18).close()
+        assert Device.pin_factory is second
+    assert Device.pin_factory is outer
 
 
 # --------------------------------------------------------------------------

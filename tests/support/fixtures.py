@@ -97,6 +97,13 @@ def mock_pins(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
     ``factory.pin(17).drive_high()``; read outputs with ``pin.state`` /
     ``pin.states``.
     """
+    with mock_pin_factory(monkeypatch) as factory:
+        yield factory
+
+
+@contextlib.contextmanager
+def mock_pin_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """What ``mock_pins`` does, as a context manager (so its own clean-up can be tested)."""
     from gpiozero import Device
     from gpiozero.pins.mock import MockFactory, MockPWMPin
 
