@@ -2,7 +2,7 @@
 
 With an agent running, the request goes through its control socket (a unix
 socket in the state dir, mode 0600: only the agent's own user, and root, can
-connect) into :meth:`ActuatorManager.command`, so every safety rule applies
+connect) into :meth:`SafetyManager.command`, so every safety rule applies
 (interlocks, ``min_switch_interval``, ``max_on``) and the new state is echoed
 to the cloud. Without an agent, :func:`agent.manual.set_directly` opens the actuator on
 its pins itself, unless an agent's status file says one still holds them.
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config import Config
 
 if TYPE_CHECKING:
-    from agent.actuation import ActuatorManager
+    from agent.safety import SafetyManager
 
 log = logging.getLogger("agent.control")
 
@@ -44,7 +44,7 @@ def socket_path(config: Config) -> Path:
 class ControlServer:
     """The running agent's end of the control socket."""
 
-    def __init__(self, path: Path, manager: ActuatorManager) -> None:
+    def __init__(self, path: Path, manager: SafetyManager) -> None:
         self.path = path
         self.manager = manager
         self._server: asyncio.AbstractServer | None = None
