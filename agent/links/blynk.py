@@ -829,7 +829,7 @@ class BlynkLink(ReadingSink, CommandSource, StateSink):
             self._sync_deadline = clock.monotonic() + SYNC_WINDOW
             self.set_connected(True)
             self._echo_all()
-        elif status.state not in (LinkState.IDLE, LinkState.STOPPED):
+        elif status.state is not LinkState.IDLE:
             self.set_connected(False)
         if status.state is LinkState.BACKING_OFF and self.session.endpoint != self._configured:
             self._redirects.failures_on_redirect += 1

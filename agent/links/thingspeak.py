@@ -699,7 +699,7 @@ class ThingSpeakLink(ReadingSink, CommandSource):
         if status.state is LinkState.CONNECTED:
             self.set_connected(True)
             self._wake_all()
-        elif status.state not in (LinkState.IDLE, LinkState.STOPPED):
+        elif status.state is not LinkState.IDLE:
             self.set_connected(False)
 
     def _on_message(self, topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> None:
