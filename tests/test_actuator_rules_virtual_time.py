@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from agent.safety import SafetyManager
+from agent.commands import StateReport
 from agent.config import load_config
 from agent.hardware import Hardware
-from agent.commands import StateReport
+from agent.safety import SafetyManager
 from tests.support.virtual_time import run_virtual, virtual_now
 
 pytestmark = pytest.mark.unit

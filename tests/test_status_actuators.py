@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from agent.safety import SafetyManager
 from agent.actuators import Relay
 from agent.cli import _status_lines
 from agent.config import ActuatorEntry, ActuatorSpec
 from agent.hardware import Hardware
 from agent.plugin import PluginInfo
+from agent.safety import SafetyManager
 
 pytestmark = pytest.mark.unit
 
