@@ -920,9 +920,20 @@ def link_problems(
             except ValidationError as exc:
                 problems.extend(errors_to_problems(source, exc, (name,), _section_model(name, info.cls.Options)))
         if settings is not None and options is not None:
+            if name not in BUILTIN_LINKS:
+                options = _relative_to(source.path, options)
             specs.append(LinkSpec(name, info, options))
     problems.extend(_route_problems(source, instances))
     return problems, specs
+
+
+def _relative_to(config_path: Path, options: BaseModel) -> BaseModel:
+    """``options`` with every relative path made relative to the config
+    file's directory (as ``state_dir`` and ``plugin_dirs`` are), not to the
+    directory the agent happens to start in."""
+    base = config_path.resolve().parent
+    update = {key: base / value for key, value in options if isinstance(value, Path) and not value.is_absolute()}
+    return options.model_copy(update=update) if update else options
 
 
 def _route_problems(source: Source, instances: Mapping[str, PluginInfo]) -> list[Located]:

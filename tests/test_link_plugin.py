@@ -161,3 +161,44 @@ def test_a_drop_in_link_gets_readings_and_drives_actuators_through_every_rule(tm
             assert levels(agent, 22)[-1] == 1  # on_disconnect = "keep"
 
     run(scenario())
+
+
+def test_the_link_example_in_the_plugin_docs_works_as_printed(tmp_path: Path) -> None:
+    """docs/plugins.md "Write a link": the file and the config as printed."""
+    from tests.test_example_plugin import doc_files
+
+    files = doc_files()
+    (tmp_path / "plugins.d").mkdir()
+    (tmp_path / "plugins.d" / "csv_link.py").write_text(files["csv_link.py"])
+    (tmp_path / "link.toml").write_text(files["link.toml"])
+    result = check_config(tmp_path / "link.toml")
+    assert result.errors == [] and result.config is not None, result.errors
+    from agent.runtime import Agent
+
+    agent = Agent(result.config)
+
+    async def scenario() -> None:
+        async with running(agent):
+            await until(
+                lambda: (
+                    len((tmp_path / "readings.csv").read_text().splitlines()) >= 3
+                    if (tmp_path / "readings.csv").exists()
+                    else False
+                ),
+                10,
+                "readings in the CSV file",
+            )
+            (tmp_path / "commands.txt").write_text("pump=1\n")
+            await until(lambda: agent.actuators["pump"].state is True, 5, "the command applied")
+            await until(
+                lambda: (tmp_path / "states.csv").exists() and "pump,on" in (tmp_path / "states.csv").read_text(),
+                5,
+                "the state shown",
+            )
+            (tmp_path / "commands.txt").write_text("pump=1\npump=banana\n")
+            await asyncio.sleep(0.5)
+            assert agent.actuators["pump"].state is True  # refused: the output is unchanged
+
+    run(scenario())
+    first = (tmp_path / "readings.csv").read_text().splitlines()[0].split(",")
+    assert first[1] == "air temperature" and float(first[2]) == float(first[2])

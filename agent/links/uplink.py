@@ -40,8 +40,8 @@ class OutboxSink(ReadingSink):
         self.unavailable_skipped = 0
         self.last_error = ""
         self._unwatch: Any = None
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._uplink_wake: asyncio.Event | None = None
+        self._uplink_task: asyncio.Task[None] | None = None
         self._errors = LogLimiter(log)
 
     # -- the store ------------------------------------------------------------
@@ -83,24 +83,24 @@ class OutboxSink(ReadingSink):
 
     def wake(self) -> None:
         """Readings were committed, or the link can send again: look now."""
-        if self._wake is not None:
-            self._wake.set()
+        if self._uplink_wake is not None:
+            self._uplink_wake.set()
 
     # -- the generic send loop ------------------------------------------------
 
     async def start(self) -> None:
         """Open the store, connect, and start the ``NAME:uplink`` task."""
-        self._wake = asyncio.Event()
+        self._uplink_wake = asyncio.Event()
         if not await self.open_store():
             return
         await self.connect()
-        self._task = asyncio.create_task(self._uplink(), name=f"{self.name}:uplink")
+        self._uplink_task = asyncio.create_task(self._uplink(), name=f"{self.name}:uplink")
 
     async def stop(self) -> None:
         """Stop sending, disconnect and release the store."""
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        if self._uplink_task is not None:
+            await cancel_and_wait(self._uplink_task)
+            self._uplink_task = None
         try:
             await self.disconnect()
         except Exception as exc:  # noqa: BLE001 - stop never raises
@@ -124,15 +124,15 @@ class OutboxSink(ReadingSink):
         them, raise if it has not (they are kept and tried again)."""
 
     async def _uplink(self) -> None:
-        assert self._wake is not None and self.outbox is not None
+        assert self._uplink_wake is not None and self.outbox is not None
         while True:
             if not self.ready():
-                self._wake.clear()
+                self._uplink_wake.clear()
                 await self._wait(self.retry_after)
                 continue
             rows = await self.outbox.fetch(self.name, self.batch)
             if not rows:
-                self._wake.clear()
+                self._uplink_wake.clear()
                 await self._wait(None)
                 continue
             try:
@@ -151,9 +151,9 @@ class OutboxSink(ReadingSink):
             await self.outbox.ack(self.name, [row.id for row in rows])
 
     async def _wait(self, timeout: float | None) -> None:
-        assert self._wake is not None
+        assert self._uplink_wake is not None
         try:
-            await asyncio.wait_for(self._wake.wait(), timeout)
+            await asyncio.wait_for(self._uplink_wake.wait(), timeout)
         except TimeoutError:
             pass
 
