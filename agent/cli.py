@@ -493,7 +493,7 @@ def _hold(actuator: str, reply: dict[str, Any], seconds: float | None) -> None:
         return
     how_long = f"for {seconds:g} s" if seconds else "until Ctrl-C"
     print(
-        f"{actuator}: holding {how_long}; the pin is released after",
+        f"{actuator}: holding {how_long} (max_on applies); then on_shutdown, and the pin is released",
         file=sys.stderr,
         flush=True,
     )
