@@ -67,6 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.redact import register_secrets, secrets_of
 
     register_secrets(secrets_of(config.settings))
+    for link in config.links:  # a plugin link's own SecretStr options too
+        register_secrets(secrets_of(link.options))
     setup_logging(args.log_level or config.settings.agent.log_level)
     return asyncio.run(_run(config, print_readings=args.print_readings, decision=decision))
 
