@@ -324,7 +324,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         settings = load_settings(config_path(args), need_secrets=False)
     except ConfigError as exc:
         return print_config_error(exc)
-    from agent.outbox import OUTBOX_FILE, STATUS_FILE, read_status
+    from agent.outbox import OUTBOX_FILE, read_status
+    from agent.status_file import STATUS_FILE
 
     section = settings.outbox
     db_path = section.path or settings.agent.state_dir / OUTBOX_FILE
@@ -368,7 +369,7 @@ def _status_lines(
 ) -> list[str]:
     import time
 
-    from agent.outbox import age_text
+    from agent.status_file import age_text
 
     now = time.time()
     lines: list[str] = []

@@ -25,13 +25,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from agent import clock
+from agent.aio import cancel_and_wait
 from agent.clockwatch import ClockWatch
 from agent.commands import Outcome, StateReport
 from agent.config import Config, LinkSpec, SensorSpec
 from agent.control import ControlServer, socket_path
 from agent.hardware import Hardware
 from agent.links.base import CommandSource, Link, LinkContext, ReadingSink, StateSink
-from agent.outbox import Outbox, cancel_and_wait
+from agent.outbox import Outbox
 from agent.pipeline import FilterChain, Reading, Router
 from agent.plugin import Actuator, Sensor, SensorError
 from agent.safety import SafetyManager
