@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import clock
-from agent.actuators import OutputActuator, quote
+from agent.actuators.base import OutputActuator, quote
 from agent.commands import Outcome, Result, StateReport
 from agent.config import ActuatorEntry, ActuatorSpec
 from agent.hardware import Hardware

@@ -39,7 +39,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from agent.actuators import RelayOptions
+from agent.actuators.relay import RelayOptions
 from agent.config import (
     ActuatorEntry,
     AgentSection,
