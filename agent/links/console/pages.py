@@ -109,7 +109,7 @@ def sensor_rows(sensors: Iterable[Mapping[str, Any]]) -> str:
 def actuator_card(a: Mapping[str, Any], csrf: str, can_write: bool) -> str:
     """One actuator: state, rules in force, configured rules, controls."""
     aid = escape(a["id"])
-    in_force = "".join(f"<li>{escape(x)}</li>" for x in a["in_force"]) or "<li>none</li>"
+    in_force = "".join(f"<li>{escape(x)}</li>" for x in a["in_force"]) or '<li class="none">no rule in force</li>'
     rules = a.get("rules") or {}
     rule_text = []
     if rules.get("max_on"):

@@ -81,7 +81,11 @@
     card.querySelector(".state .text").textContent = a.text;
     var ul = card.querySelector(".in-force");
     ul.textContent = "";
-    (a.in_force.length ? a.in_force : ["none"]).forEach(function (t) {
+    if (!a.in_force.length) {
+      var none = document.createElement("li"); none.className = "none"; none.textContent = "no rule in force";
+      ul.appendChild(none);
+    }
+    a.in_force.forEach(function (t) {
       var li = document.createElement("li"); li.textContent = t; ul.appendChild(li);
     });
   }
