@@ -399,3 +399,85 @@ def test_live_updates_stream_readings_and_states(tmp_path: Path) -> None:
             await until(lambda: not console_of(agent).model.subscribers, 5, "the stream forgotten")
 
     run(scenario())
+
+
+def test_a_failing_sensor_shows_failing_with_its_reason(tmp_path: Path) -> None:
+    extra = """
+[[sensors]]
+id = "soil"
+type = "simulated"
+interval = 0.1
+fault = "raise"
+quantities.moisture = { unit = "%" }
+"""
+    agent = console_agent(tmp_path, extra=extra)
+
+    async def scenario() -> None:
+        async with running(agent), client() as http:
+            url = base_url(agent)
+            await login(http, url)
+            await until(lambda: agent.sensor_states()["soil"].value == "failing", 10, "soil failing")
+            sensors = {s["key"]: s for s in await get_json(http, f"{url}/api/v1/sensors?history=0")}
+            soil = sensors["soil.moisture"]
+            assert soil["status"] == "failing" and "simulated fault" in soil["reason"], soil
+            assert soil["unit"] == "%" and soil["value"] is None
+            async with http.get(f"{url}/healthz") as r:
+                assert (await r.json())["sensors_failing"] == ["soil"]
+            async with http.get(f"{url}/") as r:
+                page = await r.text()
+            assert 'class="sensor status-failing" data-key="soil.moisture"' in page
+            async with http.get(f"{url}/metrics") as r:
+                families = {f.name: f for f in text_string_to_metric_families(await r.text())}
+            errors = {s.labels["sensor"]: s.value for s in families["edge_agent_sensor_read_errors"].samples}
+            assert errors["soil"] >= 1 and errors["air"] == 0
+
+    run(scenario())
+
+
+def test_tls_with_a_configured_certificate(tmp_path: Path) -> None:
+    """HTTPS with the configured certificate; the session cookie is Secure."""
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "console.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "console.key").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    agent = console_agent(
+        tmp_path, extra_console=f'tls_cert = "{tmp_path / "console.crt"}"\ntls_key = "{tmp_path / "console.key"}"'
+    )
+    context = ssl.create_default_context(cafile=str(tmp_path / "console.crt"))
+
+    async def scenario() -> None:
+        async with running(agent), client() as http:
+            url = base_url(agent).replace("http://", "https://")
+            async with http.post(f"{url}/login", json={"user": "admin", "password": ADMIN_PASSWORD}, ssl=context) as r:
+                assert r.status == 200 and "Secure" in r.headers["Set-Cookie"]
+            async with http.get(f"{url}/api/v1/status", ssl=context) as r:
+                assert r.status == 200
+            with pytest.raises(aiohttp.ClientError):
+                async with http.get(base_url(agent) + "/healthz") as r:  # plain HTTP on the TLS port
+                    await r.read()
+
+    run(scenario())
