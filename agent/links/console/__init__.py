@@ -162,7 +162,8 @@ class WebConsole(ReadingSink, CommandSource, StateSink):
             outcome = None
         else:
             outcome = self.command(actuator, value)
-        record = outcome_record(clock.wall(), user, actuator, value, outcome)
+        report = self.model.states.get(actuator)
+        record = outcome_record(clock.wall(), user, actuator, value, outcome, report.text if report else None)
         self.model.record(record)
         log.info(
             "link %s: %s asked actuator %s for %r: %s%s",

@@ -218,11 +218,15 @@ class ConsoleModel:
         return out
 
 
-def outcome_record(at: float, user: str, actuator: str, value: Any, outcome: Outcome | None) -> CommandRecord:
-    """A :class:`CommandRecord` from a safety manager's answer (None: no such actuator)."""
+def outcome_record(
+    at: float, user: str, actuator: str, value: Any, outcome: Outcome | None, state_text: str | None = None
+) -> CommandRecord:
+    """A :class:`CommandRecord` from a safety manager's answer (None: no such
+    actuator); ``state_text`` is the real state in words when known."""
     if outcome is None:
         return CommandRecord(at, user, actuator, value, "refused", "no such actuator is open", "")
-    return CommandRecord(at, user, actuator, value, outcome.result.value, outcome.reason, str(outcome.state))
+    text = state_text if state_text is not None else str(outcome.state)
+    return CommandRecord(at, user, actuator, value, outcome.result.value, outcome.reason, text)
 
 
 def sparkline_points(points: Iterable[tuple[float, float]], width: float, height: float) -> str:
