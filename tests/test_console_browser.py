@@ -201,6 +201,15 @@ def test_the_console_in_a_browser(tmp_path: Path, broker: Any, cloud: Any, brows
         browser.execute_script("window.scrollTo(0, 0)")
         screenshot(browser, "console-overview-phone.png")
 
+        # live values are folded into the history's steps as the agent folds them: the
+        # sparkline keeps one point per step (the whole window), not one per reading
+        spark = 'tr[data-key="air.t"] polyline'
+        readings_before = link.model.series["air.t"].readings
+        until_sync(lambda: link.model.series["air.t"].readings >= readings_before + 15, 20, "15 more readings")
+        drawn = browser.execute_script(f"return document.querySelector('{spark}').getAttribute('points')")
+        buckets = len(link.model.series["air.t"].history.buckets)
+        assert abs(len(drawn.split()) - buckets) <= 1, (drawn, buckets)
+
         # the links and updates pages render
         browser.get(url + "/links")
         wait(browser, "the links page", lambda d: "blynk" in text_of(d, "#links"))

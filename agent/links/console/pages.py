@@ -89,7 +89,8 @@ def sensor_rows(sensors: Iterable[Mapping[str, Any]]) -> str:
     for s in sensors:
         history = [(p[0], p[1]) for p in s.get("history", [])]
         points = sparkline_points(history, SPARK_W, SPARK_H)
-        data = escape(json.dumps([p[1] for p in history][-288:]))
+        counts = s.get("history_counts") or [1] * len(history)
+        data = escape(json.dumps([[ts, v, n] for (ts, v), n in zip(history, counts)]))
         unit = escape(s["unit"])
         rows.append(
             f'<tr class="sensor status-{escape(s["status"])}" data-key="{escape(s["key"])}">'
@@ -164,13 +165,18 @@ def overview_page(
     csrf: str,
     user: str,
     can_write: bool,
+    history_step: float = 300.0,
+    history_window: float = 86400.0,
 ) -> str:
-    """Sensors, actuators and the console's recent commands."""
+    """Sensors, actuators and the console's recent commands (the history's
+    step and window go to the script, which folds live values in the same way)."""
     cards = "".join(actuator_card(a, csrf, can_write) for a in actuators) or "<p>No actuators.</p>"
     read_only = "" if can_write else '<p class="note">Read-only user: controls are hidden.</p>'
     body = (
-        '<section class="sensors"><h2>Sensors</h2><div class="scroll"><table id="sensors">'
-        "<thead><tr><th>Quantity</th><th>Value</th><th>Status</th><th>Last 24 h</th><th>Measured</th></tr></thead>"
+        '<section class="sensors"><h2>Sensors</h2><div class="scroll">'
+        f'<table id="sensors" data-step="{history_step:g}" data-window="{history_window:g}">'
+        "<thead><tr><th>Quantity</th><th>Value</th><th>Status</th>"
+        f"<th>Last {history_window / 3600:g} h</th><th>Measured</th></tr></thead>"
         f"<tbody>{sensor_rows(sensors)}</tbody></table></div></section>"
         f'<section class="actuators"><h2>Actuators</h2>{read_only}<div class="cards" id="actuators">{cards}</div></section>'
         '<section class="commands"><h2>Recent commands</h2><div class="scroll"><table id="commands">'

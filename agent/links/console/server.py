@@ -240,12 +240,14 @@ class ConsoleServer:
             raise web.HTTPSeeOther("/login")
         html = pages.overview_page(
             self.agent_name,
-            views.sensors_view(self.link),
+            views.sensors_view(self.link, counts=True),
             views.actuators_view(self.link),
             views.commands_view(self.link),
             csrf=session.csrf,
             user=session.user,
             can_write=session.can_write,
+            history_step=self.link.options.history_step,
+            history_window=self.link.options.history_window,
         )
         return web.Response(text=html, content_type="text/html")
 

@@ -48,8 +48,10 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def sensors_view(link: WebConsole, history: bool = True) -> list[dict[str, Any]]:
-    """Every quantity of every sensor: latest value, unit, status, history."""
+def sensors_view(link: WebConsole, history: bool = True, counts: bool = False) -> list[dict[str, Any]]:
+    """Every quantity of every sensor: latest value, unit, status, history
+    (with ``counts``, also the number of values in each history point: the
+    page's script folds live values into the last point with it)."""
     health = {k: dict(v) for k, v in link.context.sensor_health().items()}
     out = []
     for series in link.model.series.values():
@@ -68,6 +70,8 @@ def sensors_view(link: WebConsole, history: bool = True) -> list[dict[str, Any]]
         }
         if history:
             item["history"] = [[ts, v] for ts, v in series.history.points()]
+        if counts:
+            item["history_counts"] = [b.count for b in series.history.buckets]
         out.append(item)
     return out
 

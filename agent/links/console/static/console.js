@@ -6,7 +6,6 @@
   var csrfMeta = document.querySelector('meta[name="csrf-token"]');
   var csrf = csrfMeta ? csrfMeta.getAttribute("content") : "";
   if (!csrf) { return; } // the login page
-  var MAX_POINTS = 288;
   var live = document.getElementById("live");
 
   function text(value) {
@@ -24,9 +23,10 @@
       p(d.getHours()) + ":" + p(d.getMinutes()) + ":" + p(d.getSeconds());
   }
 
-  function drawSpark(svg, values) {
+  function drawSpark(svg, points) {
     var line = svg.querySelector("polyline");
     var w = 120, h = 28;
+    var values = points.map(function (p) { return p[1]; });
     if (!values.length) { line.setAttribute("points", ""); return; }
     var lo = Math.min.apply(null, values), hi = Math.max.apply(null, values);
     var span = (hi - lo) || 1, n = values.length;
@@ -39,14 +39,31 @@
     line.setAttribute("points", pts.join(" "));
   }
 
-  // each row's history as the page brought it; live values extend the last point
+  // each row's history as the page brought it, [bucket start, mean, count]; live
+  // values are folded in the way the agent folds them (one mean per step, the
+  // window kept), so the sparkline keeps showing the whole window
+  var table = document.getElementById("sensors");
+  var step = table ? Number(table.getAttribute("data-step")) || 300 : 300;
+  var windowS = table ? Number(table.getAttribute("data-window")) || 86400 : 86400;
   var sparks = {};
   Array.prototype.forEach.call(document.querySelectorAll("tr.sensor"), function (row) {
     var svg = row.querySelector("svg");
-    var values = [];
-    try { values = JSON.parse(svg.getAttribute("data-points") || "[]"); } catch (e) { values = []; }
-    sparks[row.getAttribute("data-key")] = { svg: svg, values: values, n: 0 };
+    var points = [];
+    try { points = JSON.parse(svg.getAttribute("data-points") || "[]"); } catch (e) { points = []; }
+    sparks[row.getAttribute("data-key")] = { svg: svg, points: points };
   });
+
+  function fold(s, ts, v) {
+    var start = Math.floor(ts / step) * step;
+    var last = s.points.length ? s.points[s.points.length - 1] : null;
+    if (last && start <= last[0]) {
+      last[1] = (last[1] * last[2] + v) / (last[2] + 1);
+      last[2] += 1;
+    } else {
+      s.points.push([start, v, 1]);
+      while (s.points.length && s.points[0][0] < start - windowS) { s.points.shift(); }
+    }
+  }
 
   function setStatus(row, status, reason) {
     row.className = "sensor status-" + status;
@@ -63,10 +80,9 @@
     else if (row.classList.contains("status-unavailable")) { setStatus(row, "ok", ""); }
     var s = sparks[data.key];
     var v = typeof data.value === "boolean" ? (data.value ? 1 : 0) : data.value;
-    if (s && typeof v === "number") {
-      s.values.push(v);
-      if (s.values.length > MAX_POINTS) { s.values.shift(); }
-      drawSpark(s.svg, s.values);
+    if (s && typeof v === "number" && isFinite(v)) {
+      fold(s, data.ts, v);
+      drawSpark(s.svg, s.points);
     }
   }
 
