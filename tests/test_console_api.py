@@ -481,3 +481,25 @@ def test_tls_with_a_configured_certificate(tmp_path: Path) -> None:
                     await r.read()
 
     run(scenario())
+
+
+def test_a_systemd_credential_sets_the_admin_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``LoadCredential=console.password_hash:...`` wins over the table's hash."""
+    from tests.support.console import cheap_hash
+
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "console.password_hash").write_text(cheap_hash("from a credential") + "\n")
+    (creds / "console.viewer_password_hash").write_text("not a hash")  # refused with one error line
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    agent = console_agent(tmp_path)
+
+    async def scenario() -> None:
+        async with running(agent), client() as http:
+            url = base_url(agent)
+            await login(http, url, "admin", "from a credential")
+            async with http.post(f"{url}/login", json={"user": "admin", "password": ADMIN_PASSWORD}) as r:
+                assert r.status == 401
+            await login(http, url, "viewer", VIEWER_PASSWORD)  # the damaged credential is ignored
+
+    run(scenario())

@@ -29,6 +29,7 @@ an agent without a ``web`` link never loads it; it is the optional extra
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -191,8 +192,11 @@ class WebConsole(ReadingSink, CommandSource, StateSink):
         return self.options.users_file or self.context.state_dir / USERS_FILE
 
     def users(self) -> dict[str, str]:
-        """``{user: hash}``: the configured hashes over the users file (read at
-        each login, so a new password works without a restart)."""
+        """``{user: hash}``, read at each login (a new password works without
+        a restart). Weakest first: the users file, the table's options, the
+        systemd credentials ``NAME.password_hash`` and
+        ``NAME.viewer_password_hash`` (as everywhere in the config, a
+        credential wins over the file)."""
         try:
             users = read_users_file(self.users_path)
         except (OSError, ValueError) as exc:
@@ -202,6 +206,23 @@ class WebConsole(ReadingSink, CommandSource, StateSink):
             users["admin"] = self.options.password_hash.get_secret_value()
         if self.options.viewer_password_hash is not None:
             users["viewer"] = self.options.viewer_password_hash.get_secret_value()
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials:
+            for user, key in (("admin", "password_hash"), ("viewer", "viewer_password_hash")):
+                path = Path(credentials) / f"{self.name}.{key}"
+                try:
+                    stored = path.read_text().strip()
+                except FileNotFoundError:
+                    continue
+                except OSError as exc:
+                    log.error("link %s: credential %s unreadable: %s", self.name, path.name, exc.strerror or exc)
+                    continue
+                try:
+                    check_hash(stored)
+                except HashError as exc:
+                    log.error("link %s: credential %s: %s", self.name, path.name, exc)
+                    continue
+                users[user] = stored
         return users
 
     # -- lifecycle ------------------------------------------------------------
