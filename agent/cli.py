@@ -643,9 +643,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     init.set_defaults(func=cmd_init, plugin_dir_value=None)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    from agent.console_cli import add_console_parser
     from agent.ota.commands import add_ota_parser
 
     add_ota_parser(sub, common)
+    add_console_parser(sub, common)
     return parser
 
 
