@@ -22,8 +22,8 @@ The console drives no actuator in the failsafe's sense (``drives()`` is
 empty): a browser tab left open must not hold an output's failsafe off.
 
 The web framework (aiohttp) is imported in :meth:`WebConsole.start` only, so
-an agent without a ``web`` link never loads it; it is the optional extra
-``pi-edge-agent[console]``.
+an agent without a ``web`` link never loads it (it is installed with every
+release as a dependency of the agent).
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ class WebConsole(ReadingSink, CommandSource, StateSink):
         try:
             from agent.links.console.server import ConsoleServer
         except ImportError as exc:
-            self.last_error = f"the web console needs aiohttp: pip install 'pi-edge-agent[console]' ({exc})"
+            self.last_error = f"the web console needs aiohttp: pip install aiohttp ({exc})"
             log.error("link %s: %s", self.name, self.last_error)
             return
         if not self.users():
