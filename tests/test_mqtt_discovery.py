@@ -308,3 +308,31 @@ readings.t = { ha = "air/t" }
     for topic in link.announced:
         ha.publish(topic, b"", qos=1, retain=True)
     ha.close()
+
+
+def test_the_docs_show_what_the_link_sends(tmp_path: Path) -> None:
+    """docs/home-assistant.md: its example config passes ``edge-agent check``
+    and its discovery payloads are exactly the link's (the release aside)."""
+    import re
+
+    from agent.version import version
+
+    doc = (Path(__file__).parents[1] / "docs" / "home-assistant.md").read_text()
+    config = re.findall(r"```toml\n(.*?)```", doc, re.S)[0]
+    agent_lines = f'plugin_dirs = []\npin_factory = "mock"\nstate_dir = "{tmp_path / "state"}"\n'
+    config = config.replace('[agent]\nname = "greenhouse"\n', '[agent]\nname = "greenhouse"\n' + agent_lines, 1)
+    link = link_for(tmp_path, config.replace("[lan]", "[ha]").replace("lan = ", "ha = "))
+    shown = {}
+    for topic, body in re.findall(r"`(homeassistant/[^`]+/config)`[^\n]*\n\n```json\n(.*?)```", doc, re.S):
+        shown[topic.replace("greenhouse_lan", "greenhouse_ha")] = json.loads(body)
+    assert len(shown) == 3, shown.keys()
+    for topic, payload in shown.items():
+        sent = json.loads(json.dumps(link.announced[topic].payload).replace(version(), "0.1.0"))
+        sent = json.loads(json.dumps(sent).replace("greenhouse_ha", "greenhouse_lan"))
+        if "device" in payload:
+            assert payload == sent
+        else:  # common keys left out in the docs
+            assert payload == {k: v for k, v in sent.items() if k in payload}
+            assert set(sent) - set(payload) <= {
+                "availability_topic", "payload_available", "payload_not_available", "device", "origin", "qos"
+            }  # fmt: skip

@@ -62,6 +62,33 @@ def test_edge_agent_check_knows_the_mqtt_link(broker: Broker, tmp_path: Path) ->
     assert broker.token not in errors
 
 
+@pytest.mark.parametrize("where", ["environment", "credential"])
+def test_the_password_can_stay_out_of_the_file(
+    broker: Broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any, where: str
+) -> None:
+    """EDGE_AGENT_<NAME>__PASSWORD or a <name>.password credential, as for
+    [blynk]'s token; the agent connects with it and never logs it."""
+    if where == "environment":
+        monkeypatch.setenv("EDGE_AGENT_LAN__PASSWORD", broker.token)
+    else:
+        creds = tmp_path / "creds"
+        creds.mkdir()
+        (creds / "lan.password").write_text(broker.token + "\n")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
+    table = mqtt_table("lan", broker, password=None)
+    agent = make_agent(tmp_path, agent_header(tmp_path / "state") + table)
+    link = mqtt_of(agent, "lan")
+    assert link.options.password is not None
+
+    async def scenario() -> None:
+        async with running(agent):
+            await until(lambda: link.connected, 15, "connected with the password from outside the file")
+
+    with caplog.at_level(logging.DEBUG, logger="agent"):
+        run(scenario())
+    assert broker.token not in caplog.text
+
+
 def test_readings_commands_and_states_through_every_rule(broker: Broker, tmp_path: Path, caplog: Any) -> None:
     cloud = CloudClient(broker)
     prefix = f"t/{uid()}"
