@@ -60,6 +60,16 @@ def test_edge_agent_check_knows_the_mqtt_link(broker: Broker, tmp_path: Path) ->
     errors = "\n".join(check_config(path).errors)
     assert "a password needs a username" in errors, errors
     assert broker.token not in errors
+    # what only the whole config shows: an actuator that does not exist, an
+    # entity kind that does not fit the actuator's type
+    path.write_text(
+        agent_header(tmp_path / "state")
+        + mqtt_table("lan", broker, actuators=["pump", "pmup"], entities={"pump": "light"})
+        + RELAYS
+    )
+    errors = "\n".join(check_config(path).errors)
+    assert "lan.actuators[1]: no actuator 'pmup'" in errors, errors
+    assert "lan.entities.pump: a relay cannot be a Home Assistant light — possible: switch" in errors, errors
 
 
 @pytest.mark.parametrize("where", ["environment", "credential"])
