@@ -227,7 +227,8 @@ def test_discovery_on_a_broker(broker: Broker, tmp_path: Path) -> None:
             homeassistant=True,
             discovery_prefix=disc,
             ha_status_topic=status,
-            actuators=["pump", "lamp", "strip", "alarm"],
+            actuators=["pump", "lamp", "strip", "alarm", "fan"],
+            entities={"fan": "fan"},
             payload="json",
         )
         + """
@@ -262,7 +263,7 @@ readings.t = { ha = "air/t" }
     async def scenario() -> None:
         async with running(agent):
             want = set(link.announced)
-            assert len(want) == 6  # sensor, switch, light x2, siren + its beep button
+            assert len(want) == 7  # sensor, switch, light x2, siren + its beep button, fan
             await until(lambda: want <= configs(), 15, "every config announced")
             await until(lambda: any(m.topic == stale and not m.payload for m in ha.messages), 10, "stale removed")
             # a retained config of an entity that left: removed, and only that one
@@ -287,6 +288,12 @@ readings.t = { ha = "air/t" }
             await until(lambda: state("strip") == "#000000", 10, "strip off")
             await set_("strip", "", "ON")
             await until(lambda: state("strip") == "#FF8000", 10, "strip back to its last colour")
+            await set_("fan", "percentage", "40")
+            await until(lambda: state("fan") == "40", 10, "fan at 40 %")
+            await set_("fan", "", "OFF")
+            await until(lambda: state("fan") == "0", 10, "fan off")
+            await set_("fan", "", "ON")
+            await until(lambda: state("fan") == "100", 10, "fan on: full speed")
             await set_("alarm", "", "beep")
             await until(lambda: state("alarm") == "2", 10, "beeping")
             await set_("alarm", "", "0")
