@@ -463,3 +463,27 @@ def test_client_certificate_login(tmp_path: Path) -> None:
         run(scenario())
         assert any(e.username == "pi-7" for e in broker.connection_events() if e.accepted)
         cloud.close()
+
+
+def test_a_reading_that_can_never_fit_is_dropped_not_retried(broker: Broker, tmp_path: Path, caplog: Any) -> None:
+    cloud = CloudClient(broker)
+    prefix = f"t/{uid()}"
+    long_target = "x" * 300
+    table = mqtt_table("lan", broker, topic_prefix=prefix, max_message_bytes=256)
+    routes = {"t": f'lan = "{long_target}"', "h": 'lan = "h"'}
+    agent = make_agent(tmp_path, agent_header(tmp_path / "state") + table + air_sensor(routes))
+    link = mqtt_of(agent, "lan")
+    cloud.subscribe(f"{prefix}/#")
+
+    async def scenario() -> None:
+        async with running(agent):
+            await until(lambda: link.too_large >= 3, 15, "oversized readings dropped")
+            # the rest keeps flowing behind them
+            count = len([m for m in cloud.messages if m.topic == f"{prefix}/h"])
+            await until(lambda: len([m for m in cloud.messages if m.topic == f"{prefix}/h"]) > count + 2, 10, "h")
+
+    with caplog.at_level(logging.WARNING, logger="agent"):
+        run(scenario())
+    assert "readings larger than max_message_bytes 256 dropped" in caplog.text
+    assert not [m for m in cloud.messages if long_target in m.topic]
+    cloud.close()

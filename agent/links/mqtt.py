@@ -64,7 +64,7 @@ from agent.links.homeassistant import (
 from agent.links.uplink import OutboxSink
 from agent.logtext import LogLimiter, clean
 from agent.mqtt import MqttSession, Will, parse_server_url
-from agent.mqtt.errors import MqttSessionError
+from agent.mqtt.errors import MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
 from agent.outbox import Entry, cancel_and_wait
 from agent.version import version
@@ -74,6 +74,8 @@ log = logging.getLogger("agent.links.mqtt")
 NAME = "mqtt"
 #: waiting this long for a reading's PUBACK: the connection is taken as dead
 ACK_TIMEOUT = 10.0
+#: outbox drop reason for readings that can never fit max_message_bytes
+DROP_TOO_LARGE = "too_large"
 
 
 def _check_target(value: str) -> str:
@@ -189,6 +191,7 @@ class MqttLink(OutboxSink, CommandSource, StateSink):
         #: retained configs of this node for entities no longer configured
         self._stale: set[str] = set()
         self.commands = 0
+        self.too_large = 0
         self._last_lit: dict[str, str] = {}
         self._states_waiting: dict[str, str] = {}
         self._states_wake = asyncio.Event()
@@ -326,7 +329,25 @@ class MqttLink(OutboxSink, CommandSource, StateSink):
         broker acknowledged every one of them (raise if not: they are sent
         again)."""
         d = self.options.readings
-        messages = [(self.topics.reading(e.target), self.payload(e)) for e in entries]
+        messages = []
+        too_large = []
+        for e in entries:
+            topic, payload = self.topics.reading(e.target), self.payload(e)
+            if len(topic.encode()) + len(payload.encode()) > self.session.max_outgoing:
+                too_large.append(e.id)
+            else:
+                messages.append((topic, payload))
+        if too_large and self.outbox is not None:
+            # can never be sent: dropped (counted), not retried for ever
+            await self.outbox.discard(self.name, too_large, DROP_TOO_LARGE)
+            self.too_large += len(too_large)
+            log.warning(
+                "%s: %d readings larger than max_message_bytes %d dropped (%d so far)",
+                self.name,
+                len(too_large),
+                self.session.max_outgoing,
+                self.too_large,
+            )
         if d.qos == 0:
             for topic, payload in messages:
                 await self.session.publish(topic, payload, 0, d.retain)
@@ -372,6 +393,7 @@ class MqttLink(OutboxSink, CommandSource, StateSink):
     async def _on_connect(self, session: MqttSession) -> None:
         """Birth message, discovery, every actuator's state (in that order)."""
         a = self.options.availability
+        self._states_waiting.clear()  # older than what follows
         await session.publish(self.topics.status, "online", a.qos, a.retain)
         await self._announce(session)
         await self._publish_all_states(session)
@@ -400,8 +422,10 @@ class MqttLink(OutboxSink, CommandSource, StateSink):
                 text = self._states_waiting.pop(actuator)
                 try:
                     await self.session.publish(self.topics.state(actuator), text, s.qos, s.retain)
-                except MqttSessionError:
+                except NotConnected:
                     break  # every connect publishes all states anyway
+                except (MqttSessionError, ValueError) as exc:
+                    log.warning("%s: state of %s not published: %s", self.name, actuator, exc)
 
     async def _reannounce(self) -> None:
         """Home Assistant came (back) online: every config and state again."""
@@ -513,6 +537,7 @@ class MqttLink(OutboxSink, CommandSource, StateSink):
             reason=status.reason,
             server=self.session.endpoint.url,
             commands=self.commands,
+            too_large=self.too_large,
             entities=len(self.announced),
         )
         return info
