@@ -49,6 +49,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
 
+from agent.aio import cancel_and_wait
 from agent.commands import StateReport
 from agent.config import Config
 from agent.links.base import CommandSource, LinkContext, LinkOptions, StateSink
@@ -66,7 +67,7 @@ from agent.logtext import LogLimiter, clean
 from agent.mqtt import MqttSession, Will, parse_server_url
 from agent.mqtt.errors import MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
-from agent.outbox import Entry, cancel_and_wait
+from agent.outbox import Entry
 from agent.version import version
 
 log = logging.getLogger("agent.links.mqtt")
