@@ -283,7 +283,9 @@ def test_two_mqtt_links_and_blynk_one_broker_down_slows_no_other(
                 # every reading of the outage (but the last second's) already reached LAN and Blynk
                 await until(lambda: {r.value for r in during} <= lan_times(), 5, "LAN has the outage readings")
                 box["blynk"] = blynk_points()
-                await asyncio.to_thread(fresh_broker.start)
+                # blocks the agent's loop on purpose: the new client is subscribed
+                # before the agent can reconnect and send the backlog
+                fresh_broker.start()
                 box["far2"] = CloudClient(fresh_broker)
                 box["far2"].subscribe(f"{far}/#")
                 await until(lambda: mqtt_of(agent, "far").pending == 0, 30, "the far backlog delivered")
