@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.config import ConfigError
 from tests.support.actuators import levels
 from tests.support.blynk import run, running
 from tests.support.console import (
@@ -484,13 +485,13 @@ def test_tls_with_a_configured_certificate(tmp_path: Path) -> None:
 
 
 def test_a_systemd_credential_sets_the_admin_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """``LoadCredential=console.password_hash:...`` wins over the table's hash."""
+    """``LoadCredential=console.password_hash:...`` wins over the table's hash;
+    a damaged one is a config error naming the credential, never its value."""
     from tests.support.console import cheap_hash
 
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "console.password_hash").write_text(cheap_hash("from a credential") + "\n")
-    (creds / "console.viewer_password_hash").write_text("not a hash")  # refused with one error line
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
     agent = console_agent(tmp_path)
 
@@ -500,6 +501,11 @@ def test_a_systemd_credential_sets_the_admin_hash(tmp_path: Path, monkeypatch: p
             await login(http, url, "admin", "from a credential")
             async with http.post(f"{url}/login", json={"user": "admin", "password": ADMIN_PASSWORD}) as r:
                 assert r.status == 401
-            await login(http, url, "viewer", VIEWER_PASSWORD)  # the damaged credential is ignored
+            await login(http, url, "viewer", VIEWER_PASSWORD)
 
     run(scenario())
+    (creds / "console.viewer_password_hash").write_text("not a hash")
+    with pytest.raises(ConfigError) as caught:
+        console_agent(tmp_path)
+    text = "\n".join(caught.value.lines)
+    assert "console.viewer_password_hash: not a scrypt hash" in text and "not a hash" not in text, text

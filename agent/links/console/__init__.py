@@ -29,7 +29,6 @@ release as a dependency of the agent).
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -193,10 +192,10 @@ class WebConsole(ReadingSink, CommandSource, StateSink):
 
     def users(self) -> dict[str, str]:
         """``{user: hash}``, read at each login (a new password works without
-        a restart). Weakest first: the users file, the table's options, the
-        systemd credentials ``NAME.password_hash`` and
-        ``NAME.viewer_password_hash`` (as everywhere in the config, a
-        credential wins over the file)."""
+        a restart). The users file, then the table's ``password_hash`` and
+        ``viewer_password_hash``, which the systemd credentials
+        ``NAME.password_hash`` and ``NAME.viewer_password_hash`` (or
+        ``EDGE_AGENT_NAME__PASSWORD_HASH``) set as for any key of the config."""
         try:
             users = read_users_file(self.users_path)
         except (OSError, ValueError) as exc:
@@ -206,23 +205,6 @@ class WebConsole(ReadingSink, CommandSource, StateSink):
             users["admin"] = self.options.password_hash.get_secret_value()
         if self.options.viewer_password_hash is not None:
             users["viewer"] = self.options.viewer_password_hash.get_secret_value()
-        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
-        if credentials:
-            for user, key in (("admin", "password_hash"), ("viewer", "viewer_password_hash")):
-                path = Path(credentials) / f"{self.name}.{key}"
-                try:
-                    stored = path.read_text().strip()
-                except FileNotFoundError:
-                    continue
-                except OSError as exc:
-                    log.error("link %s: credential %s unreadable: %s", self.name, path.name, exc.strerror or exc)
-                    continue
-                try:
-                    check_hash(stored)
-                except HashError as exc:
-                    log.error("link %s: credential %s: %s", self.name, path.name, exc)
-                    continue
-                users[user] = stored
         return users
 
     # -- lifecycle ------------------------------------------------------------
