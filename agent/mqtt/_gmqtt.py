@@ -31,7 +31,7 @@ from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.protocol import MQTTProtocol
 from gmqtt.storage import PersistentStorage
 
-from .websocket import ensure_nodelay
+from .sockets import ensure_nodelay
 
 __all__ = [
     "GMQTT_VERSION",
