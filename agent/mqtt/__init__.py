@@ -5,7 +5,6 @@ WebSocket) with its own reconnect loop; ``parse_server_url`` turns a broker URL
 into an ``Endpoint``; ``build_ssl_context`` makes the TLS settings.
 """
 
-from ._gmqtt import quiet_gmqtt_logging
 from .backoff import Backoff
 from .errors import (
     AckTimeout,
@@ -43,5 +42,4 @@ __all__ = [
     "Will",
     "build_ssl_context",
     "parse_server_url",
-    "quiet_gmqtt_logging",
 ]
