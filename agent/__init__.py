@@ -1,6 +1,7 @@
 """Pi Edge Agent: the core package (config, plugins, scheduler, links, OTA)."""
 
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 try:
     __version__ = version("pi-edge-agent")
@@ -14,3 +15,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_RESTART = 75
+
+#: The config file every subcommand reads unless told otherwise (here, not in
+#: agent.config, so that naming it does not import pydantic).
+DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")

@@ -19,15 +19,16 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, __version__
+from agent import DEFAULT_CONFIG, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, __version__
 from agent.cli_common import config_path, print_config_error, setup_logging
-from agent.config import DEFAULT_CONFIG, Config, ConfigError, load_settings
-from agent.config_check import check_config
-from agent.plugin import PluginInfo, PluginRegistry, load_registry
-from agent.scheduler import describe_error
 
+# Each subcommand imports what it needs when it runs: `version`, `scan` or
+# `ota keygen` never load pydantic and the config models, and `run` never
+# loads the modules of the other subcommands.
 if TYPE_CHECKING:
+    from agent.config import Config
     from agent.ota.trial import StartDecision
+    from agent.plugin import PluginInfo, PluginRegistry
 
 log = logging.getLogger("agent.cli")
 
@@ -36,6 +37,9 @@ def _load(args: argparse.Namespace, skip_broken: bool = False, need_secrets: boo
     """The config, checked in one pass; ConfigError with every problem.
 
     Only ``run`` needs the secrets; the other commands validate without them."""
+    from agent.config import ConfigError
+    from agent.config_check import check_config
+
     result = check_config(
         config_path(args), getattr(args, "plugin_dir", []), need_secrets=need_secrets, skip_broken=skip_broken
     )
@@ -55,11 +59,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level or "info")
     # first of all, before the config is read: a release on trial counts this
     # start, and one that has used up its starts is rolled back right here
+    # (and before anything of pydantic or the config is imported: a release
+    # whose dependencies are broken still counts its starts)
     from agent.ota.trial import on_start
 
     decision = on_start()
     if decision.exit_code is not None:
         return decision.exit_code
+    from agent.config import ConfigError
+
     try:
         config = _load(args, skip_broken=True, need_secrets=True)
     except ConfigError as exc:
@@ -134,6 +142,9 @@ def human_time(ts: float) -> str:
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a configuration without touching hardware: every problem at
     once (exit 2), else the warnings and one ``ok`` line (exit 0)."""
+    from agent.config import ConfigError
+    from agent.config_check import check_config
+
     result = check_config(config_path(args), args.plugin_dir, need_secrets=args.require_secrets)
     if result.config is None:
         print_config_error(ConfigError(result.errors))
@@ -157,6 +168,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_plugins(args: argparse.Namespace) -> int:
     """List every plugin the agent can find, where it came from, its options."""
+    from agent.config import ConfigError, load_settings
+    from agent.plugin import load_registry
+
     dirs: list[Path] = list(args.plugin_dir)
     path = config_path(args)
     if args.config or path.exists():
@@ -224,6 +238,9 @@ def _plugins_json(registry: PluginRegistry) -> dict[str, Any]:
 
 def cmd_read(args: argparse.Namespace) -> int:
     """One read of one configured sensor: the wiring check users run first."""
+    from agent.config import Config, ConfigError
+    from agent.scheduler import describe_error
+
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -320,6 +337,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     Reads the status file the agent rewrites every few seconds next to the
     outbox, and the outbox database itself (read-only, so it also works while
     the agent is stopped). Exit 0 when either could be read, 1 otherwise."""
+    from agent.config import ConfigError, load_settings
+    from agent.scheduler import describe_error
+
     try:
         settings = load_settings(config_path(args), need_secrets=False)
     except ConfigError as exc:
@@ -449,6 +469,8 @@ def cmd_set(args: argparse.Namespace) -> int:
     """Drive one actuator by hand: through the running agent (and its safety
     rules), else directly on its pins. Exit 0 applied/unchanged/held, 1 refused
     or failed, 2 no such actuator."""
+    from agent.config import ConfigError
+
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -573,8 +595,14 @@ def cmd_version(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also used to document the CLI)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI).
+
+    ``command`` is the first command-line word, when known: for one of the
+    subcommands defined here the ``ota`` and ``console`` subcommands
+    (:mod:`agent.ota.commands`, :mod:`agent.console_cli`) are left out, so
+    ``run`` never imports them; for anything else (``ota``, ``console``,
+    ``--help``, a typo) every subcommand is there to parse, list or suggest."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", help=f"config file (default: $EDGE_AGENT_CONFIG or {DEFAULT_CONFIG})")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override agent.log_level")
@@ -643,17 +671,19 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     init.set_defaults(func=cmd_init, plugin_dir_value=None)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
-    from agent.console_cli import add_console_parser
-    from agent.ota.commands import add_ota_parser
+    if command not in sub.choices:
+        from agent.console_cli import add_console_parser
+        from agent.ota.commands import add_ota_parser
 
-    add_ota_parser(sub, common)
-    add_console_parser(sub, common)
+        add_ota_parser(sub, common)
+        add_console_parser(sub, common)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``edge-agent`` console script."""
-    args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(words[0] if words else None).parse_args(words)
     if args.command not in ("run",):
         setup_logging(getattr(args, "log_level", None) or "warning")
     return int(args.func(args))

@@ -12,9 +12,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent import EXIT_CONFIG
-from agent.config import DEFAULT_CONFIG, ConfigError
+from agent import DEFAULT_CONFIG, EXIT_CONFIG
+
+if TYPE_CHECKING:
+    from agent.config import ConfigError
 
 
 def setup_logging(level: str = "info") -> None:
@@ -28,10 +31,10 @@ def setup_logging(level: str = "info") -> None:
 
     for handler in logging.getLogger().handlers:
         handler.addFilter(SecretFilter(handler.formatter))
-    # gmqtt logs every packet at INFO; our session layer logs the events that matter
-    from agent.mqtt._gmqtt import quiet_gmqtt_logging
-
-    quiet_gmqtt_logging(max(logging.WARNING, logging.getLevelName(level.upper())))
+    # gmqtt's module loggers add an INFO line per packet ([CONNECTION MADE],
+    # [SEND SUB] <topics>) without a link name; the session layer logs every
+    # event once, with one. Set by name: the commands without MQTT never import gmqtt.
+    logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
 def config_path(args: argparse.Namespace) -> Path:

@@ -57,7 +57,6 @@ from agent.plugin import PluginInfo, PluginOptions, PluginRegistry
 
 log = logging.getLogger("agent.config")
 
-DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
 ENV_PREFIX = "EDGE_AGENT_"
 ENV_NESTING = "__"
 

@@ -16,8 +16,6 @@ import threading
 from collections.abc import Iterable
 from typing import Any
 
-from pydantic import BaseModel, SecretStr
-
 __all__ = ["MASK", "SecretFilter", "register_secrets", "secrets_of"]
 
 MASK = "***"
@@ -39,6 +37,9 @@ def register_secrets(values: Iterable[str]) -> None:
 
 def secrets_of(model: Any) -> list[str]:
     """Every ``SecretStr`` value inside a settings model (nested models, lists, dicts)."""
+    # imported here: the filter itself is set up by every subcommand, and most need no pydantic
+    from pydantic import BaseModel, SecretStr
+
     found: list[str] = []
 
     def walk(value: Any) -> None:

@@ -66,6 +66,7 @@ def main() -> int:
             EDGE_AGENT_BLYNK__TOKEN=broker.token,
             EDGE_AGENT_AGENT__STATE_DIR=state,
             PYTHONUNBUFFERED="1",
+            MALLOC_ARENA_MAX="2",  # as the systemd unit sets it (docs/performance.md)
         )
         config = ROOT / "examples" / "demo.toml"
         print(f"demo: edge-agent run --config {config.relative_to(ROOT)} (Ctrl-C stops)")

@@ -111,6 +111,7 @@ def test_service_contract() -> None:
     assert values("ConfigurationDirectory") == ["edge-agent"]
     assert values("WorkingDirectory") == ["/run/edge-agent"]
     assert "LG_WD=/run/edge-agent" in values("Environment")[0].split()
+    assert "MALLOC_ARENA_MAX=2" in " ".join(values("Environment")).split()
     assert values("ProtectSystem") == ["strict"]
     assert values("DevicePolicy") == ["closed"]
     allowed = {v.split()[0] for v in values("DeviceAllow")}

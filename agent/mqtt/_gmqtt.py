@@ -31,7 +31,7 @@ from gmqtt.mqtt.connection import MQTTConnection
 from gmqtt.mqtt.protocol import MQTTProtocol
 from gmqtt.storage import PersistentStorage
 
-from .websocket import ensure_nodelay
+from .sockets import ensure_nodelay
 
 __all__ = [
     "GMQTT_VERSION",
@@ -41,7 +41,6 @@ __all__ = [
     "Opener",
     "close_client",
     "connect_error_code",
-    "quiet_gmqtt_logging",
 ]
 
 #: The gmqtt version this module was written against.
@@ -265,14 +264,3 @@ def _abort(connection: MQTTConnection) -> None:
         abort()
     else:
         transport.close()
-
-
-def quiet_gmqtt_logging(level: int = logging.WARNING) -> None:
-    """Raise the level of gmqtt's own module loggers (``gmqtt.*``).
-
-    Each session already logs every event once, with its link name; gmqtt's
-    module-level loggers add INFO lines without one (``[CONNECTION MADE]``,
-    ``[SEND SUB] <topics>``). Call this once from the application's logging
-    setup; the session layer does not change global logging on its own.
-    """
-    logging.getLogger("gmqtt").setLevel(level)

@@ -7,7 +7,14 @@ Publishers must be able to tell "try again later, keep your data"
 
 from __future__ import annotations
 
-__all__ = ["AckTimeout", "MessageTooLarge", "MqttSessionError", "NotConnected", "SubscribeRefused"]
+__all__ = [
+    "AckTimeout",
+    "MessageTooLarge",
+    "MqttSessionError",
+    "NotConnected",
+    "SubscribeRefused",
+    "WebSocketHandshakeError",
+]
 
 
 class MqttSessionError(Exception):
@@ -46,3 +53,11 @@ class MessageTooLarge(MqttSessionError, ValueError):
         self.topic = topic
         self.size = size
         self.limit = limit
+
+
+class WebSocketHandshakeError(ConnectionError):
+    """The WebSocket opening handshake failed (HTTP status, headers, subprotocol...).
+
+    A ``ConnectionError`` (so an ``OSError``): to a caller it is a network
+    failure like a refused TCP connection, and is retried the same way.
+    """

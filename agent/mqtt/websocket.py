@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from collections import deque
 from collections.abc import Callable
@@ -29,9 +28,11 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, ConnectionClosedOK, WebSocketException
 from websockets.typing import Subprotocol
 
+from .errors import WebSocketHandshakeError
+from .sockets import ensure_nodelay
 from .url import Endpoint
 
-__all__ = ["MQTT_SUBPROTOCOL", "WebSocketHandshakeError", "WebSocketTransport", "ensure_nodelay", "open_websocket"]
+__all__ = ["MQTT_SUBPROTOCOL", "WebSocketHandshakeError", "WebSocketTransport", "open_websocket"]
 
 log = logging.getLogger(__name__)
 
@@ -40,33 +41,6 @@ MQTT_SUBPROTOCOL = Subprotocol("mqtt")
 
 #: Largest WebSocket frame we send; bigger write batches are split.
 _MAX_FRAME = 256 * 1024
-
-
-class WebSocketHandshakeError(ConnectionError):
-    """The WebSocket opening handshake failed (HTTP status, headers, subprotocol...).
-
-    A ``ConnectionError`` (so an ``OSError``): to a caller it is a network
-    failure like a refused TCP connection, and is retried the same way.
-    """
-
-
-def ensure_nodelay(transport: asyncio.BaseTransport) -> bool:
-    """Make sure TCP_NODELAY is set on the transport's socket; return whether it is.
-
-    Nagle's algorithm plus delayed ACK stalls small request/response exchanges
-    (commands and their acknowledgements) by ~40 ms. asyncio sets TCP_NODELAY on
-    its TCP sockets; this checks and sets it explicitly for every transport we
-    use, including the one under a WebSocket. Returns False for non-TCP sockets.
-    """
-    sock = transport.get_extra_info("socket")
-    if sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6) or sock.type != socket.SOCK_STREAM:
-        return False
-    try:
-        if not sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
-    except OSError:
-        return False
 
 
 class WebSocketTransport(asyncio.Transport):

@@ -26,7 +26,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from agent import clock
@@ -34,16 +34,17 @@ from agent.aio import cancel_and_wait
 from agent.config import BlynkSection, OtaSection
 from agent.locks import InstanceLock, LockHeld
 from agent.logtext import LogLimiter, clean
-from agent.ota.download import DownloadError, download, verify_headers
-from agent.ota.install import InstallError, TrialRules, stage_and_swap, staging_dir
-from agent.ota.keys import KeyRing, load_keyring, remember_introduced
 from agent.ota.offer import Offer, OfferError, OfferPolicy, blynk_domain, host_allowed, parse_offer, safe_url
-from agent.ota.package import PackageError, PackageInfo, open_package
-from agent.ota.signing import SigningError
 from agent.ota.trial import StartDecision, Trial, commit, load_state, roll_back, save_state
 from agent.releases import current_release
 from agent.status_file import age_text
 from agent.version import version as running_version
+
+if TYPE_CHECKING:
+    # the download, package, install and signature code is imported when an
+    # offer is taken, not by every agent that merely could take one
+    from agent.ota.keys import KeyRing
+    from agent.ota.package import PackageInfo
 
 log = logging.getLogger("agent.ota")
 
@@ -274,6 +275,8 @@ class OtaManager:
                 self._start(upcoming)
 
     async def _run_update(self, offer: Offer) -> None:
+        from agent.ota.install import InstallError, TrialRules, stage_and_swap, staging_dir
+
         lock = InstanceLock(self.root / "ota" / "update.lock")
         try:
             (self.root / "ota").mkdir(parents=True, exist_ok=True)
@@ -327,6 +330,9 @@ class OtaManager:
     async def _download(self, offer: Offer, dest: Path) -> PackageInfo | None:
         """Download (bounded attempts) and verify; the package, or None after
         the failure was recorded."""
+        from agent.ota.download import DownloadError, download, verify_headers
+        from agent.ota.package import PackageError, open_package
+
         s = self.settings
         for attempt in range(1, s.attempts + 1):
             log.info(
@@ -407,6 +413,9 @@ class OtaManager:
         s = self.settings
         if not s.trusted_keys:
             return None, None
+        from agent.ota.keys import load_keyring
+        from agent.ota.signing import SigningError
+
         try:
             ring = await in_thread(load_keyring, list(s.trusted_keys), list(s.revoked_keys), self.root)
             statement = await in_thread(ring.check, package)
@@ -421,6 +430,9 @@ class OtaManager:
         """Keep the keys an installed, verified package introduced (rotation)."""
         if ring is None:
             return
+        from agent.ota.keys import remember_introduced
+        from agent.ota.signing import SigningError
+
         try:
             new = await in_thread(remember_introduced, self.root, ring, statement, offer.version)
         except (OSError, SigningError) as exc:
