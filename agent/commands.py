@@ -52,8 +52,8 @@ class StateReport:
 
     ``value`` is the state in a form any link can send (a number, a text such
     as ``#FF8000``, or None when it has none to show, e.g. a servo that never
-    moved); ``text`` is the state in words; ``failsafe`` and ``held`` tell
-    which safety rule is in force.
+    moved); ``text`` is the state in words; ``failsafe``, ``held`` and
+    ``failsafe_at`` tell which safety rule is in force or pending.
     """
 
     actuator: str
@@ -62,6 +62,9 @@ class StateReport:
     text: str
     failsafe: bool = False
     held: str | None = None
+    #: epoch seconds at which ``on_disconnect`` applies: every link that
+    #: drives the actuator is gone (None: no outage under way)
+    failsafe_at: float | None = None
 
 
 __all__ = ["Outcome", "Result", "StateReport"]

@@ -100,6 +100,8 @@ class Slot:
     max_on_timer: asyncio.TimerHandle | None = None
     #: an outage is under way and this slot's on_disconnect is still to come
     failsafe_armed: bool = False
+    #: loop time at which on_disconnect applies, while an outage is under way
+    failsafe_due: float | None = None
     #: counts the outages of this slot's drivers (a timer of an earlier one is void)
     outage: int = 0
     #: the links that command this actuator (the failsafe watches them)
@@ -417,6 +419,7 @@ class SafetyManager:
             slot.in_failsafe = False
             if source.startswith("local"):
                 slot.failsafe_armed = False  # the person at the device is in charge now
+                slot.failsafe_due = None
         what = f"{source} {quote(raw)}"
         current = act.state
         if act.same(target, current):
@@ -610,6 +613,7 @@ class SafetyManager:
             if slot.on_disconnect is KEEP:
                 continue
             slot.failsafe_armed = True
+            slot.failsafe_due = clock.monotonic() + slot.entry.failsafe_after
             slot.outage += 1
             groups.setdefault(slot.entry.failsafe_after, []).append((slot, slot.outage))
         for after, due in sorted(groups.items()):
@@ -623,10 +627,12 @@ class SafetyManager:
         self._failsafe_timers.clear()
         for slot in self.slots.values():
             slot.failsafe_armed = False
+            slot.failsafe_due = None
 
     def _outage_ends(self, slots: list[Slot], source: str) -> None:
         for slot in slots:
             slot.failsafe_armed = False
+            slot.failsafe_due = None
             if slot.in_failsafe:
                 act = slot.actuator
                 log.info(
@@ -646,6 +652,7 @@ class SafetyManager:
         slots.sort(key=lambda s: s.actuator.is_on(s.on_disconnect))
         for slot in slots:
             slot.failsafe_armed = False
+            slot.failsafe_due = None
             slot.in_failsafe = True
             links = ", ".join(sorted(slot.drivers))
             why = f"{links} unreachable for {slot.entry.failsafe_after:g} s (on_disconnect)"
@@ -676,6 +683,7 @@ class SafetyManager:
             act.describe(state),
             slot.in_failsafe,
             None if slot.held is None else act.describe(slot.held[0]),
+            None if slot.failsafe_due is None else clock.wall_of(slot.failsafe_due),
         )
 
     def _echo(self, slot: Slot) -> None:

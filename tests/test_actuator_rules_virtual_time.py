@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from agent import clock
 from agent.commands import StateReport
 from agent.config import load_config
 from agent.hardware import Hardware
@@ -142,9 +143,16 @@ def test_a_link_back_in_time_cancels_the_failsafe(tmp_path: Path) -> None:
         manager.start()
         manager.command("pump", "1")
         pump.poll()
+        assert manager.report("pump").failsafe_at is None  # no outage
         link.set(False)
-        await asyncio.sleep(59.9)
+        # the pending failsafe is part of the state report (the console shows it)
+        due = manager.report("pump").failsafe_at
+        assert due == pytest.approx(clock.wall() + 60, abs=1e-6)
+        await asyncio.sleep(30)
+        assert manager.report("pump").failsafe_at == pytest.approx(clock.wall() + 30, abs=1e-6)
+        await asyncio.sleep(29.9)
         link.set(True)
+        assert manager.report("pump").failsafe_at is None
         await sample([pump], virtual_now() + 3600, step=1.0)
         assert pump.level == 1.0 and pump.changes == [(0.0, 1.0)]
 

@@ -92,6 +92,8 @@ def actuators_view(link: WebConsole) -> list[dict[str, Any]]:
         in_force: list[str] = []
         if report.failsafe:
             in_force.append("failsafe: in its on_disconnect state until a fresh command")
+        elif report.failsafe_at is not None:
+            in_force.append(f"failsafe pending: on_disconnect in {max(0.0, report.failsafe_at - now):.0f} s")
         if report.held is not None:
             in_force.append(f"held by min_switch_interval: {report.held} comes next")
         max_on_left = None
@@ -115,6 +117,7 @@ def actuators_view(link: WebConsole) -> list[dict[str, Any]]:
                 "value": json_safe(report.value),
                 "text": report.text,
                 "failsafe": report.failsafe,
+                "failsafe_at": report.failsafe_at,
                 "held": report.held,
                 "max_on_left": max_on_left,
                 "in_force": in_force,
