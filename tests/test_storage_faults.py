@@ -264,3 +264,64 @@ def test_the_real_process_on_a_read_only_state_dir_drives_echoes_and_sends(
         text = log.read_text()
         assert code == 0, text[-3000:]
         assert "Traceback" not in text, text[-3000:]
+
+
+def test_a_thingspeak_settle_the_full_disk_refuses_is_applied_once_it_has_room(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """ThingSpeak marks what one update covered with ``settle()`` (every row
+    of a field up to the value it sent; older ones offline counted as
+    skipped). When the full disk refuses that deletion, it is remembered and
+    applied once the disk has room: after recovery none of those rows is
+    there to be sent again, every other row is, and the skipped ones stay
+    counted."""
+    import agent.outbox as outbox_module
+    from agent.outbox import DROP_SKIPPED, Outbox, read_status
+
+    monkeypatch.setattr(outbox_module, "RETRY_AFTER", 0.2)
+    t0 = time.time() - 600
+    with tmpfs(tmp_path / "state", "1m") as state:
+        path = state / OUTBOX_FILE
+
+        async def scenario() -> None:
+            ob = Outbox(path, commit_interval=0.05)
+            await ob.open()
+            try:
+                for i in range(200):
+                    ob.put("thingspeak", "1001/1", t0 + i, i)
+                for i in range(50):
+                    ob.put("thingspeak", "1001/2", t0 + i, 1000 + i)
+                await ob.flush()
+                # the WAL emptied (no room left in it for a deletion), then the disk full
+                other = sqlite3.connect(str(path), timeout=10)
+                other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                other.close()
+                filler = await asyncio.to_thread(fill, state)
+                latest = await ob.latest("thingspeak", "1001/1")
+                assert latest is not None and latest.value == 199
+                # one MQTT update sent value 199: 100..198 coalesced, 0..99 taken offline and skipped
+                acked, skipped = await ob.settle(
+                    "thingspeak", {"1001/1": latest.id}, skipped_before_ms=int((t0 + 100) * 1000), reason=DROP_SKIPPED
+                )
+                assert ob.storage == "memory", "the full disk took the deletion: the fault was not made"
+                assert (acked, skipped) == (100, 100)
+                # live readings meanwhile, from memory; one update settles them
+                for i in range(200, 210):
+                    ob.put("thingspeak", "1001/1", time.time(), i)
+                await ob.flush()
+                live = await ob.fetch("thingspeak", 100, target="1001/1")
+                assert [e.value for e in live] == list(range(200, 210))
+                await ob.settle("thingspeak", {"1001/1": live[4].id})
+                filler.unlink()
+                await until(lambda: ob.storage == "file", 10, "the file used again")
+                rows = await ob.fetch("thingspeak", 1000)
+                assert [e.value for e in rows if e.target == "1001/1"] == list(range(205, 210))
+                assert [e.value for e in rows if e.target == "1001/2"] == [1000 + i for i in range(50)]
+                counts = ob.counts("thingspeak")
+                assert (counts.depth, counts.acked, counts.dropped.get(DROP_SKIPPED)) == (55, 105, 100)
+            finally:
+                await ob.release()
+
+        run(scenario(), 60)
+        stored = read_status(path)["thingspeak"]
+        assert (stored["depth"], stored["dropped"]) == (55, {DROP_SKIPPED: 100})
