@@ -94,7 +94,9 @@ def counter_config(state: Path, broker: Any, interval: float, thingspeak: str = 
     """An agent.toml for ``edge-agent run``: Blynk on the harness broker and a
     simulated sensor counting 0, 1, 2, ... every ``interval`` s on datastream
     ``N`` (and ThingSpeak field 1 when a ``[thingspeak]`` section is given),
-    so every reading can be told apart at the cloud."""
+    so every reading can be told apart at the cloud. The read timeout is long:
+    a read slowed by a busy machine is waited for, never dropped (its value
+    would be missing from the count)."""
     route = '{ blynk = "N", thingspeak = 1 }' if thingspeak else '{ blynk = "N" }'
     return (
         config_text(state, broker, sensor=False, relay=False)
@@ -103,6 +105,7 @@ def counter_config(state: Path, broker: Any, interval: float, thingspeak: str = 
 id = "counter"
 type = "simulated"
 interval = {interval!r}
+timeout = 10
 quantities.n = {{ kind = "count", start = 0, step = 1, digits = 0 }}
 readings.n = {route}
 {thingspeak}"""
