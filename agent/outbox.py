@@ -330,7 +330,7 @@ class Outbox:
         if self._closed is not None:
             # the thread finishes on its own even if this wait is cancelled
             await asyncio.shield(self._closed)
-        await asyncio.to_thread(self._write_status_file, self._status_snapshot())
+        await asyncio.to_thread(self._write_status_file, self.status_snapshot())
         self._thread = None
         self._opening = None
 
@@ -488,7 +488,11 @@ class Outbox:
                 parts.append(f"{name} {depth} waiting (oldest {age_text(age)}), dropped {drops or '0'}")
         return "; ".join(parts) or "empty"
 
-    def _status_snapshot(self) -> dict[str, Any]:
+    def status_snapshot(self) -> dict[str, Any]:
+        """What the status file holds, as of now: the outbox's numbers (drops
+        only this process counted included, ``unstored`` among them) and what
+        each link reports. Also answered on the control socket, so
+        ``edge-agent status`` shows it when the file cannot be written."""
         now = time.time()
         with self._mutex:
             links = {}
@@ -545,7 +549,7 @@ class Outbox:
         while True:
             try:
                 await self._call(self._db_refresh_oldest)
-                data = self._status_snapshot()
+                data = self.status_snapshot()
                 await asyncio.to_thread(self._write_status_file, data)
                 now = time.monotonic()
                 if now - last_log >= self.log_interval:

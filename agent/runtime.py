@@ -138,7 +138,8 @@ class Agent:
         self.actuation.start()
         if self.outbox is not None:
             self.outbox.add_status_provider("actuators", self.actuation.status_info)
-        self.control = ControlServer(socket_path(self.config), self.actuation)
+        status = self.outbox.status_snapshot if self.outbox is not None else None
+        self.control = ControlServer(socket_path(self.config), self.actuation, status)
         await self.control.start()
         for link in self.links:
             await link.start()

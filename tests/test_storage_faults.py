@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import time
@@ -35,7 +36,7 @@ from tests.support.blynk import (
     running,
     until,
 )
-from tests.support.process import ROOT, AgentProcess, agent_env
+from tests.support.process import ROOT, AgentProcess, agent_env, edge_agent
 from tests.support.waiting import until_sync
 
 
@@ -404,3 +405,51 @@ def test_a_thingspeak_settle_the_full_disk_refuses_is_applied_once_it_has_room(
         run(scenario(), 60)
         stored = read_status(path)["thingspeak"]
         assert (stored["depth"], stored["dropped"]) == (55, {DROP_SKIPPED: 100})
+
+
+def test_status_shows_a_failing_storage_and_unstored_readings_from_the_running_agent(
+    broker: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The state dir full while the agent runs: the status file cannot be
+    rewritten, yet ``edge-agent status`` (the real command) shows the failing
+    storage and the readings memory could not keep (``unstored``): it asks
+    the running agent over its control socket, made at start."""
+    import agent.outbox as outbox_module
+
+    monkeypatch.setattr(outbox_module, "MEMORY_LIMIT", 50)
+    with tmpfs(tmp_path / "state", "1m") as state:
+        agent = build_agent(tmp_path, broker, sensor=False, relay=False, state_dir=state)
+        link = blynk_of(agent)
+        config = tmp_path / "a" / "agent.toml"
+
+        async def scenario() -> tuple[Any, Any]:
+            async with running(agent):
+                link.submit(reading(0.0), "T")
+                await agent.outbox.flush()
+                # the WAL emptied (no room left in it for a commit), then the disk full
+                other = sqlite3.connect(str(state / OUTBOX_FILE), timeout=10)
+                other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                other.close()
+                await asyncio.to_thread(fill, state)
+                for i in range(1, 201):
+                    link.submit(reading(float(i)), "T")
+                await until(lambda: agent.outbox.counts("blynk").dropped.get("unstored"), 30, "readings unstored")
+                as_json = await asyncio.to_thread(edge_agent, "status", "--json", "--config", str(config))
+                as_text = await asyncio.to_thread(edge_agent, "status", "--config", str(config))
+                return as_json, as_text
+
+        as_json, as_text = run(scenario(), 90)
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    answered = data["agent"]
+    assert answered is not None, data
+    assert answered["outbox"]["storage"]["state"] == "memory"
+    unstored = answered["outbox"]["queues"]["blynk"]["dropped"]["unstored"]
+    assert unstored > 0, answered["outbox"]["queues"]  # 200 readings into a memory store of 50
+    # the file, last written while the disk still had room, knows none of it
+    stale = ((data["status_file"] or {}).get("outbox") or {}).get("queues", {}).get("blynk", {}).get("dropped", {})
+    assert not stale.get("unstored"), data["status_file"]
+    assert as_text.returncode == 0, as_text.stderr
+    assert "answered on its control socket" in as_text.stdout, as_text.stdout
+    assert "storage failing for" in as_text.stdout, as_text.stdout
+    assert re.search(r"blynk: .*dropped: .*unstored [1-9]", as_text.stdout), as_text.stdout
