@@ -4,7 +4,7 @@ Every built-in type is an :class:`OutputActuator`: a plugin
 (:class:`agent.plugin.Actuator`) that also splits "is this value acceptable"
 (:meth:`OutputActuator.parse`, no hardware touched) from "drive the output"
 (:meth:`OutputActuator.drive`). The split is what lets the agent's
-:class:`~agent.actuation.ActuatorManager` check interlocks, ``max_on`` and the
+:class:`~agent.safety.SafetyManager` check interlocks, ``max_on`` and the
 minimum switching interval against the *target* state before anything moves,
 and lets a refused value leave the output exactly as it was.
 
@@ -66,20 +66,22 @@ def quote(value: Any) -> str:
 
 
 def single(value: Any) -> Any:
-    """The one value of a payload; NUL-joined multi-values are refused."""
-    text = _text(value)
-    if text is not None and "\x00" in text:
-        count = len(text.split("\x00"))
-        raise Refused(f"expected one value, got {count} NUL-separated values")
+    """The one value of a payload; a multi-value (a list, as links hand
+    over e.g. Blynk's NUL-joined values) is refused."""
+    if isinstance(value, (list, tuple)):
+        raise Refused(f"expected one value, got {len(value)} values")
     return value
 
 
 def multi(value: Any) -> list[str]:
-    """The items of a Blynk multi-value payload (joined by NUL bytes)."""
+    """The items of a multi-value payload: a list from the link, or text
+    with the items separated by commas."""
+    if isinstance(value, (list, tuple)):
+        return [str(part).strip() for part in value]
     text = _text(value)
     if text is None:
         raise Refused(f"expected text, got {type(value).__name__}")
-    return [part.strip() for part in text.split("\x00")]
+    return [part.strip() for part in text.split(",")]
 
 
 def parse_switch(value: Any) -> bool:
@@ -123,7 +125,7 @@ def parse_number(value: Any, what: str = "a number") -> float:
 def _word(value: Any) -> str | None:
     """The lower-case word a payload is, if it is one (no digits)."""
     text = _text(value)
-    if text is None or "\x00" in text:
+    if text is None:
         return None
     lowered = text.lower()
     return lowered if lowered.isalpha() else None
@@ -783,7 +785,7 @@ class Rgb(OutputActuator):
 
     type = "rgb"
     Options = RgbOptions
-    accepts = "#RRGGBB (or RRGGBB); three values 0 … 255 joined by NUL or commas; off/0"
+    accepts = "#RRGGBB (or RRGGBB); three values 0 … 255 (a multi-value, or text with commas); off/0"
     options: RgbOptions
 
     def open(self) -> None:
@@ -814,13 +816,13 @@ class Rgb(OutputActuator):
         if word in _OFF:
             return (0, 0, 0)
         text = _text(value)
-        if text is None:
-            raise Refused("expected a colour like #FF8000")
-        match = _HEX.match(text)
+        match = _HEX.match(text) if text is not None else None
         if match:
             raw = match.group(1)
             return (int(raw[0:2], 16), int(raw[2:4], 16), int(raw[4:6], 16))
-        parts = multi(text) if "\x00" in text else [p.strip() for p in text.split(",")]
+        if text is None and not isinstance(value, (list, tuple)):
+            raise Refused("expected a colour like #FF8000")
+        parts = multi(value)
         if len(parts) == 1 and parts[0] == "0":
             return (0, 0, 0)
         if len(parts) != 3:

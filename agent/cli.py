@@ -140,10 +140,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     if result.config is None:
         return EXIT_CONFIG
     config = result.config
-    s = config.settings
-    links = ["blynk"] if s.blynk is not None else []
-    if s.thingspeak is not None:
-        links.append("thingspeak")
+    links = [
+        spec.name if spec.name == spec.plugin.type else f"{spec.name} ({spec.plugin.type})" for spec in config.links
+    ]
     print(
         f"{config.path}: ok: {len(config.sensors)} sensors, {len(config.actuators)} actuators, "
         f"links: {', '.join(links) or 'none'}"
@@ -167,7 +166,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_plugins_json(registry), indent=2, ensure_ascii=False))
         return EXIT_OK
-    for info in [*registry.sensors.values(), *registry.actuators.values()]:
+    for info in [*registry.sensors.values(), *registry.actuators.values(), *registry.links.values()]:
         print(f"{info.kind:8} {info.type:16} {info.origin}")
         quantities = _quantities(info)
         if quantities:
@@ -213,6 +212,7 @@ def _plugins_json(registry: PluginRegistry) -> dict[str, Any]:
     return {
         "sensors": [one(i) for i in registry.sensors.values()],
         "actuators": [one(i) for i in registry.actuators.values()],
+        "links": [one(i) for i in registry.links.values()],
         "failures": [f.__dict__ for f in registry.failures],
     }
 
@@ -513,7 +513,7 @@ def _hold(actuator: str, reply: dict[str, Any], seconds: float | None) -> None:
         return
     how_long = f"for {seconds:g} s" if seconds else "until Ctrl-C"
     print(
-        f"{actuator}: holding {how_long}; the pin is released after",
+        f"{actuator}: holding {how_long} (max_on applies); then on_shutdown, and the pin is released",
         file=sys.stderr,
         flush=True,
     )

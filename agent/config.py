@@ -24,7 +24,7 @@ import re
 import socket
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -63,19 +63,19 @@ ENV_NESTING = "__"
 
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 #: Datastream names may hold spaces but not MQTT's topic separators/wildcards.
-_DATASTREAM = r"^[^/+#\x00]{1,64}$"
+DATASTREAM_PATTERN = r"^[^/+#\x00]{1,64}$"
 
 
 PATTERN_FIXES.update(
     {
         _ID: 'for example "air_1"',
-        _DATASTREAM: "name the datastream without them in Blynk.Console (e.g. 'Air temperature') and here",
+        DATASTREAM_PATTERN: "name the datastream without them in Blynk.Console (e.g. 'Air temperature') and here",
     }
 )
 PATTERN_HINTS.update(
     {
         _ID: "use letters, digits, '_', '.', '-' (at most 64, starting with a letter or digit)",
-        _DATASTREAM: "a datastream name of 1..64 characters without '/', '+', '#'",
+        DATASTREAM_PATTERN: "a datastream name of 1..64 characters without '/', '+', '#'",
     }
 )
 
@@ -112,7 +112,7 @@ class BlynkSection(_Section):
     token: SecretStr
     template_id: str = Field(min_length=1, max_length=64)
     #: datastreams re-read with get/ds after every connect; ["*"] = get/ds/all
-    sync: list[Annotated[str, Field(pattern=_DATASTREAM)]] = []
+    sync: list[Annotated[str, Field(pattern=DATASTREAM_PATTERN)]] = []
     #: CA bundle for mqtts/wss; default: the system trust store
     ca_file: Path | None = None
     client_id: str = Field(default="", max_length=64)
@@ -329,16 +329,20 @@ class OtaSection(_Section):
         return keys
 
 
-class Route(_Section):
-    """Where one quantity of a sensor goes, and the filters on the way."""
+class Route(BaseModel):
+    """Where one quantity of a sensor goes, and the filters on the way.
 
-    blynk: Annotated[str, Field(pattern=_DATASTREAM)] | None = None
-    thingspeak: Annotated[int, Field(ge=1, le=8)] | None = None
+    Every key but ``filters`` names a link instance (``blynk = "Temp"``,
+    ``thingspeak = 1``, ``shed = "greenhouse/air"``); its value is checked
+    against that link type's ``target_type`` (:func:`link_problems`)."""
+
+    model_config = ConfigDict(extra="allow")
+
     filters: list[FilterSpec] = []
 
     def targets(self) -> dict[str, Any]:
         """``{link name: target}`` for the links this route names."""
-        return {k: v for k, v in (("blynk", self.blynk), ("thingspeak", self.thingspeak)) if v is not None}
+        return dict(self.model_extra or {})
 
 
 class SensorEntry(BaseModel):
@@ -394,7 +398,7 @@ class ActuatorEntry(BaseModel):
     id: str = Field(pattern=_ID)
     type: str = Field(min_length=1)
     enabled: bool = True
-    blynk: Annotated[str, Field(pattern=_DATASTREAM)] | None = None
+    blynk: Annotated[str, Field(pattern=DATASTREAM_PATTERN)] | None = None
     #: state from the instant the pin is claimed, before any link is up
     initial: StateValue = "safe"
     #: state once the cloud has been unreachable for failsafe_after seconds; "keep" = no change
@@ -445,7 +449,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
         env_nested_delimiter=ENV_NESTING,
-        extra="forbid",
+        # further top-level tables are link instances, checked by link_problems
+        extra="allow",
         case_sensitive=False,
     )
 
@@ -661,6 +666,37 @@ class ActuatorSpec:
 
 
 @dataclass(frozen=True)
+class LinkSpec:
+    """A configured link instance whose type exists and whose options validated."""
+
+    name: str
+    plugin: PluginInfo
+    options: BaseModel
+
+
+#: top-level tables whose link type is fixed and whose options Settings checks
+BUILTIN_LINKS = ("blynk", "thingspeak")
+
+
+def link_tables(data: Any) -> list[tuple[str, str, Mapping[str, Any]]]:
+    """``(instance name, link type, table)`` of every link instance in the
+    raw config data: ``[blynk]``, ``[thingspeak]``, and every other top-level
+    table that is not a setting (its ``type`` key, or its name, is the type)."""
+    if not isinstance(data, Mapping):
+        return []
+    out = []
+    for name, table in data.items():
+        if not isinstance(name, str) or not isinstance(table, Mapping):
+            continue
+        if name in BUILTIN_LINKS:
+            out.append((name, name, table))
+        elif name not in Settings.model_fields:
+            type_name = table.get("type", name)
+            out.append((name, type_name if isinstance(type_name, str) else name, table))
+    return out
+
+
+@dataclass(frozen=True)
 class Config:
     """A fully validated configuration, ready to build an agent from."""
 
@@ -668,6 +704,7 @@ class Config:
     settings: Settings
     sensors: list[SensorSpec]
     actuators: list[ActuatorSpec]
+    links: list[LinkSpec] = field(default_factory=list)
 
     def sensor(self, sensor_id: str) -> SensorSpec | None:
         """The enabled sensor with this id, if any."""
@@ -805,6 +842,8 @@ def resolve_plugins(
     problems: list[Located] = []
     sensors: list[SensorSpec] = []
     actuators: list[ActuatorSpec] = []
+    link_found, links = link_problems(source, registry, settings)
+    problems.extend(link_found)
     for i, entry in enumerate(settings.sensors):
         where = ("sensors", i)
         info = registry.sensor(entry.type)
@@ -843,7 +882,93 @@ def resolve_plugins(
             actuators.append(ActuatorSpec(act, ainfo, aoptions))
     if problems:
         raise ConfigError(scrubbed(source, problems))
-    return Config(path, settings, sensors, actuators)
+    return Config(path, settings, sensors, actuators, links)
+
+
+def link_problems(
+    source: Source, registry: PluginRegistry, settings: Settings | None = None
+) -> tuple[list[Located], list[LinkSpec]]:
+    """Each link instance against its link type, and each route's target
+    against the link it names: the problems, and (when ``settings`` are given)
+    the validated link instances in the order of the file."""
+    problems: list[Located] = []
+    specs: list[LinkSpec] = []
+    instances: dict[str, PluginInfo] = {}
+    known = sorted({*Settings.model_fields, *registry.available("link")})
+    for name, type_name, table in link_tables(source.data):
+        info = registry.link(type_name)
+        if info is None:
+            failed = _failed_plugin(registry, type_name)
+            if "type" in table:
+                msg = f"unknown link type {type_name!r}" + (
+                    f"; a plugin named so failed to load: {failed}" if failed else ""
+                )
+                hint = did_you_mean(type_name, registry.available("link")) or (
+                    f"known: {', '.join(registry.available('link')) or 'none'}"
+                )
+                problems.append(source.locate(str(source.path), (name, "type"), msg, hint))
+            else:
+                msg = "unknown key" + (f"; a link plugin named so failed to load: {failed}" if failed else "")
+                problems.append(source.locate(str(source.path), (name,), msg, did_you_mean(name, known)))
+            continue
+        instances[name] = info
+        options: BaseModel | None = getattr(settings, name, None) if name in BUILTIN_LINKS else None
+        if name not in BUILTIN_LINKS:
+            own = {k: v for k, v in table.items() if k != "type"}
+            try:
+                options = info.cls.Options.model_validate(own)
+            except ValidationError as exc:
+                problems.extend(errors_to_problems(source, exc, (name,), _section_model(name, info.cls.Options)))
+        if settings is not None and options is not None:
+            if name not in BUILTIN_LINKS:
+                options = _relative_to(source.path, options)
+            specs.append(LinkSpec(name, info, options))
+    problems.extend(_route_problems(source, instances))
+    return problems, specs
+
+
+def _relative_to(config_path: Path, options: BaseModel) -> BaseModel:
+    """``options`` with every relative path made relative to the config
+    file's directory (as ``state_dir`` and ``plugin_dirs`` are), not to the
+    directory the agent happens to start in."""
+    base = config_path.resolve().parent
+    update = {key: base / value for key, value in options if isinstance(value, Path) and not value.is_absolute()}
+    return options.model_copy(update=update) if update else options
+
+
+def _route_problems(source: Source, instances: Mapping[str, PluginInfo]) -> list[Located]:
+    """Each route target against the target type of the link it names (routes
+    to a link that is not configured are :mod:`agent.config_rules`' job)."""
+    from pydantic import TypeAdapter
+
+    problems: list[Located] = []
+    entries = source.data.get("sensors") if isinstance(source.data, Mapping) else None
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
+        readings = entry.get("readings") if isinstance(entry, Mapping) else None
+        for quantity, route in readings.items() if isinstance(readings, Mapping) else ():
+            for link_name, target in route.items() if isinstance(route, Mapping) else ():
+                info = instances.get(link_name)
+                if info is None or link_name == "filters":
+                    continue
+                loc = ("sensors", i, "readings", quantity, link_name)
+                target_type = getattr(info.cls, "target_type", None)
+                if target_type is None:
+                    problems.append(
+                        source.locate(str(source.path), loc, f"link {link_name} ({info.type}) takes no readings")
+                    )
+                    continue
+                try:
+                    TypeAdapter(target_type).validate_python(target)
+                except ValidationError as exc:
+                    problems.extend(errors_to_problems(source, exc, loc, None))
+    return problems
+
+
+def _section_model(name: str, options: type[BaseModel]) -> type[BaseModel]:
+    """A model with ``name`` as a field of type ``options`` (for key suggestions)."""
+    fields: dict[str, Any] = {name: (options, None)}
+    model: type[BaseModel] = create_model("Links", **fields)
+    return model
 
 
 def _entry_model(core: type[BaseModel], options: type[BaseModel]) -> type[BaseModel]:
@@ -903,5 +1028,6 @@ def load_config(path: Path, registry: PluginRegistry | None = None) -> Config:
         from agent.plugin import load_registry
 
         types = {e.type for e in settings.sensors} | {e.type for e in settings.actuators}
+        types |= {type_name for _, type_name, _ in link_tables(read_source(path).data)}
         registry = load_registry(settings.agent.plugin_dirs, names=types)
     return resolve_plugins(path, settings, registry)

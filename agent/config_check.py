@@ -28,6 +28,8 @@ from agent.config import (
     _unknown_quantity,
     _unknown_type,
     errors_to_problems,
+    link_problems,
+    link_tables,
     read_source,
     resolve_plugins,
     scrubbed,
@@ -134,9 +136,11 @@ def check_config(
         types: set[str] = set()
         for kind in ("sensors", "actuators"):
             types.update(str(e.get("type")) for _, e in _raw_entries(source.data, kind))
+        types.update(type_name for _, type_name, _ in link_tables(source.data))
         registry = load_registry([*_plugin_dirs(source.data, settings, path), *extra_plugin_dirs], names=types)
     entry_problems, options = plugin_problems(source, registry, skip_broken)
     problems.extend(entry_problems)
+    problems.extend(link_problems(source, registry)[0])
     errors, cautions = cross_entry_problems(source, registry, options)
     problems.extend(errors)
     warnings.extend(cautions)

@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from agent.config import link_tables
 from agent.config_messages import Located, Source, did_you_mean
 from agent.plugin import PluginRegistry
 
@@ -181,7 +182,7 @@ class _Rules:
     # -- links ---------------------------------------------------------------
 
     def routes(self) -> None:
-        links = {name for name in ("blynk", "thingspeak") if isinstance(self.data.get(name), Mapping)}
+        links = {name for name, _, _ in link_tables(self.data)}
         ts = self.data.get("thingspeak") if "thingspeak" in links else None
         channel = ts.get("channel_id") if isinstance(ts, Mapping) else None
         fields: dict[tuple[Any, Any], tuple[Any, ...]] = {}
@@ -199,13 +200,18 @@ class _Rules:
             for quantity, route in readings.items():
                 if not isinstance(route, Mapping):
                     continue
-                for link in ("blynk", "thingspeak"):
-                    if link in route and link not in links:
+                for link in route:
+                    if link == "filters" or link in links:
+                        continue
+                    loc = ("sensors", i, "readings", quantity, link)
+                    if link in self.registry.available("link"):
                         self.error(
-                            ("sensors", i, "readings", quantity, link),
+                            loc,
                             f"routes to {link}, but the file has no [{link}] section",
                             f"add a [{link}] section, or remove {link} = from this route",
                         )
+                    else:
+                        self.error(loc, "unknown key", did_you_mean(str(link), sorted({*links, "filters"})))
                 number = route.get("thingspeak")
                 if "thingspeak" in links and number is not None:
                     loc = ("sensors", i, "readings", quantity, "thingspeak")

@@ -2,7 +2,7 @@
 
 With an agent running, the request goes through its control socket (a unix
 socket in the state dir, mode 0600: only the agent's own user, and root, can
-connect) into :meth:`ActuatorManager.command`, so every safety rule applies
+connect) into :meth:`SafetyManager.command`, so every safety rule applies
 (interlocks, ``min_switch_interval``, ``max_on``) and the new state is echoed
 to the cloud. Without an agent, :func:`agent.manual.set_directly` opens the actuator on
 its pins itself, unless an agent's status file says one still holds them.
@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from agent.config import Config
 
 if TYPE_CHECKING:
-    from agent.actuation import ActuatorManager
+    from agent.safety import SafetyManager
 
 log = logging.getLogger("agent.control")
 
@@ -53,9 +53,7 @@ class ControlServer:
     """The running agent's end of the control socket: ``set`` requests into
     the actuator manager, ``status`` requests answered by ``status``."""
 
-    def __init__(
-        self, path: Path, manager: ActuatorManager, status: Callable[[], dict[str, Any]] | None = None
-    ) -> None:
+    def __init__(self, path: Path, manager: SafetyManager, status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.path = path
         self.manager = manager
         self.status = status

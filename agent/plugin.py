@@ -1,8 +1,10 @@
 """Sensor and actuator plugin contract, and the registry that finds plugins.
 
 A plugin is a class. Built-in ones register through the entry-point groups
-``edge_agent.sensors`` and ``edge_agent.actuators`` exactly as a third-party
-package would; a ``.py`` file in a configured plugin directory is loaded by
+``edge_agent.sensors``, ``edge_agent.actuators`` and ``edge_agent.links``
+exactly as a third-party package would (the link contract is
+:mod:`agent.links.base`; the registry knows a link class by its
+``plugin_kind``, so that nothing here imports a link); a ``.py`` file in a configured plugin directory is loaded by
 path and every plugin class defined in it is registered. A plugin that fails to
 import is recorded with its error (see :attr:`PluginRegistry.failures`) and the
 rest of the agent runs on.
@@ -32,6 +34,9 @@ log = logging.getLogger("agent.plugin")
 
 SENSOR_GROUP = "edge_agent.sensors"
 ACTUATOR_GROUP = "edge_agent.actuators"
+LINK_GROUP = "edge_agent.links"
+#: the entry-point group of each plugin kind
+GROUPS = {"sensor": SENSOR_GROUP, "actuator": ACTUATOR_GROUP, "link": LINK_GROUP}
 
 #: A value a sensor can yield for one quantity.
 Value = float | int | bool | str | tuple[Any, ...]
@@ -197,7 +202,7 @@ class Actuator(ABC, Generic[O]):
 class PluginInfo:
     """A registered plugin class and where it came from."""
 
-    kind: str  # "sensor" | "actuator"
+    kind: str  # "sensor" | "actuator" | "link"
     type: str
     cls: builtins.type[Any]
     origin: str  # "entry point NAME (DIST)" or a file path
@@ -215,10 +220,11 @@ class PluginFailure:
 
 @dataclass
 class PluginRegistry:
-    """All sensor and actuator plugins the agent knows, by type name."""
+    """All sensor, actuator and link plugins the agent knows, by type name."""
 
     sensors: dict[str, PluginInfo] = field(default_factory=dict)
     actuators: dict[str, PluginInfo] = field(default_factory=dict)
+    links: dict[str, PluginInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
 
     def register(self, cls: type, origin: str) -> PluginInfo:
@@ -228,12 +234,15 @@ class PluginRegistry:
             kind, table = "sensor", self.sensors
         elif issubclass(cls, Actuator):
             kind, table = "actuator", self.actuators
+        elif is_link_class(cls):
+            kind, table = "link", self.links
         else:
-            raise TypeError(f"{cls!r} is neither a Sensor nor an Actuator")
+            raise TypeError(f"{cls!r} is neither a Sensor, an Actuator nor a Link")
         type_name = getattr(cls, "type", None)
         if not isinstance(type_name, str) or not type_name:
             raise TypeError(f"{cls.__qualname__} has no 'type' name")
-        if not (isinstance(cls.Options, type) and issubclass(cls.Options, BaseModel)):
+        options = getattr(cls, "Options", None)
+        if not (isinstance(options, type) and issubclass(options, BaseModel)):
             raise TypeError(f"{cls.__qualname__}.Options is not a pydantic model")
         existing = table.get(type_name)
         if existing is not None and existing.cls is not cls:
@@ -250,20 +259,23 @@ class PluginRegistry:
         """The actuator plugin registered as ``type_name``, if any."""
         return self.actuators.get(type_name)
 
+    def link(self, type_name: str) -> PluginInfo | None:
+        """The link plugin registered as ``type_name``, if any."""
+        return self.links.get(type_name)
+
     def available(self, kind: str) -> list[str]:
         """Every type name of ``kind`` one could configure: registered ones and
         entry points not imported yet (names only, nothing is imported)."""
-        table = self.sensors if kind == "sensor" else self.actuators
-        group = SENSOR_GROUP if kind == "sensor" else ACTUATOR_GROUP
-        return sorted(set(table) | {ep.name for ep in entry_points(group=group)})
+        table = {"sensor": self.sensors, "actuator": self.actuators, "link": self.links}[kind]
+        return sorted(set(table) | {ep.name for ep in entry_points(group=GROUPS[kind])})
 
     def load_entry_points(self, names: Collection[str] | None = None) -> None:
-        """Register the plugins advertised in the two entry-point groups.
+        """Register the plugins advertised in the three entry-point groups.
 
         With ``names``, only entry points of those type names are imported:
         an agent imports the drivers its config uses, not the whole catalog.
         """
-        for kind, group in (("sensor", SENSOR_GROUP), ("actuator", ACTUATOR_GROUP)):
+        for kind, group in GROUPS.items():
             for ep in entry_points(group=group):
                 if names is not None and ep.name not in names:
                     continue
@@ -315,7 +327,7 @@ class PluginRegistry:
             for cls in _plugin_classes(vars(module).values(), module_name):
                 found.append(self.register(cls, str(path)))
             if not found:
-                raise ImportError("defines no Sensor or Actuator subclass with a 'type'")
+                raise ImportError("defines no Sensor, Actuator or Link subclass with a 'type'")
         except (Exception, SystemExit) as exc:  # noqa: BLE001
             self._fail("plugin", path.name, str(path), exc)
         return found
@@ -330,11 +342,17 @@ def _plugin_classes(objects: Iterable[Any], module_name: str) -> Iterable[type]:
     for obj in objects:
         if (
             isinstance(obj, type)
-            and issubclass(obj, (Sensor, Actuator))
+            and (issubclass(obj, (Sensor, Actuator)) or is_link_class(obj))
             and obj.__module__ == module_name
             and "type" in vars(obj)
         ):
             yield obj
+
+
+def is_link_class(obj: Any) -> bool:
+    """Whether ``obj`` is a link class (:class:`agent.links.base.Link` marks
+    its subclasses with ``plugin_kind = "link"``)."""
+    return isinstance(obj, type) and getattr(obj, "plugin_kind", None) == "link"
 
 
 def _describe(exc: BaseException) -> str:

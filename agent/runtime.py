@@ -1,7 +1,13 @@
 """Builds the agent from a validated config, runs it, and shuts it down safely.
 
+This is the one composition root: it makes the hardware context, the safety
+manager, the outbox, every configured link (through its plugin class, with a
+:class:`~agent.links.base.LinkContext`) and the sensors, and wires the links'
+roles: reading sinks to the router, command sources' connectivity to the
+failsafe, the safety manager's state reports to the state sinks.
+
 Start-up order: hardware context, actuators (to their initial state, before
-any link is up; :mod:`agent.actuation` has everything about them), sensors
+any link is up; :mod:`agent.safety` has everything about them), sensors
 (each opened in a worker; a sensor that fails to open is reported by name and
 retried on its schedule while the rest runs), links, one reading task per
 sensor. Shut-down first puts every actuator in its ``on_shutdown`` state, then
@@ -13,35 +19,28 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 from agent import clock
-from agent.actuation import ActuatorManager, Outcome
 from agent.clockwatch import ClockWatch
-from agent.config import Config, SensorSpec
+from agent.commands import Outcome, StateReport
+from agent.config import Config, LinkSpec, SensorSpec
 from agent.control import ControlServer, socket_path
 from agent.hardware import Hardware
+from agent.links.base import CommandSource, Link, LinkContext, ReadingSink, StateSink
 from agent.outbox import Outbox, cancel_and_wait
-from agent.pipeline import FilterChain, Reading, ReadingSink, Router
+from agent.pipeline import FilterChain, Reading, Router
 from agent.plugin import Actuator, Sensor, SensorError
+from agent.safety import SafetyManager
 from agent.scheduler import Readable, SensorRunner, SensorState, WorkerPool, describe_error
 
 if TYPE_CHECKING:
     from agent.ota.manager import OtaManager
 
 log = logging.getLogger("agent.runtime")
-
-
-class Link(ReadingSink, Protocol):
-    """A cloud connection (Blynk, ThingSpeak) as the runtime sees it."""
-
-    async def start(self) -> None:
-        """Begin connecting; return without waiting for the connection."""
-
-    async def stop(self) -> None:
-        """Disconnect cleanly."""
 
 
 @dataclass
@@ -88,12 +87,7 @@ def clean_value(value: Any) -> Any:
 class Agent:
     """One running agent: sensors, filters, router, actuators and links."""
 
-    def __init__(
-        self,
-        config: Config,
-        hardware: Hardware | None = None,
-        links: Iterable[Link] | None = None,
-    ) -> None:
+    def __init__(self, config: Config, hardware: Hardware | None = None) -> None:
         self.config = config
         self.hardware = hardware or make_hardware(config)
         self.pool = WorkerPool(config.settings.agent.workers, name="sensor-io")
@@ -101,22 +95,22 @@ class Agent:
             {(s.entry.id, q): route.targets() for s in config.sensors for q, route in s.entry.readings.items()}
         )
         self.sensors: dict[str, SensorHandle] = {}
-        #: the actuators, their commands, echoes and safety rules
-        self.actuation = ActuatorManager(config.actuators, self.hardware)
+        #: the actuators and every rule that keeps them safe; the only way to drive one
+        self.safety = SafetyManager(config.actuators, self.hardware)
         #: set with an exit code when something asks the agent to stop (reboot, update)
         self.exit_code: int | None = None
         self.exit_requested = asyncio.Event()
-        #: the durable store every reading goes through before a link sends it;
-        #: made by build_links (the links open and close it), None without links
+        #: the durable store every reading goes through before a link sends it
+        #: (made when the first link asks for it; the links open and close it)
         self.outbox: Outbox | None = None
-        #: Blynk.Air updates (made with the Blynk link by build_links; None without one)
+        #: the updater a link runs (Blynk.Air; None without one)
         self.ota: OtaManager | None = None
-        if links is None:
-            links = build_links(self)
-        self.links = list(links)
-        for link in self.links:
-            self.router.add_sink(link)
-        self.actuation.attach(self.links)
+        self.links: list[Link] = []
+        for spec in config.links:
+            link = self._build_link(spec)
+            if link is not None:
+                self.links.append(link)
+        self._wire_links()
         self._warned: set[tuple[str, str]] = set()
         #: notices wall-clock steps; the outbox re-stamps what waits (no RTC on a Pi)
         self.clockwatch = ClockWatch()
@@ -132,14 +126,14 @@ class Agent:
     async def start(self) -> None:
         """Bring up actuators, sensors, links and the reading tasks."""
         self.first_reading = asyncio.Event()
-        self.actuation.open()
+        self.safety.open()
         for spec in self.config.sensors:
             self._add_sensor(spec)
-        self.actuation.start()
+        self.safety.start()
         if self.outbox is not None:
-            self.outbox.add_status_provider("actuators", self.actuation.status_info)
+            self.outbox.add_status_provider("actuators", self.safety.status_info)
         status = self.outbox.status_snapshot if self.outbox is not None else None
-        self.control = ControlServer(socket_path(self.config), self.actuation, status)
+        self.control = ControlServer(socket_path(self.config), self.safety, status)
         await self.control.start()
         for link in self.links:
             await link.start()
@@ -159,12 +153,54 @@ class Agent:
     @property
     def actuators(self) -> dict[str, Actuator[Any]]:
         """The opened actuators by id."""
-        return self.actuation.actuators
+        return self.safety.actuators
 
-    @property
-    def datastreams(self) -> dict[str, str]:
-        """Blynk datastream name -> the id of the actuator following it."""
-        return self.actuation.datastreams
+    # -- links -----------------------------------------------------------
+
+    def _build_link(self, spec: LinkSpec) -> Link | None:
+        """One configured link instance; a link type that fails to build is
+        reported by name and left out (the rest of the agent runs on)."""
+        context = LinkContext(
+            state_dir=self.config.settings.agent.state_dir,
+            outbox=self._shared_outbox,
+            config=self.config,
+            command=self.safety.command,
+            states=self.safety.reports,
+            last_change_at=self.safety.last_change_at,
+            last_command_at=self.safety.last_command_at,
+            request_restart=self.request_restart,
+            add_tap=self.router.add_tap,
+            set_updater=self._set_updater,
+        )
+        try:
+            link: Link = spec.plugin.cls(spec.name, spec.options, context)
+        except Exception as exc:  # noqa: BLE001 - reported by name, the rest runs on
+            log.error("link %s (%s): failed to create: %s", spec.name, spec.plugin.type, describe_error(exc))
+            return None
+        return link
+
+    def _shared_outbox(self) -> Outbox:
+        """The one outbox of all reading sinks (made on first use)."""
+        if self.outbox is None:
+            settings = self.config.settings
+            self.outbox = Outbox.from_settings(settings.outbox, settings.agent.state_dir)
+        return self.outbox
+
+    def _set_updater(self, updater: OtaManager) -> None:
+        self.ota = updater
+
+    def _wire_links(self) -> None:
+        """Each link's roles: readings in, connectivity to the failsafe, states out."""
+        drivers: dict[str, set[str]] = {}
+        for link in self.links:
+            if isinstance(link, ReadingSink):
+                self.router.add_sink(link)
+            if isinstance(link, CommandSource):
+                drivers[link.name] = set(link.drives())
+                link.add_connectivity_listener(partial(self.safety.source_connected, link.name))
+            if isinstance(link, StateSink):
+                self.safety.add_state_listener(partial(_show_if_shown, link))
+        self.safety.set_drivers(drivers)
 
     def _add_sensor(self, spec: SensorSpec) -> None:
         entry = spec.entry
@@ -256,11 +292,10 @@ class Agent:
         """The configured link called ``name`` (``blynk``, ``thingspeak``)."""
         return next((link for link in self.links if link.name == name), None)
 
-    def handle_command(self, datastream: str, text: str) -> Outcome | None:
-        """A cloud command for a datastream: the actuator manager checks it,
-        drives the actuator that follows the datastream (or refuses) and
-        echoes the state the hardware is really in."""
-        return self.actuation.handle_command(datastream, text)
+    def command(self, actuator_id: str, value: Any, source: str = "command") -> Outcome | None:
+        """Ask an actuator for a state through every safety rule (the control
+        socket, tests); its real state is shown to every state sink."""
+        return self.safety.command(actuator_id, value, source)
 
     def request_restart(self, action: str = "agent") -> None:
         """Stop the agent with the restart exit code (the service manager
@@ -317,7 +352,7 @@ class Agent:
         await asyncio.gather(*(cancel_and_wait(t) for t in tasks))
         if self.ota is not None:
             await self.ota.stop()
-        if self.actuation.slots and self.links:
+        if self.safety.slots and self.links:
             await asyncio.sleep(0.05)  # let the links send the final state echoes
         for link in self.links:
             try:
@@ -325,7 +360,7 @@ class Agent:
             except Exception as exc:  # noqa: BLE001
                 log.warning("link %s: stop failed: %s", link.name, describe_error(exc))
         await self._close_sensors()
-        self.actuation.close()
+        self.safety.close()
         self.hardware.close()
         self.pool.shutdown()
         log.info("agent %s: stopped", self.config.settings.agent.name)
@@ -348,7 +383,7 @@ class Agent:
 
     def make_safe(self) -> None:
         """Drive every actuator to its ``on_shutdown`` state (stop, crash path)."""
-        self.actuation.make_safe()
+        self.safety.make_safe()
 
     async def _close_sensors(self) -> None:
         for sensor_id, handle in self.sensors.items():
@@ -361,95 +396,10 @@ class Agent:
                 log.warning("sensor %s: close failed: %s", sensor_id, describe_error(exc))
 
 
-def build_outbox(agent: Agent) -> Outbox:
-    """The outbox the agent's ``[outbox]`` section describes (in the state dir)."""
-    settings = agent.config.settings
-    return Outbox.from_settings(getattr(settings, "outbox", None), settings.agent.state_dir)
-
-
-def build_links(agent: Agent) -> list[Link]:
-    """The links the agent's config asks for (one per configured cloud), all
-    on one outbox (``agent.outbox``, made here when there is a link)."""
-    settings = agent.config.settings
-    links: list[Link] = []
-    if settings.blynk is None and settings.thingspeak is None:
-        return links
-    if agent.outbox is None:
-        agent.outbox = build_outbox(agent)
-    outbox = agent.outbox
-    if settings.blynk is not None:
-        from agent.links.blynk import BlynkLink
-        from agent.mqtt.status import LinkState
-        from agent.ota.manager import OtaManager
-
-        ota = OtaManager(
-            settings.ota,
-            settings.blynk,
-            settings.agent.state_dir,
-            config_path=agent.config.path,
-            restart=agent.request_restart,
-        )
-        blynk = BlynkLink(
-            settings.blynk,
-            settings.agent.state_dir,
-            on_command=agent.handle_command,
-            on_reboot=agent.request_restart,
-            on_ota=ota.offer,
-            outbox=outbox,
-        )
-        ota.send_event = blynk.event
-        ota.connected = lambda: blynk.status.state is LinkState.CONNECTED
-        agent.ota = ota
-        links.append(blynk)
-    if settings.thingspeak is not None:
-        from agent.links.thingspeak import ThingSpeakLink
-
-        link = ThingSpeakLink(
-            settings.thingspeak,
-            settings.agent.state_dir,
-            outbox,
-            on_command=_actuator_command(agent.actuation) if settings.thingspeak.commands else None,
-            last_command_at=_last_change_at(agent.actuation),
-        )
-        known = {a.entry.id for a in agent.config.actuators}
-        for command in settings.thingspeak.commands:
-            if command.actuator not in known:
-                log.error(
-                    "thingspeak: commands: actuator %r is not configured; its channel field is ignored",
-                    command.actuator,
-                )
-        if settings.thingspeak.channels:
-            agent.router.add_tap(link.tap)
-        links.append(link)
-    return links
-
-
-def _actuator_command(manager: ActuatorManager) -> Callable[[str, str], None]:
-    """``command(actuator_id, text)``: a command that names its actuator
-    (ThingSpeak), through the actuator manager and every safety rule."""
-
-    def command(actuator_id: str, text: str) -> None:
-        if actuator_id not in manager.slots:
-            log.warning("thingspeak: command for actuator %r ignored: it is not running", actuator_id)
-            return
-        manager.command(actuator_id, text, "thingspeak")
-
-    return command
-
-
-def _last_change_at(manager: ActuatorManager) -> Callable[[str], float | None]:
-    """When an actuator's output last changed (epoch s), whatever the source
-    (a command, a local input, a failsafe): a replayed ThingSpeak entry older
-    than that is stale."""
-
-    def last_change(actuator_id: str) -> float | None:
-        slot = manager.slots.get(actuator_id)
-        mono = slot.last_switch if slot is not None else None
-        if mono is None:
-            return None
-        return clock.wall_of(mono)
-
-    return last_change
+def _show_if_shown(link: StateSink, report: StateReport) -> None:
+    """Hand a state report to a state sink that shows that actuator."""
+    if link.shows(report.actuator):
+        link.show_state(report)
 
 
 class _OpeningSensor:

@@ -11,7 +11,7 @@ Measured, one after the other, against the same broker and the same kind of
 mock pin:
 
 ``agent -> pin``
-    the whole agent: MqttSession (gmqtt) -> BlynkLink -> ActuatorManager
+    the whole agent: MqttSession (gmqtt) -> BlynkLink -> SafetyManager
     (parse, interlock/max_on/min-interval checks, drive, log line at INFO to
     a file) -> gpiozero ``DigitalOutputDevice`` -> pin;
 ``agent -> echo``

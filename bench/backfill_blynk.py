@@ -38,6 +38,7 @@ from _common import ensure_importable, table, write_json
 ensure_importable()
 
 from agent.config import BlynkSection  # noqa: E402
+from agent.links.base import LinkContext  # noqa: E402
 from agent.links.blynk import BlynkLink  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 from tests.support.broker import Broker  # noqa: E402
@@ -78,7 +79,7 @@ async def run(args: argparse.Namespace, broker: Broker, cloud: CloudClient) -> d
         backoff_initial=0.1,
         backoff_max=1.0,
     )
-    link = BlynkLink(settings, directory, outbox=outbox)
+    link = BlynkLink("blynk", settings, LinkContext(directory, lambda: outbox))
     await link.start()
     began = time.monotonic()
     try:

@@ -71,7 +71,9 @@ def _say(obj: Any) -> None:
 
 async def child_ours(args: argparse.Namespace) -> None:
     from agent.config import BlynkSection
+    from agent.links.base import LinkContext
     from agent.links.blynk import BlynkLink
+    from agent.outbox import Outbox
     from agent.pipeline import Reading
 
     settings = BlynkSection(
@@ -83,7 +85,9 @@ async def child_ours(args: argparse.Namespace) -> None:
         backoff_initial=0.1,
         backoff_max=1.0,
     )
-    link = BlynkLink(settings, Path(tempfile.mkdtemp(prefix="bench-blynk-")))
+    directory = Path(tempfile.mkdtemp(prefix="bench-blynk-"))
+    outbox = Outbox(directory / "outbox.sqlite")
+    link = BlynkLink("blynk", settings, LinkContext(directory, lambda: outbox))
     await link.start()
     await link.session.wait_connected(15)
     await asyncio.sleep(1.1)  # let the connect messages leave the rate window

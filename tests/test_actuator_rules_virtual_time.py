@@ -11,65 +11,57 @@ ranges. (The same rules against a real broker: ``test_actuators_safety.py``.)
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.actuation import ActuatorManager
+from agent.commands import StateReport
 from agent.config import load_config
 from agent.hardware import Hardware
-from agent.mqtt.status import LinkState, LinkStatus
+from agent.safety import SafetyManager
 from tests.support.virtual_time import run_virtual, virtual_now
 
 pytestmark = pytest.mark.unit
 
 
-class StandInSession:
-    """What the manager watches of a link's MQTT session: its status."""
-
-    def __init__(self, state: LinkState) -> None:
-        self.status = LinkStatus(state)
-        self._listeners: list[Callable[[LinkStatus], None]] = []
-
-    def add_status_listener(self, listener: Callable[[LinkStatus], None]) -> Callable[[], None]:
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
-
-    def set(self, state: LinkState) -> None:
-        self.status = LinkStatus(state)
-        for listener in list(self._listeners):
-            listener(self.status)
-
-
 class StandInLink:
-    """A Blynk link as the manager sees it: a session, a sync list, echoes."""
+    """A link as the safety manager sees it: a name whose connectivity the
+    test sets, and a state listener that records what it is shown."""
 
     name = "blynk"
 
-    def __init__(self, state: LinkState = LinkState.CONNECTED) -> None:
-        self.session = StandInSession(state)
-        self.settings = None
+    def __init__(self, connected: bool = True) -> None:
+        self.connected = connected
+        self.manager: SafetyManager | None = None
         self.echoes: list[tuple[float, str, str]] = []
 
-    def send_value(self, datastream: str, value: Any) -> None:
+    def set(self, connected: bool) -> None:
+        self.connected = connected
+        assert self.manager is not None
+        self.manager.source_connected(self.name, connected)
+
+    def show_state(self, report: StateReport) -> None:
         try:
             now = virtual_now()
         except RuntimeError:  # the shutdown echo, after the loop has gone
             now = float("nan")
-        self.echoes.append((now, datastream, str(value)))
+        self.echoes.append((now, report.actuator, str(report.value)))
 
 
-def manager_for(tmp_path: Path, actuators: str, link: StandInLink) -> tuple[ActuatorManager, Any]:
-    """An opened and attached manager for the ``[[actuators]]`` TOML, on its own mock pins."""
+def manager_for(tmp_path: Path, actuators: str, link: StandInLink) -> tuple[SafetyManager, Any]:
+    """An opened manager for the ``[[actuators]]`` TOML, on its own mock pins,
+    driven by ``link`` (every actuator with a datastream)."""
     path = tmp_path / "agent.toml"
     path.write_text(f'[agent]\nplugin_dirs = []\npin_factory = "mock"\nstate_dir = "{tmp_path}"\n{actuators}')
     config = load_config(path)
     hardware = Hardware(pin_factory="mock")
-    manager = ActuatorManager(config.actuators, hardware)
+    manager = SafetyManager(config.actuators, hardware)
+    manager.set_drivers({link.name: [a.entry.id for a in config.actuators if a.entry.blynk]})
     manager.open()
-    manager.attach([link])
+    manager.add_state_listener(link.show_state)
+    link.manager = manager
+    manager.source_connected(link.name, link.connected)
     return manager, hardware
 
 
@@ -101,7 +93,7 @@ async def sample(watches: list[PinWatch], until: float, step: float = 0.001) -> 
         w.poll()
 
 
-def close(manager: ActuatorManager, hardware: Any) -> None:
+def close(manager: SafetyManager, hardware: Any) -> None:
     manager.close()
     hardware.close()
 
@@ -125,11 +117,11 @@ def test_failsafe_fires_at_exactly_failsafe_after(tmp_path: Path, failsafe_after
 
     async def scenario() -> None:
         manager.start()
-        assert manager.handle_command("Pump", "1").result == "applied"
+        assert manager.command("pump", "1").result == "applied"
         pump.poll()
         await asyncio.sleep(10)
         lost_at = virtual_now()
-        link.session.set(LinkState.BACKING_OFF)
+        link.set(False)
         await sample([pump], lost_at + failsafe_after + 1, step=failsafe_after / 1000)
         on, off = pump.changes
         assert on == (0.0, 1.0)
@@ -148,11 +140,11 @@ def test_a_link_back_in_time_cancels_the_failsafe(tmp_path: Path) -> None:
 
     async def scenario() -> None:
         manager.start()
-        manager.handle_command("Pump", "1")
+        manager.command("pump", "1")
         pump.poll()
-        link.session.set(LinkState.BACKING_OFF)
+        link.set(False)
         await asyncio.sleep(59.9)
-        link.session.set(LinkState.CONNECTED)
+        link.set(True)
         await sample([pump], virtual_now() + 3600, step=1.0)
         assert pump.level == 1.0 and pump.changes == [(0.0, 1.0)]
 
@@ -163,7 +155,7 @@ def test_a_link_back_in_time_cancels_the_failsafe(tmp_path: Path) -> None:
 
 
 def test_failsafe_counts_from_start_when_the_link_never_connects(tmp_path: Path) -> None:
-    link = StandInLink(LinkState.CONNECTING)
+    link = StandInLink(False)
     manager, hw = manager_for(tmp_path, RELAY.format(failsafe_after=30, extra='initial = "on"'), link)
     pump = PinWatch(hw, 17)
 
@@ -189,18 +181,18 @@ def test_max_on_cuts_at_its_limit_and_a_repeated_command_does_not_extend_it(tmp_
     async def scenario() -> None:
         manager.start()
         on_at = virtual_now()
-        manager.handle_command("Pump", "1")
+        manager.command("pump", "1")
         pump.poll()
         # the same command again half-way through: the clock keeps running
         await asyncio.sleep(max_on / 2)
-        assert manager.handle_command("Pump", "1").result == "unchanged"
+        assert manager.command("pump", "1").result == "unchanged"
         await sample([pump], on_at + max_on * 2, step=max_on / 1000)
         assert pump.changes == [
             (pytest.approx(on_at), 1.0),
             (pytest.approx(on_at + max_on, abs=max_on / 1000 + 1e-6), 0.0),
         ]
         # the echo tells the cloud the pump is off again, at that instant
-        assert link.echoes[-1] == (pytest.approx(on_at + max_on, abs=max_on / 1000 + 1e-6), "Pump", "0")
+        assert link.echoes[-1] == (pytest.approx(on_at + max_on, abs=max_on / 1000 + 1e-6), "pump", "0")
 
     try:
         run_virtual(scenario())
@@ -217,13 +209,13 @@ def test_a_held_switch_applies_when_its_interval_ends_and_the_latest_wins(tmp_pa
     async def scenario() -> None:
         manager.start()
         first = virtual_now()
-        assert manager.handle_command("Pump", "1").result == "applied"
+        assert manager.command("pump", "1").result == "applied"
         pump.poll()
         await asyncio.sleep(100)
-        assert manager.handle_command("Pump", "0").result == "held"
+        assert manager.command("pump", "0").result == "held"
         await asyncio.sleep(100)
-        assert manager.handle_command("Pump", "1").result == "unchanged"  # back to on: nothing held
-        assert manager.handle_command("Pump", "0").result == "held"  # the latest wins
+        assert manager.command("pump", "1").result == "unchanged"  # back to on: nothing held
+        assert manager.command("pump", "0").result == "held"  # the latest wins
         await sample([pump], first + 400, step=0.01)
         assert pump.changes == [(pytest.approx(first), 1.0), (pytest.approx(first + 300, abs=0.011), 0.0)]
 
@@ -243,8 +235,8 @@ def test_virtual_time_runs_an_hour_of_rules_in_well_under_a_second_of_real_time(
 
     async def scenario() -> float:
         manager.start()
-        manager.handle_command("Pump", "1")
-        link.session.set(LinkState.BACKING_OFF)
+        manager.command("pump", "1")
+        link.set(False)
         await asyncio.sleep(3601)
         return virtual_now()
 

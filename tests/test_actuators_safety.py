@@ -65,7 +65,7 @@ on_disconnect = "keep"
 def test_broker_killed_failsafe_then_restore_only_per_policy(
     fresh_broker: Any, make_cloud: Any, tmp_path: Any, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.actuation")
+    caplog.set_level(logging.INFO, logger="agent.safety")
     cloud = make_cloud(fresh_broker)
     cloud.subscribe("#")
     # Pump is in blynk.sync (so get/ds answers it) but keeps restore = "safe";
@@ -83,7 +83,7 @@ def test_broker_killed_failsafe_then_restore_only_per_policy(
             await cloud.apublish("downlink/ds/Pump", "0")
             await cloud.apublish("downlink/ds/Heater", "0")
             # both answers taken (as get/ds answers: nothing on), their echoes sent
-            await wait_for(lambda: not {"Pump", "Heater"} & agent.actuation._sync_pending, 15, "answers taken")
+            await wait_for(lambda: not {"Pump", "Heater"} & link._sync_pending, 15, "answers taken")
             await settled(agent, cloud, {"Pump": "0", "Heater": "0"})
             await connected(agent, cloud, ["Fan"])
             for ds, value in (("Pump", "1"), ("Heater", "1"), ("Fan", "0.5")):
@@ -115,7 +115,7 @@ def test_broker_killed_failsafe_then_restore_only_per_policy(
             # the echo that only the restore can cause
             restored = lambda m: m.t >= answered and m.payload == b"1"  # noqa: E731
             await cloud.aexpect("ds/Heater", predicate=restored)
-            ignored = "actuator pump: get/ds value '1' not applied (restore = safe)"
+            ignored = "actuator pump: blynk replayed '1', not applied (restore = safe)"
             await wait_for(lambda: any(r.getMessage().startswith(ignored) for r in caplog.records), 10, "answer")
             assert levels(agent, 17)[-1] == 0 and levels(agent, 22)[-1] == 1  # pump still off
             cloud.clear()
@@ -127,9 +127,9 @@ def test_broker_killed_failsafe_then_restore_only_per_policy(
 
     run(scenario())
     messages = [r.getMessage() for r in caplog.records]
-    assert "actuator pump: cloud unreachable for 0.5 s (on_disconnect) -> off [GPIO17=0]" in messages
-    assert any(m.startswith("actuator pump: get/ds value '1' not applied (restore = safe)") for m in messages)
-    assert any(m.startswith("actuator heater: cloud sync (restore = cloud) '1' -> on") for m in messages)
+    assert "actuator pump: blynk unreachable for 0.5 s (on_disconnect) -> off [GPIO17=0]" in messages
+    assert any(m.startswith("actuator pump: blynk replayed '1', not applied (restore = safe)") for m in messages)
+    assert any(m.startswith("actuator heater: blynk restore '1' -> on") for m in messages)
 
 
 def test_failsafe_counts_from_start_when_the_cloud_never_answers(tmp_path: Any) -> None:
@@ -243,7 +243,7 @@ min_switch_interval = 5
             # ... and switching on again now would break the interval: held
             before = len(echo_values(cloud, "Comp"))
             await cloud.apublish("downlink/ds/Comp", "1")
-            await wait_for(lambda: agent.actuation.slots["compressor"].held is not None, 10, "the command held")
+            await wait_for(lambda: agent.safety.slots["compressor"].held is not None, 10, "the command held")
             # the max_on echo and the held command's echo: the real state, off (echoes
             # are state: the two may reach the cloud as one)
             await settled(agent, cloud, {"Comp": "0"})
@@ -275,7 +275,7 @@ input = { pin = 5, mode = "toggle", bounce_time = 0 }
 
 
 def test_interlocked_outputs_are_never_on_together(broker: Any, cloud: Any, tmp_path: Any, caplog: Any) -> None:
-    caplog.set_level(logging.WARNING, logger="agent.actuation")
+    caplog.set_level(logging.WARNING, logger="agent.safety")
     cloud.subscribe("ds/#")
     agent = actuator_agent(tmp_path, broker, INTERLOCK)
     fill_on = lambda v: v == 1  # noqa: E731
@@ -301,7 +301,7 @@ def test_interlocked_outputs_are_never_on_together(broker: Any, cloud: Any, tmp_
                 await cloud.apublish("downlink/ds/Drain", b)
             # echoes are state (the latest value per datastream wins): wait until the
             # link has sent every echo left and the last ones are the actual states
-            slots, follows = agent.actuation.slots, agent.actuation.datastreams
+            slots, follows = agent.safety.slots, blynk_of(agent).datastreams
             await settled(
                 agent,
                 cloud,
@@ -320,7 +320,7 @@ def test_interlocked_outputs_are_never_on_together(broker: Any, cloud: Any, tmp_
 
     run(scenario())
     refused = [r.getMessage() for r in caplog.records if "interlock" in r.getMessage()]
-    assert "actuator drain: cloud '1' refused: interlock: fill is on; output unchanged (off)" in refused
+    assert "actuator drain: blynk '1' refused: interlock: fill is on; output unchanged (off)" in refused
     assert "actuator drain: local button 'press' refused: interlock: fill is on; output unchanged (off)" in refused
 
 
@@ -391,7 +391,7 @@ def test_safety_keys_are_checked(tmp_path: Any, extra: str, message: str) -> Non
 
 
 def test_a_safety_value_the_type_does_not_take_keeps_that_actuator_closed(tmp_path: Any, caplog: Any) -> None:
-    caplog.set_level(logging.ERROR, logger="agent.actuation")
+    caplog.set_level(logging.ERROR, logger="agent.safety")
     agent = offline_agent(
         tmp_path,
         """
@@ -427,7 +427,7 @@ pin = 17
 def test_min_switch_interval_holds_changes_and_the_latest_wins(
     broker: Any, cloud: Any, tmp_path: Any, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.actuation")
+    caplog.set_level(logging.INFO, logger="agent.safety")
     cloud.subscribe("ds/#")
     agent = actuator_agent(
         tmp_path,

@@ -102,7 +102,7 @@ SHUTDOWN_LINES = [
 def test_agent_stop_leaves_every_actuator_in_its_shutdown_state(
     broker: Any, cloud: Any, tmp_path: Path, caplog: Any
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.actuation")
+    caplog.set_level(logging.INFO, logger="agent.safety")
     cloud.subscribe("ds/#")
     agent = actuator_agent(tmp_path, broker, SHUTDOWN)
     at_release: dict[int, float] = {}
@@ -271,8 +271,8 @@ logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(messag
 async def main():
     agent = Agent(load_config(Path(sys.argv[1])))
     await agent.start()
-    agent.actuation.command("pump", "1", "test")
-    agent.actuation.command("fan", "0.9", "test")
+    agent.safety.command("pump", "1", "test")
+    agent.safety.command("fan", "0.9", "test")
     raise RuntimeError("a bug escaped the agent")
 
 

@@ -67,6 +67,7 @@ def test_plugins_lists_builtins_with_their_origin_as_json():
     assert sensors["simulated"]["origin"].startswith("entry point simulated (pi-edge-agent")
     assert "text_file" in sensors  # the demo's drop-in dir
     assert {a["type"] for a in data["actuators"]} >= {"relay"}
+    assert {link["type"] for link in data["links"]} >= {"blynk", "thingspeak"}
     assert data["failures"] == []
 
 

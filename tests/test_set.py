@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +97,26 @@ def test_set_refuses_when_an_agent_holds_the_pins_but_does_not_answer(tmp_path: 
     direct = edge_agent("set", "pump", "on", "--hold", "0", "--config", str(cfg))
     assert direct.returncode == 0, direct.stderr
     assert direct.stdout.startswith("pump: applied; now on [GPIO17=1] (directly, no agent running)"), direct.stdout
+
+
+def test_set_without_an_agent_keeps_max_on_while_held(tmp_path: Path, mock_pins: Any) -> None:
+    """No agent runs, but the output is still under the safety manager:
+    ``max_on`` cuts it while ``set`` holds it."""
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(
+        f'[agent]\nplugin_dirs = []\npin_factory = "auto"\nstate_dir = "{tmp_path / "s"}"\n'
+        '[[actuators]]\nid = "pump"\ntype = "relay"\npin = 17\nmax_on = 0.3\n'
+    )
+    pin = mock_pins.pin(17)
+    seen: list[int] = []
+
+    def hold(reply: dict[str, Any]) -> None:
+        seen.append(int(pin.state))
+        deadline = time.monotonic() + 10
+        while pin.state and time.monotonic() < deadline:
+            time.sleep(0.02)
+        seen.append(int(pin.state))
+
+    reply = set_directly(load_config(cfg), "pump", "on", hold=hold)
+    assert reply["result"] == "applied"
+    assert seen == [1, 0]  # on when held, then cut by max_on while still held

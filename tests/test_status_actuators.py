@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from agent.actuation import ActuatorManager
 from agent.actuators import Relay
 from agent.cli import _status_lines
 from agent.config import ActuatorEntry, ActuatorSpec
 from agent.hardware import Hardware
 from agent.plugin import PluginInfo
+from agent.safety import SafetyManager
 
 pytestmark = pytest.mark.unit
 
@@ -31,7 +31,7 @@ def spec(actuator_id: str, cls: type[Any]) -> ActuatorSpec:
 
 
 def test_not_opened_actuator_is_in_the_status(mock_pins: Any) -> None:
-    manager = ActuatorManager([spec("pump", BrokenRelay)], Hardware("mock"))
+    manager = SafetyManager([spec("pump", BrokenRelay)], Hardware("mock"))
     manager.open()
     info = manager.status_info()
     assert info["open"] == {} and "GPIO17 is busy" in info["not_opened"]["pump"]

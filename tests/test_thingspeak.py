@@ -24,6 +24,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
+from agent.links.base import LinkContext
 from agent.links.thingspeak import ThingSpeakLink, bulk_entries, form_payload
 from agent.mqtt.status import LinkState
 from agent.outbox import DROP_SKIPPED, Entry
@@ -457,7 +458,7 @@ pin = 17
             run(scenario())
     finally:
         cloud.publish(feed, b"", qos=1, retain=True)  # clear the retained entry
-    assert "not newer than actuator pump's last command" in caplog.text
+    assert "actuator pump: thingspeak replayed '1', not applied (restore = safe)" in caplog.text
 
 
 def test_bulk_refusals_wrong_key_switches_the_backfill_off_bad_content_drops_that_request(
@@ -486,7 +487,7 @@ def test_bulk_refusals_wrong_key_switches_the_backfill_off_bad_content_drops_tha
                 min_interval=1,
             )
             outbox = Outbox(tmp_path / f"o{status}.sqlite", commit_interval=0)
-            link = ThingSpeakLink(settings, tmp_path, outbox)
+            link = ThingSpeakLink("thingspeak", settings, LinkContext(tmp_path, lambda: outbox))
 
             async def scenario() -> tuple[Any, int, dict[str, int]]:
                 await outbox.open()

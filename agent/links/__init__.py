@@ -1,8 +1,8 @@
-"""Cloud links: each turns routed readings into one cloud's MQTT messages.
+"""Links: the agent's connections to the outside world, as plugins.
 
-Every link stores the readings routed to it in one shared :class:`~agent.outbox.Outbox`
-(``[outbox]``, in the state directory) and sends them from there, so a
-reading is on disk before any link sends it. The links open the outbox when
-they start and release it when they stop; the last one to stop closes it.
-The runtime (:func:`agent.runtime.build_links`) makes them from the config.
+The contract is :mod:`agent.links.base`; :mod:`agent.links.uplink` is the
+shared outbox-backed part of a reading sink. The built-in link types (Blynk,
+ThingSpeak) register under the entry-point group ``edge_agent.links`` like a
+third-party package would; the runtime (:mod:`agent.runtime`) builds every
+configured instance and wires its roles.
 """

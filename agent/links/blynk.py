@@ -25,7 +25,18 @@ priority messages and readings alternate, so readings keep at least half of
 ``rate_limit`` under any downlink flood; with no readings waiting, priority
 messages use all of it.
 
-Downlink: ``ds/NAME`` goes to the command handler (the actuators),
+Actuators: an actuator with ``blynk = "NAME"`` follows datastream NAME. A
+value on ``downlink/ds/NAME`` becomes a neutral command for it (Blynk's
+NUL-joined multi-values become a list), handed to the safety manager; its
+real state is echoed on ``ds/NAME`` after every command and on every connect.
+Right after a connect the cloud answers ``get/ds`` on ``downlink/ds/NAME``,
+indistinguishable on the wire from a live command: the first value for each
+synced datastream within :data:`SYNC_WINDOW` seconds of the connect is taken
+as that answer and marked as a restore (applied only under ``restore =
+"cloud"``; such datastreams are added to ``sync``). The link's connectivity
+is the failsafe's input for the actuators it drives.
+
+Downlink: ``ds/NAME`` goes to the actuator that follows NAME,
 ``redirect`` moves the session to another server (remembered in the state dir,
 loops refused), ``reboot`` asks the agent to restart, ``diag`` is logged as a
 warning, ``utc/all/json`` is logged and offered to listeners, ``ota/json``
@@ -43,10 +54,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
 
 from agent import clock
-from agent.config import BlynkSection
+from agent.commands import StateReport
+from agent.config import DATASTREAM_PATTERN, BlynkSection
+from agent.links.base import CommandSource, LinkContext, ReadingSink, StateSink
 from agent.links.blynk_format import (
     Point,
     is_multi,
@@ -63,7 +78,7 @@ from agent.mqtt import MqttSession, parse_server_url
 from agent.mqtt.errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
 from agent.mqtt.url import Endpoint
-from agent.outbox import OUTBOX_FILE, Entry, Outbox, OutboxError, StorageFault, cancel_and_wait
+from agent.outbox import Entry, Outbox, OutboxError, StorageFault, cancel_and_wait
 from agent.pipeline import Reading
 from agent.version import build_time, version
 
@@ -94,6 +109,9 @@ PROGRESS_EVERY = 10.0
 BACKFILL_LOG_MIN = 50
 #: readings stamped before this (epoch ms) were taken before the clock was set
 UNSET_BEFORE_MS = int(clock.VALID_FROM * 1000)
+#: seconds after a connect within which the first value for a synced
+#: datastream is taken as the answer to ``get/ds``
+SYNC_WINDOW = 10.0
 #: Blynk's per-device event limits
 EVENT_MIN_GAP = 1.0
 EVENTS_PER_DAY = 100
@@ -105,7 +123,6 @@ REDIRECT_FAILURES_BEFORE_FALLBACK = 3
 #: events waiting to be sent at most; beyond it the oldest is dropped (counted)
 EVENT_QUEUE_MAX = 16
 
-CommandHandler = Callable[[str, str], object]
 #: receives the raw ``downlink/ota/json`` payload (:meth:`agent.ota.manager.OtaManager.offer`)
 OtaHandler = Callable[[str], None]
 
@@ -163,31 +180,35 @@ class _Redirects:
     failures_on_redirect: int = 0
 
 
-class BlynkLink:
-    """One device's connection to Blynk.Cloud (a :class:`~agent.runtime.Link`)."""
+class BlynkLink(ReadingSink, CommandSource, StateSink):
+    """One device's connection to Blynk.Cloud: readings to datastreams,
+    commands from datastreams, actuator states echoed, Blynk.Air updates."""
 
-    name = NAME
+    type = NAME
+    Options = BlynkSection
+    target_type = Annotated[str, Field(pattern=DATASTREAM_PATTERN)]
 
-    def __init__(
-        self,
-        settings: BlynkSection,
-        state_dir: Path,
-        on_command: CommandHandler | None = None,
-        on_reboot: Callable[[str], None] | None = None,
-        on_ota: OtaHandler | None = None,
-        outbox: Outbox | None = None,
-    ) -> None:
-        self.settings = settings
-        self.state_dir = Path(state_dir)
-        self.on_command = on_command
-        self.on_reboot = on_reboot
-        self.on_ota = on_ota
+    def __init__(self, name: str, options: BlynkSection, context: LinkContext) -> None:
+        super().__init__(name, options, context)
+        settings = options
+        self.state_dir = Path(context.state_dir)
+        #: datastream -> the id of the actuator that follows it
+        self.datastreams: dict[str, str] = {e.blynk: aid for aid, e in context.actuators.items() if e.blynk}
+        self._shown = {aid: ds for ds, aid in self.datastreams.items()}
+        self.settings = self._with_restored_sync(settings)
+        self._sync_all = "*" in self.settings.sync
+        self._synced = set(self.settings.sync)
+        self._sync_pending: set[str] = set()
+        self._sync_deadline: float | None = None
+        #: Blynk.Air updates (offers arrive on downlink/ota/json); None without an agent config
+        self.ota: Any = None
+        self.on_ota: OtaHandler | None = None
         self.utc_listeners: list[Callable[[dict[str, Any]], None]] = []
         self.counters = BlynkCounters()
         self.utc: dict[str, Any] | None = None
         self._configured = parse_server_url(settings.server)
-        #: the readings' durable queue (shared with the other links; its own when none is given)
-        self.outbox = outbox if outbox is not None else Outbox(self.state_dir / OUTBOX_FILE)
+        #: the readings' durable queue (shared with the other links)
+        self.outbox: Outbox = context.outbox()
         self.backfill = Backfill()
         self._outbox_open = False
         self._rows = False  # the outbox may hold committed rows for this link
@@ -215,7 +236,7 @@ class BlynkLink:
         self._task: asyncio.Task[None] | None = None
         self._lock = InstanceLock.for_secret("blynk", settings.token.get_secret_value())
         self.session = MqttSession(
-            NAME,
+            name,
             self._initial_endpoint(),
             client_id=settings.client_id,
             username="device",
@@ -233,6 +254,67 @@ class BlynkLink:
             subscriptions=[("downlink/#", 1)],
         )
         self.session.add_status_listener(self._on_status)
+        if context.config is not None:
+            self._make_updater(context)
+
+    def _make_updater(self, context: LinkContext) -> None:
+        """Blynk.Air: the OTA manager takes the offers this link receives."""
+        from agent.ota.manager import OtaManager
+
+        assert context.config is not None
+        ota = OtaManager(
+            context.config.settings.ota,
+            self.settings,
+            context.state_dir,
+            config_path=context.config.path,
+            restart=lambda: context.request_restart("agent"),
+        )
+        ota.send_event = self.event
+        ota.connected = lambda: self.session.status.state is LinkState.CONNECTED
+        self.ota = ota
+        self.on_ota = ota.offer
+        context.set_updater(ota)
+
+    def _with_restored_sync(self, settings: BlynkSection) -> BlynkSection:
+        """``sync`` plus the datastreams of ``restore = "cloud"`` actuators
+        (a copy of the settings; the config itself is not changed)."""
+        names = list(settings.sync)
+        actuators = self.context.actuators
+        if "*" not in names:
+            for ds, aid in self.datastreams.items():
+                if actuators[aid].restore == "cloud" and ds not in names:
+                    names.append(ds)
+        for ds, aid in self.datastreams.items():
+            if actuators[aid].restore == "safe" and (ds in settings.sync or "*" in settings.sync):
+                log.info(
+                    'blynk: actuator %s: datastream %r is in blynk.sync, but restore = "safe": the cloud\'s '
+                    'answer is not applied after a connect (set restore = "cloud" for that)',
+                    aid,
+                    ds,
+                )
+        return settings if names == list(settings.sync) else settings.model_copy(update={"sync": names})
+
+    # -- roles ---------------------------------------------------------------
+
+    def drives(self) -> set[str]:
+        """The actuators that follow a datastream."""
+        return set(self._shown)
+
+    def shows(self, actuator: str) -> bool:
+        """Whether the actuator follows a datastream (its state is echoed there)."""
+        return actuator in self._shown
+
+    def show_state(self, report: StateReport) -> None:
+        """Echo an actuator's real state on its datastream (when connected:
+        every connect echoes all of them anyway)."""
+        ds = self._shown.get(report.actuator)
+        if ds is None or report.value is None or not self.connected:
+            return
+        self.send_value(ds, report.value)
+
+    def _echo_all(self) -> None:
+        for report in self.context.states().values():
+            self.show_state(report)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -255,13 +337,15 @@ class BlynkLink:
             return
         self._outbox_open = True
         self._rows = True
-        self._unwatch = self.outbox.watch(NAME, self._on_committed)
-        self.outbox.add_status_provider(NAME, self.status_info)
+        self._unwatch = self.outbox.watch(self.name, self._on_committed)
+        self.outbox.add_status_provider(self.name, self.status_info)
         await self.session.start()
         self._task = asyncio.create_task(self._uplink(), name="blynk:uplink")
 
     async def stop(self) -> None:
         """Disconnect and stop the uplink task; unsent readings stay in the outbox."""
+        if self.ota is not None:
+            await self.ota.stop()
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
@@ -283,7 +367,7 @@ class BlynkLink:
     @property
     def pending(self) -> int:
         """Readings waiting in the outbox for this link (committed or not)."""
-        return self.outbox.depth(NAME)
+        return self.outbox.depth(self.name)
 
     def status_info(self) -> dict[str, Any]:
         """What the link is doing, for the status file and ``edge-agent status``."""
@@ -316,7 +400,7 @@ class BlynkLink:
                 self._bad_warned.add(str(target))
                 log.warning("blynk: %s: a %s value cannot be sent (%s); dropped", target, type(value).__name__, exc)
             return
-        self.outbox.put(NAME, str(target), reading.ts, value)
+        self.outbox.put(self.name, str(target), reading.ts, value)
 
     def _on_committed(self) -> None:
         """The outbox committed rows for this link."""
@@ -474,7 +558,7 @@ class BlynkLink:
         except MessageTooLarge as exc:  # cannot happen with our packing; never loop on it
             log.error("blynk: %s; message dropped", exc)
             if taken:
-                self.counters.points_dropped += await self.outbox.discard(NAME, [e.id for e in taken], "too_large")
+                self.counters.points_dropped += await self.outbox.discard(self.name, [e.id for e in taken], "too_large")
             return
         except MqttSessionError as exc:
             log.warning("blynk: publish failed: %s; will retry", exc)
@@ -496,7 +580,7 @@ class BlynkLink:
         delay = 0.5
         while True:
             try:
-                await self.outbox.ack(NAME, ids)
+                await self.outbox.ack(self.name, ids)
                 return
             except OutboxError:
                 raise
@@ -513,7 +597,7 @@ class BlynkLink:
             return self._pop_priority()
         self._last_priority = False
         generation = self._generation
-        window = await self.outbox.fetch(NAME, WINDOW)
+        window = await self.outbox.fetch(self.name, WINDOW)
         window = await self._drop_out_of_window(window)
         if not window:
             self._backfill_done()
@@ -543,9 +627,9 @@ class BlynkLink:
             # message carries live values (those of a datastream then arrive
             # before its older ones; their timestamps say where they belong)
             self._turn = not self._turn
-            hold = self.outbox.depth(NAME) / (self.settings.rate_limit * POINTS_PER_MESSAGE)
+            hold = self.outbox.depth(self.name) / (self.settings.rate_limit * POINTS_PER_MESSAGE)
             if self._turn and hold > LIVE_HOLD_MAX:
-                live = await self.outbox.fetch(NAME, WINDOW, after_id=self._live_id)
+                live = await self.outbox.fetch(self.name, WINDOW, after_id=self._live_id)
                 if live and now_ms - live[0].ts_ms <= LIVE_MAX_DELAY_MS:
                     window, after_id = live, self._live_id
         else:
@@ -566,7 +650,7 @@ class BlynkLink:
             # enough rows to fill one message (an item is at least 18 bytes: [13-digit ms,0],)
             same_limit = min(5000, max(SAME_LIMIT, limit // 18 + 1))
             if len(same) < same_limit:
-                same = await self.outbox.fetch(NAME, same_limit, target=head.target, after_id=after_id)
+                same = await self.outbox.fetch(self.name, same_limit, target=head.target, after_id=after_id)
             run: list[Entry] = []
             for e in same:
                 if is_multi(e.value):
@@ -595,9 +679,9 @@ class BlynkLink:
 
     async def _drop_head(self) -> None:
         """Drop the oldest waiting reading (it could not be packed), counted."""
-        head = await self.outbox.fetch(NAME, 1)
+        head = await self.outbox.fetch(self.name, 1)
         if head:
-            self.counters.points_dropped += await self.outbox.discard(NAME, [head[0].id], "unpackable")
+            self.counters.points_dropped += await self.outbox.discard(self.name, [head[0].id], "unpackable")
 
     def _single(self, entry: Entry) -> tuple[str, bytes, list[Entry]]:
         topic = f"ds/{entry.target}"
@@ -625,13 +709,13 @@ class BlynkLink:
             stale = [e.id for e in window if abs(now_ms - e.ts_ms) > MAX_AGE_MS and e.ts_ms >= UNSET_BEFORE_MS]
             if not stale:
                 break
-            dropped += await self.outbox.discard(NAME, stale, DROP_TOO_OLD)
+            dropped += await self.outbox.discard(self.name, stale, DROP_TOO_OLD)
             gone = set(stale)
             rest = [e for e in window if e.id not in gone]
             if rest or len(window) < WINDOW:
                 window = rest
                 break
-            window = await self.outbox.fetch(NAME, WINDOW)
+            window = await self.outbox.fetch(self.name, WINDOW)
         if dropped:
             self.counters.points_dropped += dropped
             now = clock.monotonic()
@@ -650,7 +734,7 @@ class BlynkLink:
         now = clock.monotonic()
         if not b.active:
             b.active, b.started, b.sent, b.last_log = True, now, 0, now
-            b.total = self.outbox.depth(NAME)
+            b.total = self.outbox.depth(self.name)
             if b.total >= BACKFILL_LOG_MIN:
                 log.info(
                     "blynk: backfill of %d readings started (oldest taken %s ago)",
@@ -658,7 +742,7 @@ class BlynkLink:
                     _ago(clock.wall() - head.ts_ms / 1000),
                 )
             return
-        b.total = max(b.total, b.sent + self.outbox.depth(NAME))
+        b.total = max(b.total, b.sent + self.outbox.depth(self.name))
         if now - b.last_log >= PROGRESS_EVERY:
             b.last_log = now
             info = b.info()
@@ -739,6 +823,14 @@ class BlynkLink:
     def _on_status(self, status: LinkStatus) -> None:
         if status.state is LinkState.CONNECTING:
             self._attempt_since = status.since
+            self._sync_pending = {ds for ds in self.datastreams if self._sync_all or ds in self._synced}
+            self._sync_deadline = None
+        if status.state is LinkState.CONNECTED:
+            self._sync_deadline = clock.monotonic() + SYNC_WINDOW
+            self.set_connected(True)
+            self._echo_all()
+        elif status.state is not LinkState.IDLE:
+            self.set_connected(False)
         if status.state is LinkState.BACKING_OFF and self.session.endpoint != self._configured:
             self._redirects.failures_on_redirect += 1
             if self._redirects.failures_on_redirect >= REDIRECT_FAILURES_BEFORE_FALLBACK:
@@ -788,15 +880,7 @@ class BlynkLink:
                     "blynk: downlinks ignored", logging.DEBUG, "blynk: downlink %s ignored", clean(topic, 80)
                 )
                 return
-            if self.on_command is None:
-                self._peer_log.log(
-                    "blynk: commands ignored",
-                    logging.DEBUG,
-                    "blynk: command for %s ignored (no actuators)",
-                    clean(name),
-                )
-                return
-            self.on_command(name, text)
+            self._command(name, text)
         elif sub == "redirect":
             self._redirect(text.strip())
         elif sub == "ping":
@@ -823,6 +907,27 @@ class BlynkLink:
             self._peer_log.log(
                 "blynk: downlinks ignored", logging.DEBUG, "blynk: downlink %s ignored", clean(topic, 80)
             )
+
+    def _command(self, datastream: str, text: str) -> None:
+        """A value for a datastream: a command for the actuator that follows it
+        (or, right after a connect, the get/ds answer: a restore)."""
+        actuator = self.datastreams.get(datastream)
+        if actuator is None:
+            self._peer_log.log(
+                "blynk: commands ignored",
+                logging.DEBUG,
+                "blynk: command for %s ignored: no actuator follows it",
+                clean(datastream),
+            )
+            return
+        value: Any = text.split("\x00") if "\x00" in text else text
+        self.command(actuator, value, restore=self._is_sync_answer(datastream))
+
+    def _is_sync_answer(self, datastream: str) -> bool:
+        if datastream not in self._sync_pending:
+            return False
+        self._sync_pending.discard(datastream)
+        return self._sync_deadline is None or clock.monotonic() <= self._sync_deadline
 
     def _redirect(self, url: str) -> None:
         try:
@@ -867,8 +972,8 @@ class BlynkLink:
         self._peer_log.log(
             "blynk: reboot requests", logging.WARNING, "blynk: reboot requested by the server (action: %s)", action
         )
-        if action != "ignore" and self.on_reboot is not None:
-            self.on_reboot(action)
+        if action != "ignore":
+            self.context.request_restart(action)
 
     def _utc(self, text: str) -> None:
         data = json.loads(text)

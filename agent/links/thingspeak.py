@@ -53,14 +53,16 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from agent import clock
 from agent.config import ThingSpeakSection
+from agent.links.base import CommandSource, LinkContext, ReadingSink
 from agent.locks import InstanceLock, LockHeld
+from agent.logtext import clean
 from agent.mqtt import MqttSession, build_ssl_context
 from agent.mqtt.errors import MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
@@ -96,8 +98,6 @@ DROP_REJECTED = "rejected"
 #: due were not taken in the interval it covers: they are a backlog (bulk
 #: backfill with a write key; skipped without one)
 BACKLOG_GRACE = 3.0
-
-CommandHandler = Callable[[str, str], None]
 
 
 @dataclass
@@ -232,32 +232,27 @@ class BulkRejected(Exception):
         self.code = code
 
 
-class ThingSpeakLink:
-    """One MQTT device's connection to ThingSpeak (a :class:`~agent.runtime.Link`).
+class ThingSpeakLink(ReadingSink, CommandSource):
+    """One MQTT device's connection to ThingSpeak.
 
     Readings for ``readings.Q = { thingspeak = N }`` routes come through
     :meth:`submit` (field N of ``channel_id``); readings for the
-    ``[[thingspeak.channels]]`` field maps come through :meth:`tap` (give it to
-    the router with ``router.add_tap``). Both only store them in the outbox.
+    ``[[thingspeak.channels]]`` field maps come through :meth:`tap` (handed to
+    the router through the link's context). Both only store them in the
+    outbox. ``[[thingspeak.commands]]`` fields are commands for actuators; the
+    link's connectivity is the failsafe's input for those actuators.
     """
 
-    name = NAME
+    type = NAME
+    Options = ThingSpeakSection
+    target_type = Annotated[int, Field(ge=1, le=8)]
 
-    def __init__(
-        self,
-        settings: ThingSpeakSection,
-        state_dir: Path,
-        outbox: Outbox | None = None,
-        *,
-        on_command: CommandHandler | None = None,
-        last_command_at: Callable[[str], float | None] | None = None,
-    ) -> None:
+    def __init__(self, name: str, options: ThingSpeakSection, context: LinkContext) -> None:
+        super().__init__(name, options, context)
+        settings = options
         self.settings = settings
-        self.state_dir = Path(state_dir)
-        self._own_outbox = outbox is None
-        self.outbox = outbox if outbox is not None else Outbox(self.state_dir / f"outbox-{NAME}.sqlite")
-        self.on_command = on_command
-        self.last_command_at = last_command_at
+        self.state_dir = Path(context.state_dir)
+        self.outbox: Outbox = context.outbox()
         self.started_at = clock.wall()
         self._enabled = False
         self._channels: dict[int, _Channel] = {}
@@ -281,7 +276,8 @@ class ThingSpeakLink:
             for c in settings.commands
         ]
         self._feeds: dict[int, _Feed] = {f.channel: _Feed() for f in self._follows}
-        self._last_command: dict[str, float] = {}
+        #: actuator -> the agent's stamp of the last command this link gave it
+        self._last_command: dict[str, float | None] = {}
         self._bad_warned: set[str] = set()
         self._ssl: ssl.SSLContext | None = None
         self._unwatch: Callable[[], None] | None = None
@@ -291,7 +287,7 @@ class ThingSpeakLink:
         if settings.mode == "legacy" and username is None:
             username = "edge-agent"
         self.session = MqttSession(
-            NAME,
+            name,
             settings.server,
             client_id=settings.client_id,
             username=username,
@@ -308,6 +304,21 @@ class ThingSpeakLink:
             subscriptions=[(f"channels/{cid}/subscribe", 0) for cid in self._feeds],
         )
         self.session.add_status_listener(self._on_status)
+        known = context.actuators
+        for command in settings.commands:
+            if command.actuator not in known:
+                log.error(
+                    "%s: commands: actuator %r is not configured; its channel field is ignored",
+                    name,
+                    command.actuator,
+                )
+        if settings.channels:
+            context.add_tap(self.tap)
+
+    def drives(self) -> set[str]:
+        """The actuators that follow a channel field (``[[thingspeak.commands]]``)."""
+        known = self.context.actuators
+        return {f.actuator for f in self._follows if f.actuator in known}
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -330,8 +341,8 @@ class ThingSpeakLink:
             self._lock.release()
             return
         self._enabled = True
-        self.outbox.add_status_provider(NAME, self.status_info)
-        self._unwatch = self.outbox.watch(NAME, self._wake_all)
+        self.outbox.add_status_provider(self.name, self.status_info)
+        self._unwatch = self.outbox.watch(self.name, self._wake_all)
         await self.session.start()
         for ch in self._channels.values():
             ch.task = asyncio.create_task(self._channel_loop(ch), name=f"thingspeak:channel:{ch.id}")
@@ -359,7 +370,7 @@ class ThingSpeakLink:
     @property
     def pending(self) -> int:
         """Readings waiting in the outbox for this link."""
-        return self.outbox.depth(NAME)
+        return self.outbox.depth(self.name)
 
     def counters(self, channel: int | None = None) -> ChannelCounters:
         """One channel's counters (default: channel_id or the first channel)."""
@@ -412,7 +423,7 @@ class ThingSpeakLink:
                     "thingspeak: %s: a value that is not valid text cannot be sent (%s); dropped", reading.key, exc
                 )
             return
-        self.outbox.put(NAME, ch.target(field_no), reading.ts, reading.value)
+        self.outbox.put(self.name, ch.target(field_no), reading.ts, reading.value)
 
     def _wake_all(self) -> None:
         for ch in self._channels.values():
@@ -476,17 +487,17 @@ class ThingSpeakLink:
         return int((clock.wall() - self.settings.min_interval - SAFETY_MARGIN - BACKLOG_GRACE) * 1000)
 
     async def _has_rows(self, ch: _Channel) -> bool:
-        if self.outbox.depth(NAME) == 0:
+        if self.outbox.depth(self.name) == 0:
             return False
         for field_no in sorted(ch.fields):
-            if await self.outbox.latest(NAME, ch.target(field_no)) is not None:
+            if await self.outbox.latest(self.name, ch.target(field_no)) is not None:
                 return True
         return False
 
     async def _has_backlog(self, ch: _Channel, backlog_before_ms: int) -> bool:
         """Whether the channel's oldest waiting reading is older than the interval an update covers."""
         for field_no in sorted(ch.fields):
-            rows = await self.outbox.fetch(NAME, 1, target=ch.target(field_no))
+            rows = await self.outbox.fetch(self.name, 1, target=ch.target(field_no))
             if rows and rows[0].ts_ms < backlog_before_ms:
                 return True
         return False
@@ -496,7 +507,7 @@ class ThingSpeakLink:
         readings are coalesced (or, from before this connection, skipped)."""
         latest: dict[int, Entry] = {}
         for field_no in sorted(ch.fields):
-            entry = await self.outbox.latest(NAME, ch.target(field_no))
+            entry = await self.outbox.latest(self.name, ch.target(field_no))
             if entry is not None:
                 latest[field_no] = entry
         if not latest:
@@ -523,7 +534,7 @@ class ThingSpeakLink:
         ch.counters.readings_sent += len(latest)
         through = {ch.target(n): e.id for n, e in latest.items()}
         acked, skipped = await self.outbox.settle(
-            NAME, through, skipped_before_ms=backlog_before_ms, reason=DROP_SKIPPED
+            self.name, through, skipped_before_ms=backlog_before_ms, reason=DROP_SKIPPED
         )
         ch.counters.coalesced += max(0, acked - len(latest))
         if skipped:
@@ -556,7 +567,7 @@ class ThingSpeakLink:
         """One bulk update: the oldest waiting readings as at most 960 entries."""
         per_field: dict[int, list[Entry]] = {}
         for field_no in sorted(ch.fields):
-            fetched = await self.outbox.fetch(NAME, BULK_ROWS_PER_FIELD, target=ch.target(field_no))
+            fetched = await self.outbox.fetch(self.name, BULK_ROWS_PER_FIELD, target=ch.target(field_no))
             if fetched:
                 per_field[field_no] = fetched
         if not per_field:
@@ -578,7 +589,7 @@ class ThingSpeakLink:
             log.info(
                 "thingspeak: channel %d: backfill of %d waiting readings over HTTPS started",
                 ch.id,
-                self.outbox.depth(NAME),
+                self.outbox.depth(self.name),
             )
         assert ch.write_api_key is not None
         body = json.dumps({"write_api_key": ch.write_api_key.get_secret_value(), "updates": entries}).encode()
@@ -600,7 +611,7 @@ class ThingSpeakLink:
                 )
                 return
             # this request's content was refused: its readings can never go up this way
-            dropped = await self.outbox.discard(NAME, [e.id for _, e in rows], DROP_REJECTED)
+            dropped = await self.outbox.discard(self.name, [e.id for _, e in rows], DROP_REJECTED)
             ch.counters.skipped += dropped
             log.error("thingspeak: channel %d: bulk update refused (%s); its %d readings dropped", ch.id, exc, dropped)
             return
@@ -614,7 +625,7 @@ class ThingSpeakLink:
         ch.bulk_backoff = 0.0
         ch.bulk_failures_in_row = 0
         ch.bulk_rejected_in_row = 0
-        acked, _ = await self.outbox.settle(NAME, self._through(ch, rows))
+        acked, _ = await self.outbox.settle(self.name, self._through(ch, rows))
         ch.last_update_at = clock.wall()
         ch.counters.bulk_entries += len(entries)
         fields_sent = sum(len(e) - 1 - len(extra) for e in entries)
@@ -685,8 +696,11 @@ class ThingSpeakLink:
             for feed in self._feeds.values():
                 feed.subscribed_at = now
                 feed.replay_pending = True
-        elif status.state is LinkState.CONNECTED:
+        if status.state is LinkState.CONNECTED:
+            self.set_connected(True)
             self._wake_all()
+        elif status.state is not LinkState.IDLE:
+            self.set_connected(False)
 
     def _on_message(self, topic: str, payload: bytes, qos: int, properties: dict[str, Any]) -> None:
         """A channel feed entry: hand new values of followed fields to the actuators."""
@@ -711,7 +725,8 @@ class ThingSpeakLink:
         created = _parse_time(entry.get("created_at"))
         replay = feed.replay_pending and clock.monotonic() - feed.subscribed_at <= REPLAY_WINDOW
         feed.replay_pending = False
-        if entry_id and entry_id <= feed.last_entry_id:
+        handled = bool(entry_id) and entry_id <= feed.last_entry_id
+        if handled and not replay:
             log.debug("thingspeak: channel %d entry %d already handled", channel, entry_id)
             return
         feed.last_entry_id = max(feed.last_entry_id, entry_id)
@@ -722,49 +737,55 @@ class ThingSpeakLink:
             if value is None:
                 continue
             text = str(value)
-            if replay:
-                last = self._actuator_last_command(follow.actuator)
-                if created is None or created <= last:
-                    log.info(
-                        "thingspeak: channel %d field%d: replayed entry %d (%s) is not newer than actuator %s's "
-                        "last command; ignored",
-                        channel,
-                        follow.field,
-                        entry_id,
-                        entry.get("created_at"),
-                        follow.actuator,
-                    )
-                    continue
-            self._command(follow, text, entry_id, replay)
+            if not replay:
+                self._command(follow, text, entry_id, "")
+            elif not handled and created is not None and created > self._last_change(follow.actuator):
+                self._command(follow, text, entry_id, " (replayed, newer than the last change)")
+            elif self._commanded_last(follow.actuator):
+                # the channel's value, and no other source has commanded since:
+                # a restore (applied only under restore = "cloud")
+                self._command(follow, text, entry_id, " (replayed: restore)", restore=True)
+            else:
+                log.info(
+                    "thingspeak: channel %d field%d: replayed entry %d (%s) is older than actuator %s's "
+                    "last command from elsewhere; ignored",
+                    channel,
+                    follow.field,
+                    entry_id,
+                    clean(entry.get("created_at"), 40),
+                    follow.actuator,
+                )
 
-    def _actuator_last_command(self, actuator: str) -> float:
-        """Epoch seconds of the actuator's last command: the latest of its last
-        command through this link, the agent's (when it tells), and the start."""
-        last = max(self.started_at, self._last_command.get(actuator, 0.0))
-        if self.last_command_at is not None:
-            try:
-                other = self.last_command_at(actuator)
-            except Exception:  # noqa: BLE001
-                other = None
-            if other is not None:
-                last = max(last, other)
-        return last
+    def _last_change(self, actuator: str) -> float:
+        """Epoch seconds of the actuator's last change (any source, a failsafe
+        too), or the start: a replayed entry newer than that is a command made
+        while the device was offline."""
+        try:
+            other = self.context.last_change_at(actuator)
+        except Exception:  # noqa: BLE001
+            other = None
+        return max(self.started_at, other or 0.0)
 
-    def _command(self, follow: _Follow, text: str, entry_id: int, replay: bool) -> None:
-        self._last_command[follow.actuator] = clock.wall()
+    def _commanded_last(self, actuator: str) -> bool:
+        """Whether no source but this link has commanded the actuator since its
+        last command through this link (or since the start)."""
+        return self.context.last_command_at(actuator) == self._last_command.get(actuator)
+
+    def _command(self, follow: _Follow, text: str, entry_id: int, how: str, restore: bool = False) -> None:
         log.info(
-            "thingspeak: channel %d field%d entry %d%s -> actuator %s: %r",
+            "thingspeak: channel %d field%d entry %d%s -> actuator %s: %s",
             follow.channel,
             follow.field,
             entry_id,
-            " (replayed, newer)" if replay else "",
+            how,
             follow.actuator,
-            text[:64],
+            clean(text, 64),
         )
-        if self.on_command is None:
-            log.debug("thingspeak: no command handler; %r for %s ignored", text[:64], follow.actuator)
+        if follow.actuator not in self.context.actuators:
+            log.warning("thingspeak: command for actuator %r ignored: it is not configured", follow.actuator)
             return
-        self.on_command(follow.actuator, text)
+        self.command(follow.actuator, text, restore=restore)
+        self._last_command[follow.actuator] = self.context.last_command_at(follow.actuator)
 
 
 def _parse_time(value: Any) -> float | None:

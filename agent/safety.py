@@ -1,14 +1,19 @@
-"""The actuator manager: every output the agent drives, and the rules that keep them safe.
+"""The safety manager: every output the agent drives, and the rules that keep it safe.
 
-One :class:`ActuatorManager` per agent owns the actuators (opened from the
-config), maps Blynk datastreams to them, turns payloads into states and
-decides, for every request from any source, whether the output may move:
+One :class:`SafetyManager` per agent owns the actuators (opened from the
+config) and decides, for every request from any source (a link's command, a
+local input, ``edge-agent set``), whether the output may move. No other code
+drives an output. The rules:
 
 ``initial``
     the state each output is claimed in, before any link exists;
 ``on_disconnect`` after ``failsafe_after``
-    the cloud has been unreachable that long (from start, too): the output
-    goes to its disconnect state; a local input during the outage takes over;
+    every link that drives the actuator (its command sources) has been
+    unreachable that long (from start, too): the output goes to its
+    disconnect state. With several drivers, one connected driver is enough to
+    hold the failsafe off (commands can still reach the output), and the
+    clock starts when the last one is lost. A local input during the outage
+    takes over. An actuator no link drives has no failsafe;
 ``on_shutdown``
     orderly stop (SIGTERM/SIGINT, restart requests) and, through an
     :mod:`atexit` hook, an interpreter exit that skipped the orderly stop;
@@ -21,15 +26,14 @@ decides, for every request from any source, whether the output may move:
     (the latest one wins) once the interval has passed; safety transitions
     (failsafe, max_on, shutdown) are never held;
 ``restore``
-    right after a (re)connect the cloud answers ``get/ds`` on
-    ``downlink/ds/NAME``, indistinguishable on the wire from a live command.
-    The first value for each synced datastream within :data:`SYNC_WINDOW`
-    seconds of a connect is taken as that answer: ``restore = "cloud"``
-    applies it (through every gate above), ``"safe"`` (default) logs and
-    ignores it, so a safe state holds until a fresh command.
+    a link marks the values the outside world replays after a (re)connect
+    (Blynk's ``get/ds`` answers): ``restore = "cloud"`` applies them (through
+    every rule above), ``"safe"`` (default) logs and ignores them, so a safe
+    state holds until a fresh command.
 
-After every command, accepted or not, and on every connect, each actuator's
-actual state (read back from the hardware) is echoed on its datastream.
+After every command, accepted or not, each actuator's actual state (read
+back from the hardware) goes to every state listener (the links that show
+it, as :class:`~agent.commands.StateReport`).
 
 Everything runs on the event loop; gpiozero's input callbacks arrive on its
 own threads and are handed over with ``loop.call_soon_threadsafe``. GPIO
@@ -42,30 +46,21 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from agent import clock
 from agent.actuators import OutputActuator, quote
+from agent.commands import Outcome, Result, StateReport
 from agent.config import ActuatorEntry, ActuatorSpec
 from agent.hardware import Hardware
 from agent.logtext import LogLimiter, clean
 from agent.plugin import Actuator
 
-if TYPE_CHECKING:  # the MQTT package (gmqtt, websockets) is not imported for this
-    from agent.mqtt.status import LinkStatus
-
-log = logging.getLogger("agent.actuation")
+log = logging.getLogger("agent.safety")
 #: lines about commands written per actuator and minute; the rest are counted
 COMMAND_LOG_BURST = 20
-
-#: LinkState values (agent.mqtt.status), compared as text
-_IDLE, _CONNECTING, _CONNECTED = "idle", "connecting", "connected"
-
-#: Seconds after a connect within which the first value for a synced
-#: datastream is taken as the answer to ``get/ds``.
-SYNC_WINDOW = 10.0
 
 
 class _Keep:
@@ -75,23 +70,6 @@ class _Keep:
 
 #: ``on_disconnect = "keep"``: leave the output as it is.
 KEEP: Any = _Keep()
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one request.
-
-    ``result``: ``applied`` (the output moved), ``unchanged`` (it already was
-    in that state), ``held`` (waiting for ``min_switch_interval``), ``refused``
-    (bad value or interlock), ``ignored`` (a get/ds answer under
-    ``restore = "safe"``, or the agent is stopping), ``failed`` (the driver
-    raised). ``state`` is the actual state afterwards.
-    """
-
-    actuator: str
-    result: str
-    state: Any
-    reason: str = ""
 
 
 @dataclass
@@ -124,6 +102,10 @@ class Slot:
     max_on_timer: asyncio.TimerHandle | None = None
     #: an outage is under way and this slot's on_disconnect is still to come
     failsafe_armed: bool = False
+    #: counts the outages of this slot's drivers (a timer of an earlier one is void)
+    outage: int = 0
+    #: the links that command this actuator (the failsafe watches them)
+    drivers: frozenset[str] = frozenset()
     settle_timer: asyncio.TimerHandle | None = None
     input: _Input | None = None
     #: wall-clock time of the last command from any source (None: none yet)
@@ -133,11 +115,6 @@ class Slot:
     def id(self) -> str:
         """The actuator's id."""
         return self.entry.id
-
-    @property
-    def datastream(self) -> str | None:
-        """The Blynk datastream it follows, if any."""
-        return self.entry.blynk
 
     def timers(self) -> list[asyncio.TimerHandle | None]:
         """Every pending timer of this slot."""
@@ -190,14 +167,15 @@ class _PlainActuator(OutputActuator):
         self.inner.close()
 
 
-class ActuatorManager:
-    """All of an agent's actuators: opening, commands, echoes and safety.
+class SafetyManager:
+    """All of an agent's actuators: opening, commands, state reports and safety.
 
     Lifecycle: :meth:`open` (claim every output in its initial state, no loop
-    needed), :meth:`attach` (find the Blynk link, watch its status, add the
-    ``restore = "cloud"`` datastreams to its ``get/ds`` list), :meth:`start`
-    (on the loop: local inputs, the failsafe clock), then :meth:`make_safe`
-    and :meth:`close` on the way out.
+    needed), :meth:`set_drivers` (which links command which actuators),
+    :meth:`start` (on the loop: local inputs, the failsafe clock), then
+    :meth:`make_safe` and :meth:`close` on the way out. Links report their
+    connectivity with :meth:`source_connected` and receive states through
+    :meth:`add_state_listener`; the manager knows them only by name.
     """
 
     def __init__(self, specs: Iterable[ActuatorSpec], hardware: Hardware) -> None:
@@ -206,16 +184,12 @@ class ActuatorManager:
         self.slots: dict[str, Slot] = {}
         #: actuators that could not be opened, with the reason (edge-agent status shows them)
         self.not_opened: dict[str, str] = {}
-        #: Blynk datastream name -> actuator id
-        self.datastreams: dict[str, str] = {s.entry.blynk: s.entry.id for s in self.specs if s.entry.blynk}
-        self._link: Any | None = None
-        self._remove_listener: Callable[[], None] | None = None
-        self._connected: bool | None = None  # None: no status to go by (echo anyway)
-        self._outage = False
-        self._sync_all = False
-        self._synced: set[str] = set()
-        self._sync_pending: set[str] = set()
-        self._sync_deadline: float | None = None
+        #: link name -> whether it is connected (the failsafe's input)
+        self.sources: dict[str, bool] = {}
+        #: actuator id -> the links that command it
+        self._drivers: dict[str, set[str]] = {}
+        #: callables shown every actuator's real state after a change or command
+        self._state_listeners: list[Callable[[StateReport], None]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failsafe_timers: list[asyncio.TimerHandle] = []
         #: command lines, rate-limited per actuator (see _command_log)
@@ -237,6 +211,22 @@ class ActuatorManager:
         (any source, accepted or not); None if none yet or no such actuator."""
         slot = self.slots.get(actuator_id)
         return None if slot is None else slot.last_command_at
+
+    def report(self, actuator_id: str) -> StateReport | None:
+        """Actuator ``actuator_id``'s real state as the links show it."""
+        slot = self.slots.get(actuator_id)
+        return None if slot is None else self._state_report(slot)
+
+    def reports(self) -> dict[str, StateReport]:
+        """Every open actuator's real state, by id."""
+        return {sid: self._state_report(slot) for sid, slot in self.slots.items()}
+
+    def last_change_at(self, actuator_id: str) -> float | None:
+        """Epoch seconds of the last change of the actuator's output, whatever
+        the source (a command, a local input, a failsafe); None if none yet."""
+        slot = self.slots.get(actuator_id)
+        mono = slot.last_switch if slot is not None else None
+        return None if mono is None else clock.wall_of(mono)
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
         """Each actuator's state and safety status, for status output."""
@@ -316,13 +306,13 @@ class ActuatorManager:
                 pass
             return
         slot = Slot(entry, actuator, states["initial"], states["on_disconnect"], states["on_shutdown"], partners)
+        slot.drivers = frozenset(self._drivers.get(entry.id, ()))
         self.slots[entry.id] = slot
         log.info(
-            "%s: ready, initial %s [%s]%s",
+            "%s: ready, initial %s [%s]",
             name,
             actuator.describe(actuator.state),
             actuator.pin_report(),
-            f"; follows datastream {entry.blynk!r}" if entry.blynk else "",
         )
 
     @staticmethod
@@ -337,41 +327,26 @@ class ActuatorManager:
 
     # -- links -------------------------------------------------------------
 
-    def attach(self, links: Iterable[Any]) -> None:
-        """Find the Blynk link among ``links`` and follow its status.
+    def set_drivers(self, drivers: Mapping[str, Collection[str]]) -> None:
+        """``{link name: actuator ids it commands}``: the failsafe of each of
+        those actuators watches those links. Call before :meth:`start`."""
+        for source, actuator_ids in drivers.items():
+            self.sources.setdefault(source, False)
+            for actuator_id in actuator_ids:
+                self._drivers.setdefault(actuator_id, set()).add(source)
+        for slot in self.slots.values():
+            slot.drivers = frozenset(self._drivers.get(slot.id, ()))
 
-        ``restore = "cloud"`` datastreams are added to the link's ``get/ds``
-        list (a copy of its settings; the config itself is not changed).
-        """
-        link = next((lk for lk in links if getattr(lk, "name", None) == "blynk"), None)
-        if link is None:
-            return
-        self._link = link
-        settings = getattr(link, "settings", None)
-        if settings is not None and hasattr(settings, "sync"):
-            names = list(settings.sync)
-            if "*" not in names:
-                for slot_spec in self.specs:
-                    ds = slot_spec.entry.blynk
-                    if ds and slot_spec.entry.restore == "cloud" and ds not in names:
-                        names.append(ds)
-                if names != list(settings.sync):
-                    link.settings = settings.model_copy(update={"sync": names})
-            self._sync_all = "*" in names
-            self._synced = set(names)
-            for spec in self.specs:
-                ds = spec.entry.blynk
-                if ds and spec.entry.restore == "safe" and ds in settings.sync:
-                    log.info(
-                        'actuator %s: datastream %r is in blynk.sync, but restore = "safe": the cloud\'s '
-                        'answer is not applied after a connect (set restore = "cloud" for that)',
-                        spec.entry.id,
-                        ds,
-                    )
-        session = getattr(link, "session", None)
-        if session is not None and hasattr(session, "add_status_listener"):
-            self._connected = session.status.state == _CONNECTED
-            self._remove_listener = session.add_status_listener(self._on_link_status)
+    def add_state_listener(self, listener: Callable[[StateReport], None]) -> Callable[[], None]:
+        """Show ``listener`` every actuator's real state after each change or
+        command (a link's ``show_state``). Returns its remover."""
+        self._state_listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._state_listeners:
+                self._state_listeners.remove(listener)
+
+        return remove
 
     def start(self) -> None:
         """On the event loop: start the safety clocks and the local inputs.
@@ -385,34 +360,18 @@ class ActuatorManager:
             self._track_on(slot)
             if slot.entry.input is not None:
                 self._open_input(slot)
-        if self._link is not None and self._connected is False:
-            self._outage_begins()
+        self._outage_begins([s for s in self.slots.values() if s.drivers and not self._reachable(s)])
 
     # -- commands ----------------------------------------------------------
 
-    def handle_command(self, datastream: str, text: str) -> Outcome | None:
-        """A value on ``downlink/ds/NAME``: drive the actuator that follows
-        NAME (or, right after a connect, treat it as the get/ds answer)."""
-        actuator_id = self.datastreams.get(datastream)
-        slot = self.slots.get(actuator_id) if actuator_id else None
-        if slot is None:
-            log.debug("command for datastream %r ignored: no actuator follows it", datastream)
-            return None
-        if self._stopping:
-            self._command_log(
-                slot, logging.INFO, "actuator %s: command %s ignored: the agent is stopping", slot.id, quote(text)
-            )
-            return Outcome(slot.id, "ignored", slot.actuator.state, "stopping")
-        if self._is_sync_answer(datastream):
-            return self._sync_answer(slot, text)
-        return self.command(slot.id, text, "cloud")
-
-    def command(self, actuator_id: str, value: Any, source: str = "command") -> Outcome | None:
+    def command(self, actuator_id: str, value: Any, source: str = "command", restore: bool = False) -> Outcome | None:
         """Ask actuator ``actuator_id`` for ``value`` (a payload in its own
-        language) from ``source`` (``cloud``, ``thingspeak``, ...); every
-        safety rule applies. The actual state is echoed afterwards, whatever
-        the outcome. Call it on the event loop, after :meth:`start`. None if
-        no such actuator is open."""
+        language) from ``source`` (a link's name, ``local``, ``set``); every
+        safety rule applies. ``restore``: the value is the outside world's
+        replay after a connect, applied only under ``restore = "cloud"``.
+        The actual state is reported afterwards, whatever the outcome. Call it
+        on the event loop, after :meth:`start`. None if no such actuator is
+        open."""
         slot = self.slots.get(actuator_id)
         if slot is None:
             self._peer_log.log(
@@ -428,7 +387,11 @@ class ActuatorManager:
             self._command_log(
                 slot, logging.INFO, "actuator %s: command %s ignored: the agent is stopping", slot.id, quote(value)
             )
-            return Outcome(slot.id, "ignored", slot.actuator.state, "stopping")
+            return Outcome(slot.id, Result.IGNORED, slot.actuator.state, "stopping")
+        if restore:
+            if slot.entry.restore != "cloud":
+                return self._restore_ignored(slot, value, source)
+            source = f"{source} restore"
         slot.last_command_at = clock.wall()
         act = slot.actuator
         try:
@@ -446,7 +409,7 @@ class ActuatorManager:
                 act.describe(act.state),
             )
             self._echo(slot)
-            return Outcome(slot.id, "refused", act.state, reason)
+            return Outcome(slot.id, Result.REFUSED, act.state, reason)
         return self._request(slot, target, source, value)
 
     def _request(self, slot: Slot, target: Any, source: str, raw: Any, fresh: bool = True) -> Outcome:
@@ -462,7 +425,7 @@ class ActuatorManager:
         if act.same(target, current):
             self._command_log(slot, logging.INFO, "actuator %s: %s: already %s", slot.id, what, act.describe(current))
             self._echo(slot)
-            return Outcome(slot.id, "unchanged", current)
+            return Outcome(slot.id, Result.UNCHANGED, current)
         blocker = self._interlock_blocker(slot, target)
         if blocker is not None:
             reason = f"interlock: {blocker} is on"
@@ -476,7 +439,7 @@ class ActuatorManager:
                 act.describe(current),
             )
             self._echo(slot)
-            return Outcome(slot.id, "refused", current, reason)
+            return Outcome(slot.id, Result.REFUSED, current, reason)
         wait = self._switch_wait(slot)
         if wait > 0:
             slot.held = (target, source, raw)
@@ -492,10 +455,10 @@ class ActuatorManager:
                 act.describe(current),
             )
             self._echo(slot)
-            return Outcome(slot.id, "held", current, f"min_switch_interval: {wait:.2f} s left")
+            return Outcome(slot.id, Result.HELD, current, f"min_switch_interval: {wait:.2f} s left")
         ok = self._drive(slot, target, what, limited=True)
         self._echo(slot)
-        return Outcome(slot.id, "applied" if ok else "failed", act.state)
+        return Outcome(slot.id, Result.APPLIED if ok else Result.FAILED, act.state)
 
     def _command_log(self, slot: Slot, level: int, msg: str, *args: object) -> None:
         """A line a command caused: rate-limited per actuator (commands come
@@ -621,39 +584,39 @@ class ActuatorManager:
             self._force(slot, act.off(), f"on for {slot.entry.max_on:g} s (max_on)")
         self._track_on(slot)
 
-    # -- the cloud's state -------------------------------------------------
+    # -- the links' connectivity --------------------------------------------
 
-    def _on_link_status(self, status: LinkStatus) -> None:
-        """Status listener on the Blynk session (runs on the loop)."""
-        state = status.state  # a LinkState, which is a str enum
-        if state == _CONNECTING:
-            self._sync_pending = {ds for ds in self.datastreams if self._sync_all or ds in self._synced}
-            self._sync_deadline = None
-        if state == _CONNECTED:
-            self._connected = True
-            self._sync_deadline = clock.monotonic() + SYNC_WINDOW
-            if self._outage:
-                self._outage_ends()
-            for slot in self.slots.values():
-                self._echo(slot)
+    def source_connected(self, source: str, connected: bool) -> None:
+        """Link ``source`` gained or lost the outside world: the actuators it
+        drives start or end an outage (one connected driver is enough)."""
+        if self.sources.get(source) == connected:
             return
-        self._connected = False
-        if not self._outage and not self._stopping and state != _IDLE and self._loop is not None:
-            self._outage_begins()
+        self.sources[source] = connected
+        if self._loop is None or self._stopping:
+            return
+        driven = [s for s in self.slots.values() if source in s.drivers]
+        if connected:
+            self._outage_ends([s for s in driven if s.failsafe_armed or s.in_failsafe], source)
+        else:
+            self._outage_begins([s for s in driven if not s.failsafe_armed and not self._reachable(s)])
 
-    def _outage_begins(self) -> None:
-        """The cloud just became unreachable: one timer per distinct
-        ``failsafe_after``, so outputs due at the same moment are handled
-        together (those going off first: an interlock never blocks them)."""
-        self._outage = True
-        groups: dict[float, list[Slot]] = {}
-        for slot in self.slots.values():
-            if slot.on_disconnect is KEEP or slot.datastream is None:
-                continue  # an actuator the cloud does not drive has no stale command to fear
+    def _reachable(self, slot: Slot) -> bool:
+        return any(self.sources.get(source, False) for source in slot.drivers)
+
+    def _outage_begins(self, slots: list[Slot]) -> None:
+        """Every driver of these actuators just became unreachable: one timer
+        per distinct ``failsafe_after``, so outputs due at the same moment are
+        handled together (those going off first: an interlock never blocks
+        them)."""
+        groups: dict[float, list[tuple[Slot, int]]] = {}
+        for slot in slots:
+            if slot.on_disconnect is KEEP:
+                continue
             slot.failsafe_armed = True
-            groups.setdefault(slot.entry.failsafe_after, []).append(slot)
-        for after, slots in sorted(groups.items()):
-            timer = self._call_later(after, self._failsafe, slots)
+            slot.outage += 1
+            groups.setdefault(slot.entry.failsafe_after, []).append((slot, slot.outage))
+        for after, due in sorted(groups.items()):
+            timer = self._call_later(after, self._failsafe, due)
             if timer is not None:
                 self._failsafe_timers.append(timer)
 
@@ -664,71 +627,74 @@ class ActuatorManager:
         for slot in self.slots.values():
             slot.failsafe_armed = False
 
-    def _outage_ends(self) -> None:
-        self._outage = False
-        self._cancel_failsafe()
-        for slot in self.slots.values():
+    def _outage_ends(self, slots: list[Slot], source: str) -> None:
+        for slot in slots:
+            slot.failsafe_armed = False
             if slot.in_failsafe:
                 act = slot.actuator
-                if slot.entry.restore == "cloud" and slot.datastream:
-                    log.info(
-                        "actuator %s: cloud back; %s until the cloud's value arrives (restore = cloud)",
-                        slot.id,
-                        act.describe(act.state),
-                    )
-                else:
-                    log.info(
-                        "actuator %s: cloud back; stays %s until a fresh command (restore = safe)",
-                        slot.id,
-                        act.describe(act.state),
-                    )
+                log.info(
+                    "actuator %s: %s back; stays %s until a fresh command%s",
+                    slot.id,
+                    source,
+                    act.describe(act.state),
+                    " or the replayed value (restore = cloud)"
+                    if slot.entry.restore == "cloud"
+                    else " (restore = safe)",
+                )
 
-    def _failsafe(self, slots: list[Slot]) -> None:
-        if not self._outage or self._stopping:
+    def _failsafe(self, due: list[tuple[Slot, int]]) -> None:
+        if self._stopping:
             return
-        due = [s for s in slots if s.failsafe_armed]
-        due.sort(key=lambda s: s.actuator.is_on(s.on_disconnect))
-        for slot in due:
+        slots = [slot for slot, outage in due if slot.failsafe_armed and slot.outage == outage]
+        slots.sort(key=lambda s: s.actuator.is_on(s.on_disconnect))
+        for slot in slots:
             slot.failsafe_armed = False
             slot.in_failsafe = True
-            why = f"cloud unreachable for {slot.entry.failsafe_after:g} s (on_disconnect)"
+            links = ", ".join(sorted(slot.drivers))
+            why = f"{links} unreachable for {slot.entry.failsafe_after:g} s (on_disconnect)"
             try:
                 self._force(slot, slot.on_disconnect, why)
             except Exception:
                 log.exception("actuator %s: %s: failed", slot.id, why)
 
-    def _is_sync_answer(self, datastream: str) -> bool:
-        if datastream not in self._sync_pending:
-            return False
-        self._sync_pending.discard(datastream)
-        return self._sync_deadline is None or clock.monotonic() <= self._sync_deadline
-
-    def _sync_answer(self, slot: Slot, text: str) -> Outcome | None:
-        if slot.entry.restore == "cloud":
-            return self.command(slot.id, text, "cloud sync (restore = cloud)")
+    def _restore_ignored(self, slot: Slot, value: Any, source: str) -> Outcome:
         act = slot.actuator
         log.info(
-            "actuator %s: get/ds value %s not applied (restore = safe): stays %s until a fresh command",
+            "actuator %s: %s replayed %s, not applied (restore = safe): stays %s until a fresh command",
             slot.id,
-            quote(text),
+            source,
+            quote(value),
             act.describe(act.state),
         )
         self._echo(slot)
-        return Outcome(slot.id, "ignored", act.state, "restore = safe")
+        return Outcome(slot.id, Result.IGNORED, act.state, "restore = safe")
+
+    def _state_report(self, slot: Slot) -> StateReport:
+        act = slot.actuator
+        state = act.state
+        return StateReport(
+            slot.id,
+            slot.entry.type,
+            act.echo_value(state),
+            act.describe(state),
+            slot.in_failsafe,
+            None if slot.held is None else act.describe(slot.held[0]),
+        )
 
     def _echo(self, slot: Slot) -> None:
-        """Publish the actual state on the actuator's datastream (when connected:
-        every connect echoes all of them anyway)."""
-        link = self._link
-        if link is None or slot.datastream is None or self._connected is False or self._closed:
+        """Show the actual state to every state listener."""
+        if self._closed or not self._state_listeners:
             return
-        act = slot.actuator
         try:
-            value = act.echo_value(act.state)
-            if value is not None:
-                link.send_value(slot.datastream, value)
+            report = self._state_report(slot)
         except Exception as exc:  # noqa: BLE001
-            log.warning("actuator %s: echo failed: %s", slot.id, _describe(exc))
+            log.warning("actuator %s: state report failed: %s", slot.id, _describe(exc))
+            return
+        for listener in list(self._state_listeners):
+            try:
+                listener(report)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("actuator %s: state report failed: %s", slot.id, _describe(exc))
 
     # -- local inputs ------------------------------------------------------
 
@@ -863,9 +829,7 @@ class ActuatorManager:
         self.make_safe()
         self._closed = True
         self._peer_log.flush()
-        if self._remove_listener is not None:
-            self._remove_listener()
-            self._remove_listener = None
+        self._state_listeners.clear()
         for slot in self.slots.values():
             if slot.input is not None:
                 try:
@@ -921,4 +885,4 @@ def _safe_describe(act: OutputActuator, state: Any) -> str:
         return repr(state)
 
 
-__all__ = ["KEEP", "SYNC_WINDOW", "ActuatorManager", "Outcome", "Slot"]
+__all__ = ["KEEP", "SafetyManager", "Slot"]
