@@ -116,8 +116,10 @@ class _Deadline:
 
     @staticmethod
     def _shutdown(sock: socket.socket) -> None:
+        # the plain socket's shutdown, also under TLS: SSLSocket.shutdown would
+        # drop the TLS state a read on the download thread is still using
         with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def cancel(self) -> None:
         """The download is over: stop the timer."""
