@@ -51,7 +51,7 @@ def socket_path(config: Config) -> Path:
 
 class ControlServer:
     """The running agent's end of the control socket: ``set`` requests into
-    the actuator manager, ``status`` requests answered by ``status``."""
+    the safety manager, ``status`` requests answered by ``status``."""
 
     def __init__(self, path: Path, manager: SafetyManager, status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.path = path
