@@ -29,7 +29,7 @@ def measure(outages: int, down: float) -> list[float]:
     from tests.support.process import AgentProcess
     from tests.support.waiting import until_sync
 
-    with tempfile.TemporaryDirectory() as tmp, Broker() as broker:
+    with tempfile.TemporaryDirectory() as tmp, Broker(start_timeout=30) as broker:
         config = Path(tmp) / "agent.toml"
         config.write_text(
             config_text(Path(tmp) / "state", broker, sensor=False, relay=False, backoff_initial=0.5, backoff_max=30.0)

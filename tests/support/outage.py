@@ -24,10 +24,20 @@ def reconnect_delays(
     for _ in range(outages):
         broker.stop()
         time.sleep(down_for)
-        starting = threading.Thread(target=broker.start, name="broker-start", daemon=True)
+        failed: list[BaseException] = []
+
+        def start() -> None:
+            try:
+                broker.start()
+            except BaseException as exc:  # reported below, in the test's thread
+                failed.append(exc)
+
+        starting = threading.Thread(target=start, name="broker-start", daemon=True)
         starting.start()
         returned = _accepting(broker.port_tcp)
-        starting.join(30)
+        starting.join(60)
+        if failed:  # the harness gave the broker up (it killed it): not the agent's doing
+            raise AssertionError(f"the broker did not start again: {failed[0]}")
         while not back():
             time.sleep(0.005)
             if time.monotonic() - returned > 120:
