@@ -67,6 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from agent.redact import register_secrets, secrets_of
 
     register_secrets(secrets_of(config.settings))
+    for link in config.links:  # a plugin link's own SecretStr options too
+        register_secrets(secrets_of(link.options))
     setup_logging(args.log_level or config.settings.agent.log_level)
     return asyncio.run(_run(config, print_readings=args.print_readings, decision=decision))
 
@@ -326,7 +328,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return print_config_error(exc)
     from agent.control import SOCKET_NAME, ask_status
-    from agent.outbox import OUTBOX_FILE, STATUS_FILE, read_status
+    from agent.outbox import OUTBOX_FILE, read_status
+    from agent.status_file import STATUS_FILE
 
     section = settings.outbox
     db_path = section.path or settings.agent.state_dir / OUTBOX_FILE
@@ -383,7 +386,7 @@ def _status_lines(
 ) -> list[str]:
     import time
 
-    from agent.outbox import age_text
+    from agent.status_file import age_text
 
     now = time.time()
     lines: list[str] = []
@@ -660,9 +663,11 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     init.set_defaults(func=cmd_init, plugin_dir_value=None)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    from agent.console_cli import add_console_parser
     from agent.ota.commands import add_ota_parser
 
     add_ota_parser(sub, common)
+    add_console_parser(sub, common)
     return parser
 
 

@@ -914,7 +914,7 @@ def link_problems(
         instances[name] = info
         options: BaseModel | None = getattr(settings, name, None) if name in BUILTIN_LINKS else None
         if name not in BUILTIN_LINKS:
-            own = {k: v for k, v in table.items() if k != "type"}
+            own = {k: v for k, v in table.items() if k != "type"} | link_overrides(name)
             try:
                 options = info.cls.Options.model_validate(own)
             except ValidationError as exc:
@@ -925,6 +925,26 @@ def link_problems(
             specs.append(LinkSpec(name, info, options))
     problems.extend(_route_problems(source, instances))
     return problems, specs
+
+
+def link_overrides(name: str) -> dict[str, Any]:
+    """Keys of link instance ``name`` set outside the file, stronger than it
+    as for ``[blynk]``: ``<name>.<key>`` systemd credentials, then
+    ``EDGE_AGENT_<NAME>__<KEY>`` environment variables (how a password stays
+    out of ``agent.toml``)."""
+    out: dict[str, Any] = {}
+    try:
+        creds = credentials_data(os.environ.get("CREDENTIALS_DIRECTORY")).get(name)
+    except CredentialFileError:
+        creds = None  # reported by validate_settings
+    if isinstance(creds, dict):
+        out.update({k: v for k, v in creds.items() if not isinstance(v, dict)})
+    prefix = f"{ENV_PREFIX}{name.upper()}{ENV_NESTING}"
+    for var, value in os.environ.items():
+        key = var[len(prefix) :].lower() if var.upper().startswith(prefix) else ""
+        if key and ENV_NESTING not in key:
+            out[key] = value
+    return out
 
 
 def _relative_to(config_path: Path, options: BaseModel) -> BaseModel:

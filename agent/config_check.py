@@ -153,4 +153,12 @@ def check_config(
             config = resolve_plugins(path, settings, registry, skip_broken=skip_broken, source=source)
         except ConfigError as exc:
             return CheckResult(None, exc.lines, scrubbed(source, warnings))
+        # what a link type's options model cannot see alone (the actuators it names, ...)
+        found = [
+            source.locate(str(path), loc, message, hint or None)
+            for spec in config.links
+            for loc, message, hint in spec.plugin.cls.check_options(spec.name, spec.options, config)
+        ]
+        if found:
+            return CheckResult(None, scrubbed(source, found), scrubbed(source, warnings))
     return CheckResult(config, scrubbed(source, problems), scrubbed(source, warnings))

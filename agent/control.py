@@ -162,7 +162,8 @@ def _ask(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any] 
 
 def agent_holding_pins(config: Config) -> int | None:
     """The pid of a live agent with this state dir (its status file says so), if any."""
-    from agent.outbox import OUTBOX_FILE, STATUS_FILE
+    from agent.outbox import OUTBOX_FILE
+    from agent.status_file import STATUS_FILE
 
     db = config.settings.outbox.path or config.settings.agent.state_dir / OUTBOX_FILE
     try:

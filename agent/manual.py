@@ -29,7 +29,7 @@ def set_directly(
     The type's value check applies (a refused value moves nothing), and so do
     the time rules; interlocks with other actuators do not, as no agent holds
     them."""
-    from agent.actuators import OutputActuator
+    from agent.actuators.base import OutputActuator
     from agent.runtime import make_hardware
     from agent.safety import SafetyManager
 

@@ -32,9 +32,10 @@ at most ``max_age`` seconds (older rows are dropped from the oldest end once a
 minute). Drops are counted per link and reason, persisted with the rows they
 remove, and logged (the first one at once, then at most one line a minute).
 
-A status file (``outbox-status.json`` next to the database) is rewritten every
-few seconds with the outbox's numbers and what each link reports about itself;
-``edge-agent status`` prints it for a running agent.
+A status file (``outbox-status.json`` next to the database,
+:mod:`agent.status_file`) is rewritten every few seconds with the outbox's
+numbers and what each link reports about itself; ``edge-agent status`` prints
+it for a running agent.
 """
 
 from __future__ import annotations
@@ -53,14 +54,15 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from agent import clock
+from agent.aio import cancel_and_wait
 from agent.locks import InstanceLock, LockHeld
+from agent.status_file import STATUS_FILE, StatusFile, age_text
 
 log = logging.getLogger("agent.outbox")
 
 _R = TypeVar("_R")
 
 OUTBOX_FILE = "outbox.sqlite"
-STATUS_FILE = "outbox-status.json"
 SCHEMA_VERSION = 1
 
 #: drop reasons, as counted and shown
@@ -159,20 +161,6 @@ def decode_value(text: str) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def age_text(seconds: float | None) -> str:
-    """A duration for people: ``42s``, ``3m07s``, ``2h05m``, ``4d03h`` (``-`` for none)."""
-    if seconds is None:
-        return "-"
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.0f}s"
-    if seconds < 3600:
-        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
-    if seconds < 86400:
-        return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
-    return f"{seconds // 86400:.0f}d{seconds % 86400 // 3600:02.0f}h"
-
-
 _STOP = object()
 _WAKE = object()
 
@@ -229,8 +217,11 @@ class Outbox:
         self._opening: asyncio.Future[None] | None = None
         self._closed: asyncio.Future[None] | None = None
         self._watchers: dict[str, list[Callable[[], None]]] = {}
-        self._providers: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._status_file = StatusFile(self.status_path, self._status_section)
         self._status_task: asyncio.Task[None] | None = None
+        #: when the summary line was last considered (monotonic), and the drops it saw
+        self._summary_at = 0.0
+        self._summary_drops: dict[str, int] = {}
         # database-thread state
         self._conn: sqlite3.Connection | None = None
         self._codes: dict[str, int] = {}
@@ -307,7 +298,11 @@ class Outbox:
             self._users -= 1
             raise
         if self._status_task is None:
-            self._status_task = asyncio.create_task(self._status_loop(), name="outbox:status")
+            self._summary_at, self._summary_drops = time.monotonic(), {}
+            self._status_task = asyncio.create_task(
+                self._status_file.run(self.status_interval, self._refresh_status, self._log_summary),
+                name="outbox:status",
+            )
 
     async def release(self) -> None:
         """One user is done; the last one commits what is pending and closes."""
@@ -330,7 +325,7 @@ class Outbox:
         if self._closed is not None:
             # the thread finishes on its own even if this wait is cancelled
             await asyncio.shield(self._closed)
-        await asyncio.to_thread(self._write_status_file, self.status_snapshot())
+        await asyncio.to_thread(self._status_file.write, self._status_file.snapshot())
         self._thread = None
         self._opening = None
 
@@ -470,7 +465,7 @@ class Outbox:
 
     def add_status_provider(self, name: str, provider: Callable[[], dict[str, Any]]) -> None:
         """Include ``provider()`` (a JSON-able dict) under ``links.NAME`` in the status file."""
-        self._providers[name] = provider
+        self._status_file.add_provider(name, provider)
 
     # -- status ------------------------------------------------------------------
 
@@ -493,7 +488,10 @@ class Outbox:
         only this process counted included, ``unstored`` among them) and what
         each link reports. Also answered on the control socket, so
         ``edge-agent status`` shows it when the file cannot be written."""
-        now = time.time()
+        return self._status_file.snapshot()
+
+    def _status_section(self, now: float) -> dict[str, Any]:
+        """The status file's ``outbox`` section as of ``now`` (epoch seconds)."""
         with self._mutex:
             links = {}
             for name in sorted(set(self._counts) | set(self._uncommitted)):
@@ -506,65 +504,40 @@ class Outbox:
                     "acked": c.acked,
                     "dropped": dict(c.dropped),
                 }
-        providers = {}
-        for name, provider in list(self._providers.items()):
-            try:
-                providers[name] = provider()
-            except Exception as exc:  # noqa: BLE001 - a status provider must not break the status
-                providers[name] = {"error": f"{type(exc).__name__}: {exc}"}
         return {
-            "pid": os.getpid(),
-            "written_at": now,
-            "outbox": {
-                "path": str(self.path),
-                "rows": self._total,
-                "max_readings": self.max_readings,
-                "max_age": self.max_age,
-                "commit_interval": self.commit_interval,
-                "synchronous": self.synchronous,
-                "commits": self.commits,
-                "last_commit_seconds": self.last_commit_seconds,
-                "open": self.is_open,
-                "recovered": self.recovered,
-                "storage": {"state": self.storage, "reason": self.storage_reason, "since": self.storage_since},
-                "queues": links,
-            },
-            "links": providers,
+            "path": str(self.path),
+            "rows": self._total,
+            "max_readings": self.max_readings,
+            "max_age": self.max_age,
+            "commit_interval": self.commit_interval,
+            "synchronous": self.synchronous,
+            "commits": self.commits,
+            "last_commit_seconds": self.last_commit_seconds,
+            "open": self.is_open,
+            "recovered": self.recovered,
+            "storage": {"state": self.storage, "reason": self.storage_reason, "since": self.storage_since},
+            "queues": links,
         }
 
-    def _write_status_file(self, data: dict[str, Any]) -> None:
-        tmp = self.status_path.with_name(self.status_path.name + ".tmp")
+    async def _refresh_status(self) -> bool:
+        """Refresh the oldest-reading times before a status write; False once
+        the outbox is closed (the status loop ends)."""
         try:
-            tmp.write_text(json.dumps(data, indent=1, default=str))
-            os.replace(tmp, self.status_path)
-        except OSError as exc:
-            log.debug("outbox: status file %s not written: %s", self.status_path, exc)
+            await self._call(self._db_refresh_oldest)
+        except OutboxError:
+            return False
+        return True
 
-    async def _status_loop(self) -> None:
-        """Refresh the oldest-reading times, write the status file every
-        ``status_interval`` and log a summary every ``log_interval`` while
-        something waits or was dropped."""
-        last_log = time.monotonic()
-        last_drops: dict[str, int] = {}
-        while True:
-            try:
-                await self._call(self._db_refresh_oldest)
-                data = self.status_snapshot()
-                await asyncio.to_thread(self._write_status_file, data)
-                now = time.monotonic()
-                if now - last_log >= self.log_interval:
-                    queues = data["outbox"]["queues"]
-                    drops = {name: sum(q["dropped"].values()) for name, q in queues.items()}
-                    if any(q["depth"] for q in queues.values()) or drops != last_drops:
-                        log.info("outbox: %s", self.summary())
-                    last_drops, last_log = drops, now
-            except asyncio.CancelledError:
-                raise
-            except OutboxError:
-                return
-            except Exception:
-                log.exception("outbox: status update failed")
-            await asyncio.sleep(self.status_interval)
+    def _log_summary(self, data: dict[str, Any]) -> None:
+        """After a status write: log the summary line every ``log_interval``
+        while something waits or the drops changed."""
+        now = time.monotonic()
+        if now - self._summary_at >= self.log_interval:
+            queues = data["outbox"]["queues"]
+            drops = {name: sum(q["dropped"].values()) for name, q in queues.items()}
+            if any(q["depth"] for q in queues.values()) or drops != self._summary_drops:
+                log.info("outbox: %s", self.summary())
+            self._summary_drops, self._summary_at = drops, now
 
     # -- plumbing between the loop and the database thread ---------------------------
 
@@ -1392,18 +1365,6 @@ def _rollback(conn: sqlite3.Connection) -> None:
             conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-
-
-async def cancel_and_wait(task: asyncio.Task[Any], retry: float = 0.1) -> None:
-    """Cancel ``task`` and wait until it has ended, cancelling again if it
-    goes on: on Python 3.11 ``asyncio.wait_for`` loses a cancellation that
-    arrives as its inner future completes (the task then carries on and
-    awaits something else), and a link's stop must not hang on that."""
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=retry)
-    if not task.cancelled() and task.exception() is not None:
-        log.debug("task %s ended with %r", task.get_name(), task.exception())
 
 
 def read_status(path: Path) -> dict[str, Any]:

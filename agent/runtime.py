@@ -25,13 +25,14 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from agent import clock
+from agent.aio import cancel_and_wait
 from agent.clockwatch import ClockWatch
 from agent.commands import Outcome, StateReport
 from agent.config import Config, LinkSpec, SensorSpec
 from agent.control import ControlServer, socket_path
 from agent.hardware import Hardware
 from agent.links.base import CommandSource, Link, LinkContext, ReadingSink, StateSink
-from agent.outbox import Outbox, cancel_and_wait
+from agent.outbox import Outbox
 from agent.pipeline import FilterChain, Reading, Router
 from agent.plugin import Actuator, Sensor, SensorError
 from agent.safety import SafetyManager
@@ -106,6 +107,8 @@ class Agent:
         #: the updater a link runs (Blynk.Air; None without one)
         self.ota: OtaManager | None = None
         self.links: list[Link] = []
+        #: commands links sent, by (actuator, source, result)
+        self.command_counts: dict[tuple[str, str, str], int] = {}
         for spec in config.links:
             link = self._build_link(spec)
             if link is not None:
@@ -164,13 +167,16 @@ class Agent:
             state_dir=self.config.settings.agent.state_dir,
             outbox=self._shared_outbox,
             config=self.config,
-            command=self.safety.command,
+            command=self._link_command,
             states=self.safety.reports,
             last_change_at=self.safety.last_change_at,
             last_command_at=self.safety.last_command_at,
             request_restart=self.request_restart,
             add_tap=self.router.add_tap,
             set_updater=self._set_updater,
+            sensor_health=self.sensor_health,
+            link_status=self.link_status,
+            command_counts=lambda: dict(self.command_counts),
         )
         try:
             link: Link = spec.plugin.cls(spec.name, spec.options, context)
@@ -178,6 +184,13 @@ class Agent:
             log.error("link %s (%s): failed to create: %s", spec.name, spec.plugin.type, describe_error(exc))
             return None
         return link
+
+    def _link_command(self, actuator: str, value: Any, source: str, restore: bool) -> Outcome | None:
+        """A link's command to the safety manager, counted by outcome (metrics)."""
+        outcome = self.safety.command(actuator, value, source, restore)
+        key = (actuator, source, "no_such_actuator" if outcome is None else outcome.result.value)
+        self.command_counts[key] = self.command_counts.get(key, 0) + 1
+        return outcome
 
     def _shared_outbox(self) -> Outbox:
         """The one outbox of all reading sinks (made on first use)."""
@@ -332,6 +345,35 @@ class Agent:
     def sensor_states(self) -> dict[str, SensorState]:
         """Each sensor's health, for the status line and the CLI."""
         return {sid: h.runner.state for sid, h in self.sensors.items()}
+
+    def sensor_health(self) -> dict[str, dict[str, Any]]:
+        """Each sensor's state, last error and counters (what a console shows)."""
+        return {
+            sid: {
+                "state": h.runner.state.value,
+                "error": h.runner.last_error,
+                "reads": h.runner.stats.reads,
+                "failures": h.runner.stats.failures,
+                "timeouts": h.runner.stats.timeouts,
+            }
+            for sid, h in self.sensors.items()
+        }
+
+    def link_status(self) -> dict[str, dict[str, Any]]:
+        """Each link's type, connectivity, outbox backlog and own status (a console shows them)."""
+        out: dict[str, dict[str, Any]] = {}
+        for link in self.links:
+            try:
+                info = dict(link.status_info())
+            except Exception as exc:  # noqa: BLE001 - one broken link must not hide the others
+                info = {"status_error": describe_error(exc)}
+            connected = link.connected if isinstance(link, CommandSource) else info.get("state") == "connected"
+            info.update(type=type(link).type, connected=connected)
+            if isinstance(link, ReadingSink) and self.outbox is not None:
+                counts = self.outbox.counts(link.name)
+                info["outbox"] = {"depth": counts.depth, "oldest_ts": counts.oldest_ts}
+            out[link.name] = info
+        return out
 
     async def stop(self) -> None:
         """Put every actuator in its ``on_shutdown`` state (first), stop

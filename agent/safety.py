@@ -51,9 +51,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent import clock
-from agent.actuators import OutputActuator, quote
+from agent.actuators.base import OutputActuator, quote
 from agent.commands import Outcome, Result, StateReport
 from agent.config import ActuatorEntry, ActuatorSpec
+from agent.debounce import Debouncer
 from agent.hardware import Hardware
 from agent.logtext import LogLimiter, clean
 from agent.plugin import Actuator
@@ -74,14 +75,11 @@ KEEP: Any = _Keep()
 
 @dataclass
 class _Input:
-    """A local button/switch and its debouncing state."""
+    """A local button/switch and its debouncer."""
 
     device: Any
     mode: str
-    bounce: float
-    level: bool = False
-    quiet_until: float = float("-inf")
-    recheck: asyncio.TimerHandle | None = None
+    debouncer: Debouncer
 
 
 @dataclass
@@ -117,9 +115,8 @@ class Slot:
         return self.entry.id
 
     def timers(self) -> list[asyncio.TimerHandle | None]:
-        """Every pending timer of this slot."""
-        recheck = self.input.recheck if self.input is not None else None
-        return [self.held_timer, self.max_on_timer, self.settle_timer, recheck]
+        """Every pending timer of this slot (a local input's debouncer keeps its own)."""
+        return [self.held_timer, self.max_on_timer, self.settle_timer]
 
 
 class _PlainActuator(OutputActuator):
@@ -709,7 +706,14 @@ class SafetyManager:
         except Exception as exc:  # noqa: BLE001
             log.error("actuator %s: local input on GPIO%d not available: %s", slot.id, spec.pin, _describe(exc))
             return
-        slot.input = _Input(device, spec.mode, spec.bounce_time, level=bool(device.is_pressed))
+        debouncer = Debouncer(
+            spec.bounce_time,
+            deliver=lambda level: self._input_level(slot, level),
+            read_level=lambda: bool(device.is_pressed),
+            schedule=self._schedule,
+        )
+        debouncer.start(bool(device.is_pressed))
+        slot.input = _Input(device, spec.mode, debouncer)
         sid = slot.id
 
         def changed() -> None:  # a gpiozero thread
@@ -722,38 +726,25 @@ class SafetyManager:
         device.when_released = changed
         log.info("actuator %s: local %s on GPIO%d", sid, "button" if spec.mode == "toggle" else "switch", spec.pin)
         if spec.mode == "switch":
+            closed = bool(debouncer.level)
             self._request(
                 slot,
-                slot.actuator.switched(slot.input.level),
+                slot.actuator.switched(closed),
                 "local switch (position at start)",
-                "closed" if slot.input.level else "open",
+                "closed" if closed else "open",
             )
 
     def _input_edge(self, actuator_id: str) -> None:
+        """A local input's pin changed (on the loop): its level, read now, to the debouncer."""
         slot = self.slots.get(actuator_id)
         if slot is None or slot.input is None or self._stopping:
             return
-        inp = slot.input
-        now = clock.monotonic()
-        if now < inp.quiet_until:
-            if inp.recheck is None:
-                inp.recheck = self._call_later(inp.quiet_until - now, self._input_settle, slot)
-            return
-        self._input_level(slot, bool(inp.device.is_pressed), now)
+        slot.input.debouncer.edge(bool(slot.input.device.is_pressed))
 
-    def _input_settle(self, slot: Slot) -> None:
-        if slot.input is None or self._stopping:
-            return
-        slot.input.recheck = None
-        self._input_level(slot, bool(slot.input.device.is_pressed), clock.monotonic())
-
-    def _input_level(self, slot: Slot, level: bool, now: float) -> None:
+    def _input_level(self, slot: Slot, level: bool) -> None:
+        """A debounced change of a local input: a press toggles, a switch sets."""
         inp = slot.input
         assert inp is not None
-        if level == inp.level:
-            return
-        inp.level = level
-        inp.quiet_until = now + inp.bounce
         act = slot.actuator
         try:
             if inp.mode == "toggle":
@@ -820,7 +811,7 @@ class SafetyManager:
             slot.held_timer = slot.max_on_timer = slot.settle_timer = None
             slot.held = None
             if slot.input is not None:
-                slot.input.recheck = None
+                slot.input.debouncer.close()
 
     def close(self) -> None:
         """Release inputs and outputs (after :meth:`make_safe`); never raises."""
@@ -855,6 +846,12 @@ class SafetyManager:
 
     # -- helpers -----------------------------------------------------------
 
+    def _schedule(self, delay: float, fn: Callable[[], None]) -> Callable[[], None]:
+        """A debouncer's timer: ``fn()`` after ``delay`` seconds on the loop
+        (as :meth:`_call_later`); returns what cancels it."""
+        handle = self._call_later(delay, lambda _: fn(), None)
+        return handle.cancel if handle is not None else _no_timer
+
     def _call_later(self, delay: float, fn: Callable[[Any], None], arg: Any) -> asyncio.TimerHandle | None:
         """``fn(arg)`` after ``delay`` seconds on the loop; its exceptions are
         logged (a timer must not take the loop down)."""
@@ -869,6 +866,10 @@ class SafetyManager:
                 log.exception("actuators: %s failed", getattr(fn, "__name__", "timer"))
 
         return loop.call_later(max(delay, 0.0), run)
+
+
+def _no_timer() -> None:
+    """Cancels nothing: no timer was set (the loop is gone)."""
 
 
 def _describe(exc: BaseException) -> str:

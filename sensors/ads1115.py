@@ -184,17 +184,6 @@ class ADS1115(I2CSensor):
         assert isinstance(options, ADS1115Options)
         return {name: ch.unit for name, ch in options.channels.items()}
 
-    # -- bus helpers (16-bit registers, MSB first)
-
-    def _write_reg(self, reg: int, value: int) -> None:
-        with self.transaction() as bus:
-            bus.write_i2c_block_data(self.options.address, reg, [value >> 8, value & 0xFF])
-
-    def _read_reg(self, reg: int) -> int:
-        with self.transaction() as bus:
-            hi, lo = bus.read_i2c_block_data(self.options.address, reg, 2)
-        return (int(hi) << 8) | int(lo)
-
     # -- lifecycle
 
     def probe(self) -> None:
@@ -202,7 +191,7 @@ class ADS1115(I2CSensor):
         (or a finished single shot) it reads with OS = 1 and MODE = 1; a
         chip in continuous mode is put back into single-shot mode by the
         first conversion."""
-        config = self._read_reg(REG_CONFIG)
+        config = self.read_reg16(REG_CONFIG)
         log.debug("ADS1115 at %s: config 0x%04x", self.describe_location(), config)
 
     def recover(self) -> None:
@@ -216,17 +205,17 @@ class ADS1115(I2CSensor):
     def convert_once(self, channel: Channel) -> int:
         """Start one single-shot conversion and return the signed code."""
         rate = self.options.data_rate
-        self._write_reg(REG_CONFIG, config_word(channel.input, channel.gain, rate))
+        self.write_reg16(REG_CONFIG, config_word(channel.input, channel.gain, rate))
         wait = conversion_time_s(rate)
         self._sleep(wait)
         deadline = time.monotonic() + wait + 0.05
-        while not self._read_reg(REG_CONFIG) & OS:
+        while not self.read_reg16(REG_CONFIG) & OS:
             if time.monotonic() >= deadline:
                 raise SensorError(
                     f"ADS1115 at {self.describe_location()}: conversion on {channel.input} did not finish"
                 )
             self._sleep(0.0005)
-        return to_signed16(self._read_reg(REG_CONVERSION))
+        return to_signed16(self.read_reg16(REG_CONVERSION))
 
     def read(self) -> dict[str, Any]:
         """Convert every channel in turn. A channel pinned at full scale

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from pydantic import field_validator
-from smbus2 import i2c_msg
 
 from agent.i2c import I2CAddress, I2COptions, I2CSensor
 from agent.plugin import PluginOptions, SensorError
@@ -103,33 +102,15 @@ class AHT20(I2CSensor):
     def _chip(self) -> str:
         return f"AHT20 at {self.describe_location()}"
 
-    def _write(self, bus: Any, data: bytes) -> None:
-        bus.i2c_rdwr(i2c_msg.write(self.options.address, data))
-
-    def _read(self, bus: Any, length: int) -> bytes:
-        msg = i2c_msg.read(self.options.address, length)
-        bus.i2c_rdwr(msg)
-        return bytes(msg)
-
-    def _read_alone(self, length: int) -> bytes:
-        """One read message as its own bus transaction."""
-        with self.transaction() as bus:
-            return self._read(bus, length)
-
-    def _write_alone(self, data: bytes) -> None:
-        """One write message as its own bus transaction."""
-        with self.transaction() as bus:
-            self._write(bus, data)
-
     def probe(self) -> None:
         """Read the status byte; if not calibrated, send the init command and
         check the calibration bit came on (section 5.4 step 1)."""
-        status = self._read_alone(1)[0]
+        status = self.read_raw(1)[0]
         if status & STATUS_CALIBRATED:
             return
-        self._write_alone(CMD_INIT)
+        self.write_raw(CMD_INIT)
         self._sleep(INIT_WAIT_S)
-        status = self._read_alone(1)[0]
+        status = self.read_raw(1)[0]
         if not status & STATUS_CALIBRATED:
             raise SensorError(
                 f"{self._chip}: still not calibrated after the init command 0xBE 0x08 0x00 (status 0x{status:02x})"
@@ -140,10 +121,10 @@ class AHT20(I2CSensor):
         CRC. Each message is its own bus transaction: the bus is free while the
         chip measures."""
         with self.io_errors():
-            self._write_alone(CMD_TRIGGER)
+            self.write_raw(CMD_TRIGGER)
             self._sleep(MEASURE_WAIT_S)
             polls = 0
-            while self._read_alone(1)[0] & STATUS_BUSY:
+            while self.read_raw(1)[0] & STATUS_BUSY:
                 if polls == BUSY_POLLS:
                     waited = MEASURE_WAIT_S + polls * BUSY_POLL_INTERVAL_S
                     raise SensorError(
@@ -151,7 +132,7 @@ class AHT20(I2CSensor):
                     )
                 self._sleep(BUSY_POLL_INTERVAL_S)
                 polls += 1
-            frame = self._read_alone(7)
+            frame = self.read_raw(7)
         expected = crc8(frame[:6])
         if frame[6] != expected:
             raise SensorError(
@@ -171,7 +152,7 @@ class AHT20(I2CSensor):
     def recover(self) -> None:
         """Soft reset (0xBA), wait 20 ms, then the open-time calibration check."""
         with self.io_errors():
-            self._write_alone(CMD_SOFT_RESET)
+            self.write_raw(CMD_SOFT_RESET)
             self._sleep(SOFT_RESET_WAIT_S)
             self.probe()
 

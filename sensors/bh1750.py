@@ -37,7 +37,6 @@ from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
-from smbus2 import i2c_msg
 
 from agent.i2c import I2COptions, I2CSensor
 from agent.plugin import PluginOptions
@@ -185,11 +184,8 @@ class BH1750(I2CSensor):
                 bus.write_byte(self.options.address, opcode)
 
     def _read_raw(self) -> int:
-        msg = i2c_msg.read(self.options.address, 2)
-        with self.transaction() as bus:
-            bus.i2c_rdwr(msg)
-        high, low = bytes(msg)
-        return (high << 8) | low
+        """The 16-bit result: two bytes read with no register byte, MSB first (p.7)."""
+        return int.from_bytes(self.read_raw(2), "big")
 
     def _measure_opcode(self) -> int:
         return MEASURE[(self.options.mode, self.options.resolution)]

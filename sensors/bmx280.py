@@ -341,8 +341,7 @@ class BMP280(I2CSensor):
     def probe(self) -> None:
         """Check the chip id, reset the chip, read its calibration once and
         program the filter (config may only be written in sleep mode)."""
-        with self.transaction() as bus:
-            found = bus.read_byte_data(self.options.address, REG_ID)
+        found = self.read_reg8(REG_ID)
         if found != self.chip_id:
             raise SensorError(self._wrong_chip_message(found))
         self._initialise()
@@ -360,28 +359,25 @@ class BMP280(I2CSensor):
         return f"chip id 0x{found:02x} at {where} is {other} (a {self.chip_name} reads 0x{self.chip_id:02x})"
 
     def _initialise(self) -> None:
-        addr = self.options.address
-        with self.transaction() as bus:
-            bus.write_byte_data(addr, REG_RESET, RESET_WORD)
+        self.write_reg8(REG_RESET, RESET_WORD)
         self._sleep(START_UP_S)
         self._wait_status_clear(STATUS_IM_UPDATE, 0.05, "NVM copy after reset")
         with self.transaction() as bus:
-            tp = bytes(bus.read_i2c_block_data(addr, REG_CALIB_TP, CALIB_TP_LEN))
-            h = bytes(bus.read_i2c_block_data(addr, REG_CALIB_H, CALIB_H_LEN)) if self.has_humidity else None
+            tp = self.read_block(REG_CALIB_TP, CALIB_TP_LEN, bus=bus)
+            h = self.read_block(REG_CALIB_H, CALIB_H_LEN, bus=bus) if self.has_humidity else None
         cal = Calibration.from_registers(tp, h)
         cal.check()
         self.calibration = cal
         with self.transaction() as bus:
-            bus.write_byte_data(addr, REG_CONFIG, FILTER_CODES[self.options.iir_filter] << 2)
+            self.write_reg8(REG_CONFIG, FILTER_CODES[self.options.iir_filter] << 2, bus=bus)
             if self.has_humidity:
-                bus.write_byte_data(addr, REG_CTRL_HUM, OVERSAMPLING_CODES[self._osrs()[2]])
-            bus.write_byte_data(addr, REG_CTRL_MEAS, self._ctrl_meas(MODE_SLEEP))
+                self.write_reg8(REG_CTRL_HUM, OVERSAMPLING_CODES[self._osrs()[2]], bus=bus)
+            self.write_reg8(REG_CTRL_MEAS, self._ctrl_meas(MODE_SLEEP), bus=bus)
 
     def _wait_status_clear(self, bit: int, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while True:
-            with self.transaction() as bus:
-                status = bus.read_byte_data(self.options.address, REG_STATUS)
+            status = self.read_reg8(REG_STATUS)
             if not status & bit:
                 return
             if time.monotonic() >= deadline:
@@ -403,19 +399,17 @@ class BMP280(I2CSensor):
         time, poll ``measuring``, burst-read the data, compensate."""
         if self.calibration is None:
             raise SensorError(f"{self.chip_name} read before open()")
-        addr = self.options.address
         t_os, p_os, h_os = self._osrs()
         with self.io_errors():
             with self.transaction() as bus:
                 if self.has_humidity:
                     # ctrl_hum only takes effect with the following ctrl_meas write (§5.4.3).
-                    bus.write_byte_data(addr, REG_CTRL_HUM, OVERSAMPLING_CODES[h_os])
-                bus.write_byte_data(addr, REG_CTRL_MEAS, self._ctrl_meas(MODE_FORCED))
+                    self.write_reg8(REG_CTRL_HUM, OVERSAMPLING_CODES[h_os], bus=bus)
+                self.write_reg8(REG_CTRL_MEAS, self._ctrl_meas(MODE_FORCED), bus=bus)
             t_max = max_measurement_time_s(t_os, p_os, h_os)
             self._sleep(t_max)
             self._wait_status_clear(STATUS_MEASURING, t_max + 0.05, "conversion")
-            with self.transaction() as bus:
-                block = bytes(bus.read_i2c_block_data(addr, REG_DATA, 8 if self.has_humidity else 6))
+            block = self.read_block(REG_DATA, 8 if self.has_humidity else 6)
         return self.convert(block)
 
     def convert(self, block: bytes) -> dict[str, Any]:

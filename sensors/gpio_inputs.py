@@ -5,34 +5,23 @@ These sensors push a reading the moment their input changes (through
 and also answer ``read()`` with the current state, so the periodic poll and
 ``edge-agent read`` see them like any other sensor.
 
-Debouncing is done here, not by gpiozero's ``bounce_time``, because what that
-parameter does depends on the pin factory:
-
-* mock pins (``gpiozero.pins.mock.MockPin``) store it and do nothing with it;
-* lgpio (the default on a Pi 5) hands it to ``gpio_set_debounce_micros``, which
-  reports a level only once it has been stable for the whole period, so every
-  edge arrives ``bounce_time`` late;
-* RPi.GPIO and the native factory drop edges for ``bounce_time`` after one they
-  reported, and never look again, so a bounce that ends in the other level
-  leaves them in the wrong state until the next real edge.
-
-:class:`EdgeFilter` gives one behaviour everywhere: the first edge is reported
-at once (no added latency), edges during the following ``bounce_time`` are
-ignored, and when that quiet time ends the input is looked at again and a
-different final level is reported. A bouncing press is one reading, and the
-reported state always ends up at the input's real level.
+Each input is debounced by :class:`agent.debounce.Debouncer` (not by
+gpiozero's ``bounce_time``, whose effect depends on the pin factory): the
+first edge is reported at once (no added latency), edges during the following
+``bounce_time`` are ignored, and when that quiet time ends the input is looked
+at again and a different final level is reported. A bouncing press is one
+reading, and the reported state always ends up at the input's real level.
 """
 
 from __future__ import annotations
 
 import builtins
-import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
 from pydantic import BeforeValidator, Field, model_validator
 
+from agent.debounce import Debouncer
 from agent.plugin import PluginOptions, Sensor
 
 # ---------------------------------------------------------------------------
@@ -124,117 +113,11 @@ class MotionOptions(GPIOInputOptions):
 
 
 # ---------------------------------------------------------------------------
-# Debouncing
-
-
-Scheduler = Callable[[float, Callable[[], None]], Callable[[], None]]
-
-
-def _thread_timer(delay: float, fn: Callable[[], None]) -> Callable[[], None]:
-    """Run ``fn`` after ``delay`` seconds on a daemon thread; returns a cancel."""
-    timer = threading.Timer(delay, fn)
-    timer.daemon = True
-    timer.start()
-    return timer.cancel
-
-
-class EdgeFilter:
-    """Leading-edge debouncer that settles on the input's final level.
-
-    ``edge(level)`` is called from the pin's callback thread. A change from the
-    last reported level is delivered at once (``deliver(level)``, under the
-    filter's lock so deliveries are never reordered), then a quiet period of
-    ``bounce_time`` starts in which edges are not delivered. If edges came in
-    during the quiet period, the input is read again (``read_level()``) when
-    it ends and delivered if it now differs from what was last reported.
-
-    ``clock`` and ``schedule`` are injectable so the logic can be tested
-    without real time passing.
-    """
-
-    def __init__(
-        self,
-        bounce_time: float,
-        deliver: Callable[[bool], None],
-        read_level: Callable[[], bool],
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        schedule: Scheduler = _thread_timer,
-    ) -> None:
-        self.bounce_time = bounce_time
-        self._deliver = deliver
-        self._read_level = read_level
-        self._clock = clock
-        self._schedule = schedule
-        self._lock = threading.RLock()
-        self._level: bool | None = None
-        self._quiet_until = float("-inf")
-        self._cancel: Callable[[], None] | None = None
-        self._closed = False
-
-    @property
-    def level(self) -> bool | None:
-        """The level last reported (or set by :meth:`start`)."""
-        return self._level
-
-    def start(self, level: bool) -> None:
-        """Take ``level`` as the known state without delivering it."""
-        with self._lock:
-            self._level = level
-            self._closed = False
-
-    def edge(self, level: bool) -> None:
-        """An edge to ``level`` happened now (any thread)."""
-        with self._lock:
-            if self._closed:
-                return
-            now = self._clock()
-            if now < self._quiet_until:
-                self._settle_later(self._quiet_until - now)
-                return
-            if level != self._level:
-                self._accept(level, now)
-
-    def close(self) -> None:
-        """Stop delivering; cancel a pending settle check."""
-        with self._lock:
-            self._closed = True
-            if self._cancel is not None:
-                self._cancel()
-                self._cancel = None
-
-    def _accept(self, level: bool, now: float) -> None:
-        self._level = level
-        self._quiet_until = now + self.bounce_time
-        self._deliver(level)
-
-    def _settle_later(self, delay: float) -> None:
-        if self._cancel is None:
-            self._cancel = self._schedule(delay, self._settle)
-
-    def _settle(self) -> None:
-        with self._lock:
-            self._cancel = None
-            if self._closed:
-                return
-            now = self._clock()
-            if now < self._quiet_until:
-                self._settle_later(self._quiet_until - now)
-                return
-            try:
-                level = bool(self._read_level())
-            except Exception:  # noqa: BLE001 - device closed under us
-                return
-            if level != self._level:
-                self._accept(level, now)
-
-
-# ---------------------------------------------------------------------------
 # The sensors
 
 
 class _EdgeInput(Sensor[Any]):
-    """Common machinery: a gpiozero input device, an :class:`EdgeFilter`
+    """Common machinery: a gpiozero input device, a :class:`~agent.debounce.Debouncer`
     between its activate/deactivate events and :meth:`emit`."""
 
     Options: ClassVar[builtins.type[PluginOptions]] = GPIOInputOptions
@@ -244,7 +127,7 @@ class _EdgeInput(Sensor[Any]):
     def __init__(self, sensor_id: str, options: Any, hardware: Any) -> None:
         super().__init__(sensor_id, options, hardware)
         self._device: Any | None = None
-        self._filter: EdgeFilter | None = None
+        self._debouncer: Debouncer | None = None
 
     # -- what subclasses decide
 
@@ -274,13 +157,13 @@ class _EdgeInput(Sensor[Any]):
         """Claim the pin and start pushing debounced edges."""
         device = self._make_device(self.hardware.pin_factory())
         self._device = device
-        self._filter = EdgeFilter(
+        self._debouncer = Debouncer(
             self.options.bounce_time,
             deliver=self._on_change,
             read_level=lambda: bool(device.is_active),
         )
-        self._filter.start(bool(device.is_active))
-        edge = self._filter.edge
+        self._debouncer.start(bool(device.is_active))
+        edge = self._debouncer.edge
         # gpiozero inspects a handler's signature; lambdas taking nothing keep
         # it from passing the device in.
         device.when_activated = lambda: edge(True)
@@ -294,8 +177,8 @@ class _EdgeInput(Sensor[Any]):
 
     def close(self) -> None:
         """Stop the callbacks and release the pin; never raises."""
-        if self._filter is not None:
-            self._filter.close()
+        if self._debouncer is not None:
+            self._debouncer.close()
         device, self._device = self._device, None
         if device is not None:
             try:

@@ -225,28 +225,17 @@ class INA219(I2CSensor):
     def _conversion_s(self) -> float:
         return 2 * ADC_SETTINGS[self.options.samples][1]  # shunt then bus
 
-    # -- bus helpers (16-bit registers, MSB first)
-
-    def _write_reg(self, reg: int, value: int) -> None:
-        with self.transaction() as bus:
-            bus.write_i2c_block_data(self.options.address, reg, [value >> 8, value & 0xFF])
-
-    def _read_reg(self, reg: int) -> int:
-        with self.transaction() as bus:
-            hi, lo = bus.read_i2c_block_data(self.options.address, reg, 2)
-        return (int(hi) << 8) | int(lo)
-
     # -- lifecycle
 
     def probe(self) -> None:
         """Reset the chip, write configuration and calibration, and read
         both back (the chip has no id; a register that keeps what was
         written is the check)."""
-        self._write_reg(REG_CONFIG, CONFIG_RESET)
-        self._write_reg(REG_CONFIG, self.config)
-        self._write_reg(REG_CALIBRATION, self.options.calibration)
-        config = self._read_reg(REG_CONFIG)
-        cal = self._read_reg(REG_CALIBRATION)
+        self.write_reg16(REG_CONFIG, CONFIG_RESET)
+        self.write_reg16(REG_CONFIG, self.config)
+        self.write_reg16(REG_CALIBRATION, self.options.calibration)
+        config = self.read_reg16(REG_CONFIG)
+        cal = self.read_reg16(REG_CALIBRATION)
         if config != self.config or cal != self.options.calibration:
             raise SensorError(
                 f"chip at {self.describe_location()} does not behave like an INA219: wrote config "
@@ -271,7 +260,7 @@ class INA219(I2CSensor):
         o = self.options
         where = f"INA219 at {self.describe_location()}"
         with self.io_errors():
-            cal = self._read_reg(REG_CALIBRATION)
+            cal = self.read_reg16(REG_CALIBRATION)
             if cal != o.calibration:
                 raise SensorError(
                     f"{where}: calibration register reads 0x{cal:04x}, expected 0x{o.calibration:04x} "
@@ -279,13 +268,13 @@ class INA219(I2CSensor):
                 )
             deadline = time.monotonic() + 2 * self._conversion_s() + 0.05
             while True:
-                bus_word = self._read_reg(REG_BUS)
+                bus_word = self.read_reg16(REG_BUS)
                 if bus_word & BUS_CNVR or time.monotonic() >= deadline:
                     break
                 self._sleep(min(self._conversion_s(), 0.01))
-            shunt_word = self._read_reg(REG_SHUNT)
-            current_word = self._read_reg(REG_CURRENT)
-            power_word = self._read_reg(REG_POWER)  # clears CNVR
+            shunt_word = self.read_reg16(REG_SHUNT)
+            current_word = self.read_reg16(REG_CURRENT)
+            power_word = self.read_reg16(REG_POWER)  # clears CNVR
         bus_v, ready, overflow = decode_bus(bus_word)
         if not ready:
             raise SensorError(f"{where}: no conversion completed (CNVR stayed 0)")

@@ -51,7 +51,6 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Literal
 
 from pydantic import field_validator
-from smbus2 import i2c_msg
 
 from agent.i2c import I2CAddress, I2COptions, I2CSensor
 from agent.plugin import PluginOptions, SensorError
@@ -194,27 +193,17 @@ class _SensirionSensor(I2CSensor):
     def _chip(self) -> str:
         return f"{type(self).__name__} at {self.describe_location()}"
 
-    def _write(self, bus: Any, data: bytes) -> None:
-        bus.i2c_rdwr(i2c_msg.write(self.options.address, data))
-
-    def _read(self, bus: Any, length: int) -> bytes:
-        msg = i2c_msg.read(self.options.address, length)
-        bus.i2c_rdwr(msg)
-        return bytes(msg)
-
     def _command_then_read(self, command: bytes, wait: float, length: int, what: str) -> bytes:
         """Command, wait, read: two bus transactions with the wait between
         them, so other chips on the bus are served while this one measures.
         A NACK on the read after an acknowledged command means the chip is
         still busy, not absent."""
         with self.io_errors():
-            with self.transaction() as bus:
-                self._write(bus, command)
+            self.write_raw(command)
             if wait:
                 self._sleep(wait)
             try:
-                with self.transaction() as bus:
-                    return self._read(bus, length)
+                return self.read_raw(length)
             except OSError as exc:
                 if exc.errno != errno.EREMOTEIO:
                     raise
@@ -256,8 +245,7 @@ class SHT3x(_SensirionSensor):
     def recover(self) -> None:
         """Soft reset (0x30A2), wait for it, then check the chip again."""
         with self.io_errors():
-            with self.transaction() as bus:
-                self._write(bus, SHT3X_SOFT_RESET.to_bytes(2, "big"))
+            self.write_raw(SHT3X_SOFT_RESET.to_bytes(2, "big"))
             self._sleep(SHT3X_SOFT_RESET_TIME_S + MARGIN_S)
         self.probe()
 
@@ -297,8 +285,7 @@ class SHT4x(_SensirionSensor):
     def recover(self) -> None:
         """Soft reset (0x94), wait for it, then read the serial number again."""
         with self.io_errors():
-            with self.transaction() as bus:
-                self._write(bus, bytes([SHT4X_SOFT_RESET]))
+            self.write_raw(bytes([SHT4X_SOFT_RESET]))
             self._sleep(SHT4X_SOFT_RESET_TIME_S + MARGIN_S)
         self.probe()
 

@@ -21,7 +21,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.actuators import ServoOptions
+from agent.actuators.servo import ServoOptions
 from tests.support.actuators import actuator_agent, pin
 from tests.support.blynk import AgentThread, blynk_of
 

@@ -17,7 +17,14 @@ from typing import Any
 
 import pytest
 
-from agent.actuators import BUILTIN, Beep, Buzzer, Motor, Pwm, Refused, Relay, Rgb, Servo
+from agent.actuators import BUILTIN
+from agent.actuators.base import Refused
+from agent.actuators.buzzer import Beep, Buzzer
+from agent.actuators.motor import Motor
+from agent.actuators.pwm import Pwm
+from agent.actuators.relay import Relay
+from agent.actuators.rgb import Rgb
+from agent.actuators.servo import Servo
 from agent.hardware import Hardware
 from tests.support.actuators import (
     actuator_agent,

@@ -4,7 +4,7 @@ What this checks, against the code:
 
 - every field of AgentSection, BlynkSection, ThingSpeakSection, OutboxSection,
   OtaSection, SensorEntry,
-  Route, ActuatorEntry and the relay's options is a row (`` `key` `` in the
+  Route, ActuatorEntry, the relay's options and the web console's options is a row (`` `key` `` in the
   first column) of the "Key" table of its section, and nothing else is; the
   Default column shows the code's default (TOML spelling in backticks,
   "required", or "unset" for None); the Allowed column names every allowed
@@ -39,7 +39,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import pytest
 from pydantic import BaseModel
 
-from agent.actuators import RelayOptions
+from agent.actuators.relay import RelayOptions
 from agent.config import (
     ActuatorEntry,
     AgentSection,
@@ -54,6 +54,7 @@ from agent.config import (
     ThingSpeakSection,
     resolve_plugins,
 )
+from agent.links.console import WebOptions
 from agent.pipeline import FILTERS, FilterChain, FilterSpec, Reading
 from agent.plugin import load_registry
 from tests.support.process import ROOT, agent_env
@@ -285,6 +286,7 @@ MODELS = [
     ("`readings.QUANTITY`", "Key", Route),
     ("`[[actuators]]`", "Key", ActuatorEntry),
     ("`[[actuators]]`", "Relay option", RelayOptions),
+    ("`[console]`", "Key", WebOptions),
 ]
 
 

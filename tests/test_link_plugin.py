@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from agent.config_check import check_config
 from tests.support.actuators import levels, timeline
 from tests.support.agent_builder import make_agent
 from tests.support.blynk import run, running, until
+from tests.support.process import spawn_agent
 
 PLUGIN = Path(__file__).parent / "support" / "plugins" / "filelink.py"
 
@@ -202,3 +204,58 @@ def test_the_link_example_in_the_plugin_docs_works_as_printed(tmp_path: Path) ->
     run(scenario())
     first = (tmp_path / "readings.csv").read_text().splitlines()[0].split(",")
     assert first[1] == "air temperature" and float(first[2]) == float(first[2])
+
+
+LEAKY_LINK = '''
+import logging
+
+from pydantic import SecretStr
+
+from agent.links.base import Link, LinkOptions
+
+log = logging.getLogger("leaky")
+
+
+class LeakyOptions(LinkOptions):
+    password: SecretStr
+
+
+class Leaky(Link):
+    """A careless link that logs its own password."""
+
+    type = "leaky"
+    Options = LeakyOptions
+
+    async def start(self) -> None:
+        log.warning("leaky: connecting with %s", self.options.password.get_secret_value())
+
+    async def stop(self) -> None:
+        pass
+'''
+
+
+def test_a_plugin_links_secret_options_are_masked_in_the_log(tmp_path: Path) -> None:
+    """The log's last word masks every SecretStr of a link's options too, not
+    only those of the core settings."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "leaky.py").write_text(LEAKY_LINK)
+    secret = "pl4nted-s3cret-9Xq"
+    (tmp_path / "agent.toml").write_text(
+        f'[agent]\nplugin_dirs = ["{plugins}"]\npin_factory = "mock"\nstate_dir = "{tmp_path / "s"}"\n'
+        f'[shed]\ntype = "leaky"\npassword = "{secret}"\n'
+    )
+    proc = spawn_agent("run", "--config", str(tmp_path / "agent.toml"))
+    try:
+        lines: list[str] = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            lines.append(line)
+            if "leaky: connecting with" in line:
+                break
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=30)
+    text = "".join(lines) + (rest or "")
+    assert "leaky: connecting with ***" in text, text
+    assert secret not in text

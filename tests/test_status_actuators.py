@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agent.actuators import Relay
+from agent.actuators.relay import Relay
 from agent.cli import _status_lines
 from agent.config import ActuatorEntry, ActuatorSpec
 from agent.hardware import Hardware

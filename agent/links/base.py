@@ -90,6 +90,14 @@ class LinkContext:
     add_tap: Callable[[Callable[[Reading], None]], None] = field(default=lambda tap: None)
     #: a link that runs an updater hands it here (the agent stops it before the links)
     set_updater: Callable[[Any], None] = field(default=lambda updater: None)
+    #: each sensor's health, by id: ``{"state": "ok" | "saturated" | "failing" | "hung" |
+    #: "starting", "error": last error or None, "reads", "failures", "timeouts"}``
+    sensor_health: Callable[[], Mapping[str, Mapping[str, Any]]] = field(default=dict)
+    #: every link's status, by name: ``{"type", "connected", "outbox": {"depth",
+    #: "oldest_ts"} (reading sinks), **status_info()}`` (a console shows them)
+    link_status: Callable[[], Mapping[str, Mapping[str, Any]]] = field(default=dict)
+    #: commands links sent so far, by ``(actuator, source, result)`` (metrics)
+    command_counts: Callable[[], Mapping[tuple[str, str, str], int]] = field(default=dict)
 
     @property
     def actuators(self) -> Mapping[str, ActuatorEntry]:

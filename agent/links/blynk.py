@@ -59,6 +59,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from agent import clock
+from agent.aio import cancel_and_wait
 from agent.commands import StateReport
 from agent.config import DATASTREAM_PATTERN, BlynkSection
 from agent.links.base import CommandSource, LinkContext, ReadingSink, StateSink
@@ -78,7 +79,7 @@ from agent.mqtt import MqttSession, parse_server_url
 from agent.mqtt.errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
 from agent.mqtt.url import Endpoint
-from agent.outbox import Entry, Outbox, OutboxError, StorageFault, cancel_and_wait
+from agent.outbox import Entry, Outbox, OutboxError, StorageFault
 from agent.pipeline import Reading
 from agent.version import build_time, version
 

@@ -59,6 +59,7 @@ from urllib.parse import quote
 from pydantic import Field, SecretStr
 
 from agent import clock
+from agent.aio import cancel_and_wait
 from agent.config import ThingSpeakSection
 from agent.links.base import CommandSource, LinkContext, ReadingSink
 from agent.locks import InstanceLock, LockHeld
@@ -66,7 +67,7 @@ from agent.logtext import clean
 from agent.mqtt import MqttSession, build_ssl_context
 from agent.mqtt.errors import MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus
-from agent.outbox import DROP_SKIPPED, Entry, Outbox, OutboxError, cancel_and_wait
+from agent.outbox import DROP_SKIPPED, Entry, Outbox, OutboxError
 from agent.pipeline import Reading
 from agent.version import version
 

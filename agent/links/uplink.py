@@ -17,9 +17,10 @@ import logging
 from abc import abstractmethod
 from typing import Any, ClassVar
 
+from agent.aio import cancel_and_wait
 from agent.links.base import LinkContext, ReadingSink
 from agent.logtext import LogLimiter
-from agent.outbox import Entry, Outbox, OutboxError, cancel_and_wait
+from agent.outbox import Entry, Outbox, OutboxError
 from agent.pipeline import Reading
 
 log = logging.getLogger("agent.links.uplink")

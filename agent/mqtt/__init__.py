@@ -8,7 +8,7 @@ into an ``Endpoint``; ``build_ssl_context`` makes the TLS settings.
 from ._gmqtt import quiet_gmqtt_logging
 from .backoff import Backoff
 from .errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected, SubscribeRefused
-from .session import CREDENTIAL_REFUSALS, MQTT_V5, MQTT_V311, MqttSession, OnConnect, OnMessage, StatusListener
+from .session import CREDENTIAL_REFUSALS, MQTT_V5, MQTT_V311, MqttSession, OnConnect, OnMessage, StatusListener, Will
 from .status import LinkState, LinkStatus, SessionCounters
 from .tls import build_ssl_context
 from .url import DEFAULT_PORTS, Endpoint, parse_server_url
@@ -34,6 +34,7 @@ __all__ = [
     "StatusListener",
     "SubscribeRefused",
     "WebSocketHandshakeError",
+    "Will",
     "build_ssl_context",
     "parse_server_url",
     "quiet_gmqtt_logging",

@@ -134,9 +134,18 @@ class GmqttClient(gmqtt.Client):
     optional ``opener`` that replaces TCP with another transport (WebSocket).
     """
 
-    def __init__(self, client_id: str, *, opener: Opener | None, logger: logging.LoggerAdapter[logging.Logger]) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        opener: Opener | None,
+        logger: logging.LoggerAdapter[logging.Logger],
+        will: gmqtt.Message | None = None,
+    ) -> None:
         self.tracker = AckTracker()
-        super().__init__(client_id, clean_session=True, persistent_storage=self.tracker, logger=logger)
+        super().__init__(
+            client_id, clean_session=True, will_message=will, persistent_storage=self.tracker, logger=logger
+        )
         self.reconnect_retries = _NO_RECONNECTS
         self._opener = opener
         #: Seconds without data from the broker when the connection was closed

@@ -54,6 +54,7 @@ __all__ = [
     "OnConnect",
     "OnMessage",
     "StatusListener",
+    "Will",
 ]
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,19 @@ CREDENTIAL_REFUSALS: dict[int, frozenset[int]] = {
 }
 
 OnConnect = Callable[["MqttSession"], Awaitable[None] | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class Will:
+    """The last will: what the broker publishes for the client when its
+    connection ends without a DISCONNECT (a crash, a kill, a lost network)."""
+
+    topic: str
+    payload: bytes | str
+    qos: int = 1
+    retain: bool = True
+
+
 OnMessage = Callable[[str, bytes, int, dict[str, Any]], Awaitable[None] | None]
 StatusListener = Callable[[LinkStatus], None]
 
@@ -180,6 +194,11 @@ class MqttSession:
 
     ``password`` may be a str or a pydantic ``SecretStr``; it is only ever
     written into the CONNECT packet, never logged or shown in reprs.
+
+    ``will`` (a :class:`Will`) goes into every CONNECT: the broker publishes
+    it when the connection ends without a DISCONNECT; a clean ``stop()``
+    sends DISCONNECT, so a link that wants the same message then publishes it
+    itself before stopping.
     """
 
     def __init__(
@@ -209,6 +228,7 @@ class MqttSession:
         on_message: OnMessage | None = None,
         subscriptions: Iterable[str | tuple[str, int]] = (),
         rng: Any = None,
+        will: Will | None = None,
     ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a session needs a non-empty link name")
@@ -222,6 +242,11 @@ class MqttSession:
             raise ValueError("max_outgoing and max_incoming must be positive")
         if refused_wait < 0 or connect_timeout <= 0:
             raise ValueError("refused_wait must be >= 0 and connect_timeout > 0")
+        if will is not None:
+            check_topic_name(will.topic)
+            if will.qos not in (0, 1, 2):
+                raise ValueError(f"will: QoS must be 0, 1 or 2 (got {will.qos!r})")
+        self._will = will
         self._name = name
         self._endpoint = endpoint if isinstance(endpoint, Endpoint) else parse_server_url(endpoint)
         self._client_id = client_id
@@ -781,7 +806,11 @@ class MqttSession:
                 open_timeout=self._connect_timeout,
                 name=self._name,
             )
-        client = GmqttClient(self._client_id, opener=opener, logger=self._gmqtt_logger)
+        will = None
+        if self._will is not None:
+            w = self._will
+            will = gmqtt.Message(w.topic, payload_bytes(w.payload), qos=w.qos, retain=w.retain)
+        client = GmqttClient(self._client_id, opener=opener, logger=self._gmqtt_logger, will=will)
         if self._username is not None:
             client.set_auth_credentials(
                 self._username, None if self._password is None else self._password.get_secret_value()

@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from agent import clock
+from agent.aio import cancel_and_wait
 from agent.config import BlynkSection, OtaSection
 from agent.locks import InstanceLock, LockHeld
 from agent.logtext import LogLimiter, clean
@@ -40,8 +41,8 @@ from agent.ota.offer import Offer, OfferError, OfferPolicy, blynk_domain, host_a
 from agent.ota.package import PackageError, PackageInfo, open_package
 from agent.ota.signing import SigningError
 from agent.ota.trial import StartDecision, Trial, commit, load_state, roll_back, save_state
-from agent.outbox import age_text, cancel_and_wait
 from agent.releases import current_release
+from agent.status_file import age_text
 from agent.version import version as running_version
 
 log = logging.getLogger("agent.ota")

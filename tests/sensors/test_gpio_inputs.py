@@ -2,7 +2,7 @@
 
 Mock pins call back synchronously on the thread that drives them, and
 ``MockPin`` ignores ``bounce_time`` entirely (its ``_set_bounce`` only stores
-the value), so the debouncing seen here is the driver's own ``EdgeFilter``.
+the value), so the debouncing seen here is the driver's own (``agent.debounce.Debouncer``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from sensors.gpio_inputs import Button, DigitalInput, EdgeFilter, MotionSensor
+from agent.debounce import Debouncer
+from sensors.gpio_inputs import Button, DigitalInput, MotionSensor
 
 
 class Sink:
@@ -261,7 +262,7 @@ def test_option_defaults() -> None:
     assert DigitalInput.Options(pin=17, pull_up=None, active_high=True).pull_up is None
 
 
-# -- EdgeFilter on a fake clock: the properties that make it a debouncer
+# -- Debouncer on a fake clock: the properties that make it a debouncer
 
 
 class FakeTime:
@@ -303,7 +304,7 @@ def test_edge_filter_properties(bounce: float, steps: list[tuple[float, bool]]) 
     ft = FakeTime()
     level = {"now": False}
     delivered: list[tuple[float, bool]] = []
-    flt = EdgeFilter(
+    flt = Debouncer(
         bounce,
         deliver=lambda lv: delivered.append((ft.now, lv)),
         read_level=lambda: level["now"],

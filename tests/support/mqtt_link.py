@@ -1,0 +1,101 @@
+"""Helpers for the ``mqtt`` link tests (this module holds no tests): agent
+configs with ``[NAME] type = "mqtt"`` tables pointing at harness brokers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agent.links.mqtt import MqttLink
+from agent.runtime import Agent
+from tests.support.blynk import toml_value, uid
+
+
+def mqtt_table(name: str, broker: Any, scheme: str = "mqtt", **options: Any) -> str:
+    """One ``[NAME] type = "mqtt"`` table on ``broker`` as its ``device`` user
+    (fast backoff; ``None`` removes a key; ``readings``/``states`` dicts
+    become inline tables)."""
+    table: dict[str, Any] = {
+        "type": "mqtt",
+        "server": broker.url(scheme),
+        "username": broker.device_user,
+        "password": broker.token,
+        "ca_file": broker.ca_file,
+        "client_id": f"{name}-{uid()}",
+        "topic_prefix": f"t/{uid()}",
+        "backoff_initial": 0.05,
+        "backoff_max": 0.5,
+    }
+    table.update(options)
+    lines = [f"[{name}]"]
+    for key, value in table.items():
+        if value is None:
+            continue
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items())
+            lines.append(f"{key} = {{ {inner} }}")
+        else:
+            lines.append(f"{key} = {toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def agent_header(state_dir: Path, name: str = "") -> str:
+    """The ``[agent]`` table: mock pins, a state dir, a unique name."""
+    return (
+        "[agent]\n"
+        f'name = "{name or "pi-" + uid()}"\n'
+        "plugin_dirs = []\n"
+        'pin_factory = "mock"\n'
+        f"state_dir = {toml_value(state_dir)}\n\n"
+    )
+
+
+def air_sensor(routes: dict[str, str], interval: float = 0.2, sensor_id: str = "air") -> str:
+    """A simulated sensor with quantities t (°C) and h (%RH); ``routes`` maps
+    a quantity to an inline route table body (``'lan = "air/t"'``)."""
+    lines = [
+        "[[sensors]]",
+        f'id = "{sensor_id}"',
+        'type = "simulated"',
+        f"interval = {interval!r}",
+        'quantities.t = { unit = "°C" }',
+        'quantities.h = { unit = "%RH", start = 50.0 }',
+    ]
+    lines += [f"readings.{q} = {{ {body} }}" for q, body in routes.items()]
+    return "\n".join(lines) + "\n\n"
+
+
+RELAYS = """
+[[actuators]]
+id = "pump"
+type = "relay"
+pin = 17
+on_disconnect = "keep"
+
+[[actuators]]
+id = "fill"
+type = "relay"
+pin = 22
+interlock = ["drain"]
+on_disconnect = "keep"
+
+[[actuators]]
+id = "drain"
+type = "relay"
+pin = 27
+on_disconnect = "keep"
+
+[[actuators]]
+id = "compressor"
+type = "relay"
+pin = 23
+min_switch_interval = 0.5
+on_disconnect = "keep"
+"""
+
+
+def mqtt_of(agent: Agent, name: str) -> MqttLink:
+    """The agent's mqtt link called ``name``."""
+    link = agent.link(name)
+    assert isinstance(link, MqttLink), link
+    return link
