@@ -334,9 +334,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     the outbox, the oldest one's age, the drops, the backfill progress and the
     link's state.
 
-    Reads the status file the agent rewrites every few seconds next to the
-    outbox, and the outbox database itself (read-only, so it also works while
-    the agent is stopped). Exit 0 when either could be read, 1 otherwise."""
+    Asks the running agent over its control socket for its numbers as of now
+    (they reach the status even when the state dir cannot take the status
+    file: full, or gone read-only), else reads the status file the agent
+    rewrites every few seconds next to the outbox; and reads the outbox
+    database itself (read-only, so it also works while the agent is stopped).
+    Exit 0 when any of them answered, 1 otherwise."""
     from agent.config import ConfigError, load_settings
     from agent.scheduler import describe_error
 
@@ -344,17 +347,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         settings = load_settings(config_path(args), need_secrets=False)
     except ConfigError as exc:
         return print_config_error(exc)
+    from agent.control import SOCKET_NAME, ask_status
     from agent.outbox import OUTBOX_FILE, read_status
     from agent.status_file import STATUS_FILE
 
     section = settings.outbox
     db_path = section.path or settings.agent.state_dir / OUTBOX_FILE
     status_path = db_path.with_name(STATUS_FILE)
-    live: dict[str, Any] | None = None
+    from_file: dict[str, Any] | None = None
     try:
-        live = json.loads(status_path.read_text())
+        from_file = json.loads(status_path.read_text())
     except (OSError, ValueError):
-        live = None
+        from_file = None
+    from_agent = ask_status(settings.agent.state_dir / SOCKET_NAME)
+    live = from_agent if from_agent is not None else from_file
     stored: dict[str, Any] | None = None
     db_error = None
     if db_path.exists():
@@ -363,9 +369,15 @@ def cmd_status(args: argparse.Namespace) -> int:
         except Exception as exc:  # noqa: BLE001 - reported, the status file may still answer
             db_error = describe_error(exc)
     if args.json:
-        print(json.dumps({"status_file": live, "outbox": stored, "outbox_path": str(db_path)}, indent=2, default=str))
+        print(
+            json.dumps(
+                {"agent": from_agent, "status_file": from_file, "outbox": stored, "outbox_path": str(db_path)},
+                indent=2,
+                default=str,
+            )
+        )
         return EXIT_OK if live is not None or stored is not None else EXIT_FAILURE
-    for line in _status_lines(db_path, live, stored, db_error):
+    for line in _status_lines(db_path, live, stored, db_error, answered=from_agent is not None):
         print(line)
     return EXIT_OK if live is not None or stored is not None else EXIT_FAILURE
 
@@ -385,7 +397,12 @@ def _pid_alive(pid: Any) -> bool:
 
 
 def _status_lines(
-    db_path: Path, live: dict[str, Any] | None, stored: dict[str, Any] | None, db_error: str | None
+    db_path: Path,
+    live: dict[str, Any] | None,
+    stored: dict[str, Any] | None,
+    db_error: str | None,
+    *,
+    answered: bool = False,
 ) -> list[str]:
     import time
 
@@ -397,7 +414,10 @@ def _status_lines(
         written = live.get("written_at") or 0
         running = _pid_alive(live.get("pid")) and now - written < 120
         state = f"running (pid {live.get('pid')})" if running else "not running"
-        lines.append(f"agent: {state}; status written {age_text(now - written)} ago")
+        if answered:
+            lines.append(f"agent: running (pid {live.get('pid')}); answered on its control socket")
+        else:
+            lines.append(f"agent: {state}; status written {age_text(now - written)} ago")
     else:
         lines.append("agent: no status file (not running, or never started with this state dir)")
     outbox = (live or {}).get("outbox") or {}

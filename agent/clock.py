@@ -23,23 +23,6 @@ import time
 #: set (a Pi without an RTC boots at 1970 or at its last shutdown time)
 VALID_FROM = 1_577_836_800.0
 
-#: seconds added to the wall clock: a debug and test knob (set in-process by
-#: :func:`step`) to make the wall clock jump as NTP does; 0 in production
-_offset = 0.0
-
-
-def step(seconds: float) -> None:
-    """Move the wall clock by ``seconds`` (back when negative), as an NTP
-    step would: for tests and debugging, in-process only."""
-    global _offset
-    _offset += seconds
-
-
-def reset_step() -> None:
-    """Undo every :func:`step`."""
-    global _offset
-    _offset = 0.0
-
 
 def is_set(epoch: float) -> bool:
     """Whether a wall-clock time looks set (on or after :data:`VALID_FROM`)."""
@@ -61,9 +44,9 @@ def wall() -> float:
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
-        return time.time() + _offset
+        return time.time()
     wall_time = getattr(loop, "wall_time", None)
-    return (float(wall_time()) if wall_time is not None else time.time()) + _offset
+    return float(wall_time()) if wall_time is not None else time.time()
 
 
 def wall_of(mono: float) -> float:

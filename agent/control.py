@@ -9,6 +9,13 @@ its pins itself, unless an agent's status file says one still holds them.
 
 The protocol is one JSON line each way:
 ``{"set": "pump", "value": "on"}`` -> ``{"result": "applied", "state": "on", "reason": ""}``.
+
+``edge-agent status`` asks the same socket ``{"status": true}`` ->
+``{"result": "status", "status": {...}}``: the running agent's numbers as of
+now, what the status file would hold. It is how the status shows a failing
+storage and the readings it could not keep while the state dir cannot take
+the status file (full, or gone read-only under the running agent; the
+socket, made at start, still answers).
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import json
 import logging
 import os
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,11 +50,13 @@ def socket_path(config: Config) -> Path:
 
 
 class ControlServer:
-    """The running agent's end of the control socket."""
+    """The running agent's end of the control socket: ``set`` requests into
+    the safety manager, ``status`` requests answered by ``status``."""
 
-    def __init__(self, path: Path, manager: SafetyManager) -> None:
+    def __init__(self, path: Path, manager: SafetyManager, status: Callable[[], dict[str, Any]] | None = None) -> None:
         self.path = path
         self.manager = manager
+        self.status = status
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -90,9 +100,13 @@ class ControlServer:
         """One request line -> the reply (an outcome, or an error)."""
         try:
             request = json.loads(line)
+            if isinstance(request, dict) and request.get("status") is True:
+                if self.status is None:
+                    return {"result": "error", "reason": "this agent keeps no status"}
+                return {"result": "status", "status": self.status()}
             actuator, value = str(request["set"]), request["value"]
         except (ValueError, KeyError, TypeError):
-            return {"result": "error", "reason": 'expected {"set": ID, "value": VALUE}'}
+            return {"result": "error", "reason": 'expected {"set": ID, "value": VALUE} or {"status": true}'}
         outcome = self.manager.command(actuator, value, source=SOURCE)
         if outcome is None:
             known = ", ".join(sorted(self.manager.slots)) or "none"
@@ -106,7 +120,27 @@ class ControlServer:
 
 
 def ask_agent(path: Path, actuator: str, value: Any, timeout: float = 10.0) -> dict[str, Any] | None:
-    """Send one request to a running agent; None if none listens at ``path``."""
+    """Send one ``set`` request to a running agent; None if none listens at ``path``."""
+    return _ask(path, {"set": actuator, "value": value}, timeout)
+
+
+def ask_status(path: Path, timeout: float = 5.0) -> dict[str, Any] | None:
+    """The running agent's status as of now (what its status file would
+    hold); None if no agent answers at ``path`` (none runs, the socket could
+    not be made, or this user may not connect)."""
+    try:
+        reply = _ask(path, {"status": True}, timeout)
+    except (OSError, ValueError):
+        return None
+    if not reply or reply.get("result") != "status" or not isinstance(reply.get("status"), dict):
+        return None
+    status: dict[str, Any] = reply["status"]
+    return status
+
+
+def _ask(path: Path, request: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+    """One request line to the socket at ``path``, one reply line back; None
+    if nobody listens there."""
     if not path.exists():
         return None
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -115,7 +149,7 @@ def ask_agent(path: Path, actuator: str, value: Any, timeout: float = 10.0) -> d
             sock.connect(str(path))
         except (ConnectionRefusedError, FileNotFoundError):
             return None  # a socket file left behind: nobody listens
-        sock.sendall(json.dumps({"set": actuator, "value": value}).encode() + b"\n")
+        sock.sendall(json.dumps(request).encode() + b"\n")
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(4096)

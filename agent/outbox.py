@@ -485,6 +485,13 @@ class Outbox:
                 parts.append(f"{name} {depth} waiting (oldest {age_text(age)}), dropped {drops or '0'}")
         return "; ".join(parts) or "empty"
 
+    def status_snapshot(self) -> dict[str, Any]:
+        """What the status file holds, as of now: the outbox's numbers (drops
+        only this process counted included, ``unstored`` among them) and what
+        each link reports. Also answered on the control socket, so
+        ``edge-agent status`` shows it when the file cannot be written."""
+        return self._status_file.snapshot()
+
     def _status_section(self, now: float) -> dict[str, Any]:
         """The status file's ``outbox`` section as of ``now`` (epoch seconds)."""
         with self._mutex:
@@ -1176,51 +1183,7 @@ class Outbox:
         return [Entry(rid, tgt, ts_ms, decode_value(value)) for rid, tgt, ts_ms, value in cur]
 
     def _db_delete(self, link: str, ids: Sequence[int], reason: str | None) -> int:
-        conn = self._conn
-        assert conn is not None
-        deleted = 0
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for i in range(0, len(ids), _CHUNK):
-                    chunk = ids[i : i + _CHUNK]
-                    cur = conn.execute(f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", chunk)
-                    deleted += cur.rowcount
-                if reason is not None and deleted:
-                    self._db_count({link: deleted}, reason)
-                conn.execute("COMMIT")
-            except BaseException:
-                _rollback(conn)
-                raise
-        except sqlite3.Error as exc:
-            if conn is self._memory:
-                raise
-            self._fault("mark as sent", exc)
-            if _is_damage(exc):
-                return 0  # the rows went aside with the damaged file (counted there)
-            # the file cannot take the deletion now: it is applied when the file
-            # works again (never a reason to send the rows twice, nor to lose them)
-            self._deferred.append((link, list(ids), reason))
-            deleted = len(ids)
-            with self._mutex:
-                counts = self._counts.setdefault(link, LinkCounts())
-                counts.depth -= deleted
-                if reason is None:
-                    counts.acked += deleted
-                else:
-                    counts.dropped[reason] = counts.dropped.get(reason, 0) + deleted
-            return deleted
-        self._total -= deleted
-        oldest = self._db_oldest(link)
-        with self._mutex:
-            counts = self._counts.setdefault(link, LinkCounts())
-            counts.depth -= deleted
-            counts.oldest_ts = oldest
-            if reason is None:
-                counts.acked += deleted
-            else:
-                counts.dropped[reason] = counts.dropped.get(reason, 0) + deleted
-        return deleted
+        return self._delete_rows(link, [(list(ids), reason)])[0]
 
     def _db_settle(
         self, link: str, through: dict[str, int], skipped_before_ms: int | None, reason: str
@@ -1230,37 +1193,76 @@ class Outbox:
         code = self._codes.get(link)
         if code is None:
             return 0, 0
-        deleted = skipped = 0
-        conn.execute("BEGIN IMMEDIATE")
+        # the rows are named first (a file that cannot be written can still be
+        # read), so a deletion the file cannot take is deferred row by row
+        # like an acknowledgement: never sent twice, never lost
+        sent: list[int] = []
+        skipped: list[int] = []
+        for target, last_id in through.items():
+            for rid, ts_ms in conn.execute(
+                "SELECT id, ts_ms FROM readings WHERE link = ? AND target = ? AND id <= ?", (code, target, last_id)
+            ):
+                # the row at last_id is the one the link sent: never "skipped"
+                old = skipped_before_ms is not None and rid < last_id and ts_ms < skipped_before_ms
+                (skipped if old else sent).append(rid)
+        acked, dropped = self._delete_rows(link, [(sent, None), (skipped, reason)])
+        return acked, dropped
+
+    def _delete_rows(self, link: str, groups: list[tuple[list[int], str | None]]) -> list[int]:
+        """Delete each group of ``link``'s rows in one transaction: a group
+        with a reason counts as dropped for it, one without as acknowledged.
+        Returns how many of each group were deleted. When the file cannot take
+        it (full, read-only, failing), the deletion is remembered and applied
+        once the file works again; a damaged file goes aside with its rows."""
+        conn = self._conn
+        assert conn is not None
+        done = [0] * len(groups)
         try:
-            for target, last_id in through.items():
-                if skipped_before_ms is not None:
-                    # the row at last_id is the one the link sent: never "skipped"
-                    row = conn.execute(
-                        "SELECT COUNT(*) FROM readings WHERE link = ? AND target = ? AND id < ? AND ts_ms < ?",
-                        (code, target, last_id, skipped_before_ms),
-                    ).fetchone()
-                    skipped += row[0]
-                cur = conn.execute(
-                    "DELETE FROM readings WHERE link = ? AND target = ? AND id <= ?", (code, target, last_id)
-                )
-                deleted += cur.rowcount
-            if skipped:
-                self._db_count({link: skipped}, reason)
-            conn.execute("COMMIT")
-        except BaseException:
-            _rollback(conn)
-            raise
-        self._total -= deleted
-        oldest = self._db_oldest(link)
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for k, (ids, reason) in enumerate(groups):
+                    for i in range(0, len(ids), _CHUNK):
+                        chunk = ids[i : i + _CHUNK]
+                        cur = conn.execute(f"DELETE FROM readings WHERE id IN ({','.join('?' * len(chunk))})", chunk)
+                        done[k] += cur.rowcount
+                    if reason is not None and done[k]:
+                        self._db_count({link: done[k]}, reason)
+                conn.execute("COMMIT")
+            except BaseException:
+                _rollback(conn)
+                raise
+        except sqlite3.Error as exc:
+            if conn is self._memory:
+                raise
+            self._fault("mark as sent", exc)
+            if _is_damage(exc):
+                return [0] * len(groups)  # the rows went aside with the damaged file (counted there)
+            # the file cannot take the deletion now: it is applied when the file
+            # works again (never a reason to send the rows twice, nor to lose them)
+            for ids, reason in groups:
+                if ids:
+                    self._deferred.append((link, list(ids), reason))
+            self._account(link, [(len(ids), reason) for ids, reason in groups], oldest=None, refresh=False)
+            return [len(ids) for ids, _ in groups]
+        self._total -= sum(done)
+        self._account(link, [(n, reason) for n, (_, reason) in zip(done, groups)], oldest=self._db_oldest(link))
+        return done
+
+    def _account(
+        self, link: str, deleted: list[tuple[int, str | None]], *, oldest: float | None, refresh: bool = True
+    ) -> None:
+        """The in-memory counts after ``deleted`` rows (how many, drop reason
+        or None for acknowledged) of ``link`` went."""
         with self._mutex:
             counts = self._counts.setdefault(link, LinkCounts())
-            counts.depth -= deleted
-            counts.oldest_ts = oldest
-            counts.acked += deleted - skipped
-            if skipped:
-                counts.dropped[reason] = counts.dropped.get(reason, 0) + skipped
-        return deleted - skipped, skipped
+            for n, reason in deleted:
+                counts.depth -= n
+                if reason is None:
+                    counts.acked += n
+                elif n:
+                    counts.dropped[reason] = counts.dropped.get(reason, 0) + n
+            if refresh:
+                counts.oldest_ts = oldest
 
     def _db_restamp(self, delta_ms: int, boundary: int) -> int:
         conn = self._conn

@@ -135,7 +135,8 @@ class Agent:
         self.safety.start()
         if self.outbox is not None:
             self.outbox.add_status_provider("actuators", self.safety.status_info)
-        self.control = ControlServer(socket_path(self.config), self.safety)
+        status = self.outbox.status_snapshot if self.outbox is not None else None
+        self.control = ControlServer(socket_path(self.config), self.safety, status)
         await self.control.start()
         for link in self.links:
             await link.start()

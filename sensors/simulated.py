@@ -23,12 +23,12 @@ class QuantityOptions(PluginOptions):
     """How one simulated quantity behaves."""
 
     unit: str = ""
-    kind: Literal["random_walk", "sine", "constant"] = "random_walk"
-    #: random_walk: the starting value; sine: the mean; constant: the value.
+    kind: Literal["random_walk", "sine", "constant", "count"] = "random_walk"
+    #: random_walk and count: the starting value; sine: the mean; constant: the value.
     start: float = 20.0
     min: float = -math.inf
     max: float = math.inf
-    #: random_walk: the largest change per read.
+    #: random_walk: the largest change per read; count: the change per read.
     step: Annotated[float, Field(ge=0)] = 0.1
     amplitude: float = 1.0
     #: sine: seconds per full wave.
@@ -97,6 +97,11 @@ class SimulatedSensor(Sensor[SimulatedOptions]):
         for name, q in o.quantities.items():
             if q.kind == "constant":
                 value = q.start
+            elif q.kind == "count":
+                # start, start + step, ...: every reading told apart (what was
+                # generated is known exactly at the far end)
+                value = self._values[name]
+                self._values[name] = value + q.step
             elif q.kind == "sine":
                 value = q.start + q.amplitude * math.sin(2 * math.pi * elapsed / q.period)
             else:

@@ -20,6 +20,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.ota.package import MANIFEST, PackageInfo
 from tests.support.blynk import run, running, until
 from tests.support.ota import Packages, PackageServer, offer_for
@@ -30,12 +32,22 @@ def _offer(cloud: Any, offer: dict[str, Any]) -> None:
     cloud.publish("downlink/ota/json", json.dumps(offer).encode())
 
 
+@pytest.mark.parametrize("fault", ["trickle", "trickle_headers"], ids=["body", "headers"])
 def test_a_trickle_is_abandoned_at_the_deadline_and_a_newer_offer_after_it_is_fetched(
-    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+    broker: Any,
+    cloud: Any,
+    tmp_path: Path,
+    package_server: PackageServer,
+    ota_packages: Packages,
+    caplog: Any,
+    fault: str,
 ) -> None:
+    """A server sending its body, or its status line and headers, at 1 byte/s:
+    the whole download's deadline ends it (the per-read timeout, 60 s, never
+    runs out), and a newer offer after it is fetched."""
     # a per-read timeout longer than the deadline: only the deadline can end the trickle
     agent = ota_agent(tmp_path, broker, package_server, download_timeout=4.0, timeout=60.0, attempts=1)
-    slow = package_server.serve("slow.zip", ota_packages.good, fault="trickle")
+    slow = package_server.serve("slow.zip", ota_packages.good, fault=fault)
     later = package_server.serve("later.zip", ota_packages.crash, fault="bad_sha")
     cloud.subscribe("#")
 
@@ -52,7 +64,7 @@ def test_a_trickle_is_abandoned_at_the_deadline_and_a_newer_offer_after_it_is_fe
 
     with caplog.at_level(logging.INFO, logger="agent"):
         took = run(scenario(), 90)
-    print(f"1-byte/s download abandoned {took:.1f} s after the offer (download_timeout 4 s)")
+    print(f"1-byte/s download ({fault}) abandoned {took:.1f} s after the offer (download_timeout 4 s)")
     first, second = agent.ota.outcomes
     assert first[0] == "failed" and "not complete after 4 s" in first[1], first
     assert took <= 4.0 + 4.0
@@ -113,25 +125,37 @@ def test_a_newer_offer_ends_the_wait_for_a_retry(
     assert agent.ota.outcomes[0][0] == "failed" and "SHA-256 mismatch" in agent.ota.outcomes[0][1]
 
 
-def _bomb(good: PackageInfo, dest: Path, unpacked: int) -> Path:
-    """``good`` plus one more wheel, deflated: ``unpacked`` bytes of zeros,
-    listed in the manifest with its true size and SHA-256 (every other check
-    passes)."""
+def _bomb(good: PackageInfo, dest: Path, unpacked: int, *, inner: bool) -> Path:
+    """``good`` plus one more wheel listed in the manifest with its true size
+    and SHA-256 (every other check passes), holding ``unpacked`` bytes of
+    zeros. ``inner=False``: the wheel itself deflated in the package (the
+    package expands). ``inner=True``: the wheel stored as it is, a small
+    honest ZIP whose one file expands (only the wheel's own directory tells)."""
     name = "wheels/zz_filler-1.0-py3-none-any.whl"
+    block = b"\0" * 2**20
+    if inner:
+        wheel = dest.with_suffix(".whl")
+        with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as w, w.open("zz_filler/zeros.bin", "w") as f:
+            for _ in range(unpacked // len(block)):
+                f.write(block)
+        data = wheel.read_bytes()
     with zipfile.ZipFile(good.path) as src, zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED) as out:
         manifest = json.loads(src.read(MANIFEST))
         for info in src.infolist():
             if info.filename != MANIFEST:
                 out.writestr(info, src.read(info))
-        info = zipfile.ZipInfo(name)
-        info.compress_type = zipfile.ZIP_DEFLATED
-        sha = hashlib.sha256()
-        block = b"\0" * 2**20
-        with out.open(info, "w", force_zip64=True) as f:
-            for _ in range(unpacked // len(block)):
-                f.write(block)
-                sha.update(block)
-        manifest["wheels"][name] = {"size": unpacked, "sha256": sha.hexdigest()}
+        if inner:
+            out.writestr(name, data)
+            manifest["wheels"][name] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        else:
+            info = zipfile.ZipInfo(name)
+            info.compress_type = zipfile.ZIP_DEFLATED
+            sha = hashlib.sha256()
+            with out.open(info, "w", force_zip64=True) as f:
+                for _ in range(unpacked // len(block)):
+                    f.write(block)
+                    sha.update(block)
+            manifest["wheels"][name] = {"size": unpacked, "sha256": sha.hexdigest()}
         out.writestr(MANIFEST, json.dumps(manifest))
         out.comment = src.comment
     return dest
@@ -148,10 +172,21 @@ def _tree_size(path: Path) -> int:
     return total
 
 
+@pytest.mark.parametrize("inner", [False, True], ids=["package", "wheel-inside"])
 def test_an_expanding_package_is_refused_before_it_is_unpacked(
-    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, caplog: Any
+    broker: Any,
+    cloud: Any,
+    tmp_path: Path,
+    package_server: PackageServer,
+    ota_packages: Packages,
+    caplog: Any,
+    inner: bool,
 ) -> None:
-    bomb_path = _bomb(ota_packages.good, tmp_path / "bomb.zip", 256 * 2**20)
+    """A package whose added wheel expands (``package``), or holds a wheel
+    stored as it is whose own file expands (``wheel-inside``: the package and
+    the wheel entry look honest, only the wheel's directory tells): refused
+    from the ZIP directories, before more than twice the download is written."""
+    bomb_path = _bomb(ota_packages.good, tmp_path / "bomb.zip", 256 * 2**20, inner=inner)
     bomb = dataclasses.replace(ota_packages.good, path=bomb_path, size=bomb_path.stat().st_size)
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("bomb.zip", bomb)
@@ -171,4 +206,6 @@ def test_an_expanding_package_is_refused_before_it_is_unpacked(
     outcome, detail = agent.ota.outcomes[0]
     print(f"expanding package ({bomb.size} bytes, 256 MiB unpacked): {detail}; most written {largest[0]} bytes")
     assert outcome == "failed" and "unpack to" in detail and "at most 20 times" in detail
+    # which check refused it: the package's wheels together, or the one wheel's files
+    assert ("zz_filler-1.0-py3-none-any.whl: " in detail) is inner, detail
     assert largest[0] <= 2 * bomb.size

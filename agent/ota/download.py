@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
+import functools
 import hashlib
 import http.client
 import logging
@@ -17,13 +19,14 @@ import os
 import socket
 import ssl
 import threading
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from agent import clock
 from agent.ota.offer import Offer, safe_url
 
 log = logging.getLogger("agent.ota.download")
@@ -72,6 +75,116 @@ class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
         return super().redirect_request(req, fp, code, msg, headers, newurl)
 
 
+class _Deadline:
+    """The whole download's wall deadline, on the monotonic clock: connect,
+    response headers and body alike. Every connection opened for the
+    download (a redirect opens another) is registered here; when the time is
+    up, a timer shuts the one in use down, so a read blocked on a server that
+    trickles its status line or headers a byte at a time (each byte resets a
+    per-read timeout) ends at once instead of at the next byte."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.at = clock.monotonic() + seconds
+        self.expired = False
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def left(self) -> float:
+        """Seconds until the deadline (negative past it)."""
+        return self.at - clock.monotonic()
+
+    def passed(self) -> bool:
+        """Whether the deadline has come."""
+        return self.expired or self.left() <= 0
+
+    def attach(self, sock: socket.socket) -> None:
+        """The connection now in use (shut down at once if the time is already up)."""
+        with self._lock:
+            self._sock = sock
+            if self.expired:
+                self._shutdown(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            if self._sock is not None:
+                self._shutdown(self._sock)
+
+    @staticmethod
+    def _shutdown(sock: socket.socket) -> None:
+        # the plain socket's shutdown, also under TLS: SSLSocket.shutdown would
+        # drop the TLS state a read on the download thread is still using
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        """The download is over: stop the timer."""
+        self._timer.cancel()
+
+
+class _GuardedHTTPConnection(http.client.HTTPConnection):
+    """An HTTP connection whose connect waits no longer than the deadline
+    leaves, and whose socket the deadline can shut down."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        """Connect within the time left, then hand the socket to the deadline."""
+        self.timeout = _within(self.timeout, self._deadline)
+        super().connect()
+        self._deadline.attach(self.sock)
+
+
+class _GuardedHTTPSConnection(http.client.HTTPSConnection):
+    """:class:`_GuardedHTTPConnection` over TLS (the handshake is inside the deadline too)."""
+
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        """Connect and shake hands within the time left, then hand the socket to the deadline."""
+        self.timeout = _within(self.timeout, self._deadline)
+        super().connect()
+        self._deadline.attach(self.sock)
+
+
+def _within(timeout: Any, deadline: _Deadline) -> float:
+    left = max(0.05, deadline.left())
+    return left if not isinstance(timeout, (int, float)) else min(float(timeout), left)
+
+
+class _GuardedHTTPHandler(urllib.request.HTTPHandler):
+    """urllib's http handler with :class:`_GuardedHTTPConnection` (``allow_http``)."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        super().__init__()
+        self._deadline = deadline
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_GuardedHTTPConnection, deadline=self._deadline), req)
+
+
+class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
+    """urllib's https handler with :class:`_GuardedHTTPSConnection`."""
+
+    def __init__(self, context: ssl.SSLContext, deadline: _Deadline) -> None:
+        super().__init__(context=context)
+        self._deadline = deadline
+        self._ssl_context = context
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(
+            functools.partial(_GuardedHTTPSConnection, deadline=self._deadline), req, context=self._ssl_context
+        )
+
+
 def download(
     offer: Offer,
     dest: Path,
@@ -86,21 +199,48 @@ def download(
     """Fetch the offer's package into ``dest`` (replaced); return what was measured.
 
     ``timeout`` bounds the connect and every read, ``total_timeout`` the whole
-    download on the monotonic clock: a server that trickles (a byte a second
-    resets no per-read timeout) is cut off at the deadline, because every read
-    takes what has arrived (``read1``) and the socket's timeout is never
-    longer than the time left. Refused (:class:`DownloadError`): an HTTP error status, a
-    ``Content-Length`` or a body that is not the offer's size (a short body
-    may be retried), a redirect ``check_url`` refuses, a cancel.
+    download on the monotonic clock (:mod:`agent.clock`): connect, TLS
+    handshake, status line and headers, and body. A server that trickles (a
+    byte a second resets no per-read timeout), its headers or its body, is
+    cut off at the deadline: the connection in use is shut down then, every
+    body read takes what has arrived (``read1``) and the socket's timeout is
+    never longer than the time left. Refused (:class:`DownloadError`): an HTTP
+    error status, a ``Content-Length`` or a body that is not the offer's size
+    (a short body may be retried), a redirect ``check_url`` refuses, a cancel.
     """
-    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _CheckedRedirects(check_url))
-    request = urllib.request.Request(offer.url, headers={"User-Agent": "pi-edge-agent", "Accept-Encoding": "identity"})
-    began = time.monotonic()
-    deadline = began + total_timeout
-    shown = safe_url(offer.url)
+    deadline = _Deadline(total_timeout)
     try:
-        response = opener.open(request, timeout=min(timeout, total_timeout))
+        return _fetch(offer, Path(dest), check_url, ca_file, timeout, deadline, cancel, name)
+    finally:
+        deadline.cancel()
+
+
+def _fetch(
+    offer: Offer,
+    dest: Path,
+    check_url: UrlCheck,
+    ca_file: Path | None,
+    timeout: float,
+    deadline: _Deadline,
+    cancel: threading.Event | None,
+    name: str,
+) -> Downloaded:
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    opener = urllib.request.build_opener(
+        _GuardedHTTPHandler(deadline), _GuardedHTTPSHandler(context, deadline), _CheckedRedirects(check_url)
+    )
+    request = urllib.request.Request(offer.url, headers={"User-Agent": "pi-edge-agent", "Accept-Encoding": "identity"})
+    began = clock.monotonic()
+    shown = safe_url(offer.url)
+    received = 0
+
+    def too_late() -> DownloadError:
+        return DownloadError(
+            f"not complete after {deadline.seconds:.0f} s ({received} of {offer.size} bytes)", retry=True
+        )
+
+    try:
+        response = opener.open(request, timeout=min(timeout, deadline.seconds))
     except DownloadError:
         raise
     except urllib.error.HTTPError as exc:
@@ -108,12 +248,14 @@ def download(
             f"HTTP {exc.code} {exc.reason} from {shown}", retry=exc.code >= 500 or exc.code == 429
         ) from None
     except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        if deadline.passed():
+            raise DownloadError(
+                f"not complete after {deadline.seconds:.0f} s (no response from {shown} yet)", retry=True
+            ) from None
         reason = getattr(exc, "reason", exc)
         raise DownloadError(f"cannot reach {shown}: {reason}", retry=True) from None
-    dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     sha, md5 = hashlib.sha256(), hashlib.md5()
-    received = 0
     with response:
         headers = {k.lower(): v for k, v in response.headers.items()}
         length = headers.get("content-length")
@@ -126,11 +268,9 @@ def download(
                 while True:
                     if cancel is not None and cancel.is_set():
                         raise DownloadError("cancelled", retry=False)
-                    left = deadline - time.monotonic()
+                    left = deadline.left()
                     if left <= 0:
-                        raise DownloadError(
-                            f"not complete after {total_timeout:.0f} s ({received} of {offer.size} bytes)", retry=True
-                        )
+                        raise too_late()
                     if sock is not None:
                         sock.settimeout(max(0.05, min(timeout, left)))
                     chunk = response.read1(CHUNK)
@@ -142,7 +282,7 @@ def download(
                     sha.update(chunk)
                     md5.update(chunk)
                     out.write(chunk)
-                    now = time.monotonic()
+                    now = clock.monotonic()
                     if now - last >= PROGRESS_EVERY:
                         last = now
                         log.info(
@@ -157,20 +297,24 @@ def download(
                 os.fsync(out.fileno())
         except http.client.IncompleteRead as exc:
             received += len(exc.partial)
+            if deadline.passed():
+                raise too_late() from None
             raise DownloadError(f"truncated download: {received} of {offer.size} bytes", retry=True) from None
         except TimeoutError:
-            if time.monotonic() >= deadline:
-                raise DownloadError(
-                    f"not complete after {total_timeout:.0f} s ({received} of {offer.size} bytes)", retry=True
-                ) from None
+            if deadline.passed():
+                raise too_late() from None
             raise DownloadError(
                 f"no data for {timeout:.0f} s after {received} of {offer.size} bytes", retry=True
             ) from None
         except (OSError, http.client.HTTPException) as exc:
+            if deadline.passed():
+                raise too_late() from None
             raise DownloadError(f"connection lost after {received} of {offer.size} bytes: {exc}", retry=True) from None
     if received != offer.size:
+        if deadline.passed():
+            raise too_late()
         raise DownloadError(f"truncated download: {received} of {offer.size} bytes", retry=True)
-    return Downloaded(dest, received, sha.digest(), md5.hexdigest(), headers, time.monotonic() - began)
+    return Downloaded(dest, received, sha.digest(), md5.hexdigest(), headers, clock.monotonic() - began)
 
 
 def _socket_of(response: object) -> socket.socket | None:

@@ -202,7 +202,8 @@ class Served:
     """One file the server offers, and how it misbehaves."""
 
     path: Path
-    # None | "404" | "500" | "truncate" | "bad_sha" | "bad_md5" | "slow" | "trickle" (1 byte/s)
+    # None | "404" | "500" | "truncate" | "bad_sha" | "bad_md5" | "slow" | "trickle" (the body at 1 byte/s)
+    # | "trickle_headers" (the status line and headers at 1 byte/s)
     fault: str | None = None
     fw_headers: bool = True
     tag: Any = None
@@ -244,6 +245,15 @@ class PackageServer:
                     sha = hashlib.sha256(data + b"x").digest()
                 if served.fault == "bad_md5":
                     md5 = hashlib.md5(data + b"x").hexdigest()
+                if served.fault == "trickle_headers":
+                    import time
+
+                    head = f"HTTP/1.1 200 OK\r\nContent-Length: {len(data)}\r\nX-Padding: {'x' * 4000}\r\n\r\n"
+                    for i in range(len(head)):  # until the client gives up (a write then fails)
+                        self.wfile.write(head[i : i + 1].encode())
+                        self.wfile.flush()
+                        time.sleep(1.0)
+                    return
                 self.send_response(200)
                 self.send_header("Content-Type", "application/octet-stream")
                 self.send_header("Content-Length", str(len(data)))
