@@ -8,12 +8,14 @@ Run with ``./dev systest`` (x86_64, nspawn) or ``./dev systest --arm64``
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ from tests.support.cloud import CloudClient
 from tests.support.ota import BUILD, TEMPLATE, PackageServer, source_variant
 
 from .guest import Guest, boot
-from .image import SRC, Image, get_image, missing_tools, wheelhouse
+from .image import CACHE, SRC, Image, get_image, missing_tools, wheelhouse
 
 FIGURES: dict[str, str] = {}
 CLONE = "/root/pi-edge-agent"
@@ -213,6 +215,7 @@ def world(
     guest = boot(image, workdir)
     figure(f"boot ({image.arch})", f"{guest.boot_seconds:.1f} s to systemd 'running'")
     try:
+        assert broker.port_tcp is not None
         guest.forward(broker.port_tcp)
         guest.forward(package_server.port)
         flags = f"--non-interactive --config-template {CLONE}/systest.toml --wheelhouse {WHEELS} --offline"
@@ -256,7 +259,7 @@ def packages(arch: str, wheels: Path, workdir: Path) -> Packages:
         ),
     }
 
-    def make(name: str) -> PackageInfo:
+    def make(name: str) -> None:
         version, edits = variants[name]
         source = source_variant(workdir / f"{name}-src", edits) if edits else SRC
         pack(
@@ -270,18 +273,35 @@ def packages(arch: str, wheels: Path, workdir: Path) -> Packages:
             offline=True,
             **extra,  # type: ignore[arg-type]
         )
-        return open_package(workdir / f"{name}.zip")
 
-    with ThreadPoolExecutor(len(variants)) as pool:  # two pip runs at once: mostly I/O
-        out = dict(zip(variants, pool.map(make, variants)))
-    figure("update packages built", f"{time.monotonic() - started:.1f} s")
-    return Packages(**out)
+    # cached beside the images, keyed by what goes into them: the source, the edits, the wheels
+    key = hashlib.sha256(json.dumps([arch, wheels.name, variants, extra], sort_keys=True).encode())
+    for part in ("pyproject.toml", "README.md", "agent", "sensors"):
+        for f in sorted(p for p in [SRC / part, *(SRC / part).rglob("*")] if p.is_file()):
+            if "__pycache__" not in f.parts:
+                key.update(f"{f.relative_to(SRC)}\0".encode() + f.read_bytes())
+    cache = CACHE / f"packages-{arch}-{key.hexdigest()[:16]}"
+    if not (cache / ".complete").exists():
+        with ThreadPoolExecutor(len(variants)) as pool:  # two pip runs at once: mostly I/O
+            list(pool.map(make, variants))
+        for old in CACHE.glob(f"packages-{arch}-*"):
+            shutil.rmtree(old, ignore_errors=True)
+        cache.mkdir(parents=True)
+        for name in variants:
+            shutil.copy2(workdir / f"{name}.zip", cache / f"{name}.zip")
+        (cache / ".complete").touch()
+        figure("update packages", f"built in {time.monotonic() - started:.1f} s ({cache})")
+    else:
+        figure("update packages", f"cached ({cache})")
+    return Packages(**{name: open_package(cache / f"{name}.zip") for name in variants})
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[pytest.TestReport]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed test carries the unit's journal (the agent never logs a secret)."""
-    report: pytest.TestReport = yield
+    report = yield
     world = getattr(item, "funcargs", {}).get("world")
     if report.when == "call" and report.failed and isinstance(world, World):
         try:

@@ -13,6 +13,7 @@ import json
 import re
 import shlex
 import time
+from collections.abc import Callable
 
 from tests.support.cloud import Message
 from tests.support.ota import offer_for
@@ -58,7 +59,14 @@ def wait_journal(w: World, mark: str, wanted: str, fatal: str, what: str, timeou
             raise AssertionError(f"{what}: {fatal!r} in the journal:\n{log[-4000:]}")
         return None
 
-    return until_sync(seen, timeout=timeout, what=what)
+    log = until_sync(seen, timeout=timeout, what=what)
+    assert log is not None  # until_sync returns only a truthy value
+    return log
+
+
+def echo_of(value: str) -> Callable[[Message], bool]:
+    """A predicate: the message is the echo ``value``."""
+    return lambda m: m.text == value
 
 
 def is_reading(m: Message) -> bool:
@@ -169,7 +177,7 @@ def test_the_sandbox_rates_at_most_2_and_the_agent_still_does_its_job(world: Wor
     for value in ("1", "0"):
         w.cloud.clear()
         w.cloud.publish("downlink/ds/Pump", value, qos=1)
-        w.cloud.expect("ds/Pump", timeout=SLOW, predicate=lambda m, v=value: m.text == v)
+        w.cloud.expect("ds/Pump", timeout=SLOW, predicate=echo_of(value))
     # inside the service's own mount namespace, as its user: what it may write and read
     pid = main_pid(w)
     sandbox = f"nsenter --target={pid} --mount runuser -u edge-agent -- sh -c"
@@ -227,7 +235,8 @@ def device_access(w: World, pid: int, nodes: list[str]) -> dict[str, str]:
             )
             results[node] = "ok" if r.returncode == 0 else r.stdout.strip()
     finally:
-        w.guest.run(f"rm -f {control}")
+        # the guest as it was: the purge test compares every path with the first list
+        w.guest.run(f"rm -f {control} /etc/udev/rules.d/60-edge-agent.rules && udevadm control --reload")
     refused = results.pop(control)
     assert "Operation not permitted" in refused, f"{control} (not allowed by the unit) was not refused: {refused}"
     return results
