@@ -178,18 +178,32 @@ def test_the_sandbox_rates_at_most_2_and_the_agent_still_does_its_job(world: Wor
         w.cloud.clear()
         w.cloud.publish("downlink/ds/Pump", value, qos=1)
         w.cloud.expect("ds/Pump", timeout=SLOW, predicate=echo_of(value))
-    # inside the service's own mount namespace, as its user: what it may write and read
+    # inside the service's own mount namespace: as its user, the state dir is
+    # writable and the config readable; even as root there, the system is
+    # read-only (ProtectSystem=strict) and a home directory invisible
+    # (ProtectHome=yes), which outside the sandbox root can write and see
     pid = main_pid(w)
-    sandbox = f"nsenter --target={pid} --mount runuser -u edge-agent -- sh -c"
-    writable = w.guest.run(
-        f"{sandbox} 'touch {STATE}/.systest && rm {STATE}/.systest && echo state-writable; "
-        "touch /etc/edge-agent/.systest 2>/dev/null || echo etc-read-only; "
-        "touch /usr/.systest 2>/dev/null || echo usr-read-only; "
-        "cat /etc/edge-agent/agent.toml >/dev/null && echo config-readable; "
-        "ls /home >/dev/null 2>&1 && ls /home | grep -q . && echo home-visible || echo home-hidden'",
-        check=False,
-    ).stdout.split()
-    assert writable == ["state-writable", "etc-read-only", "usr-read-only", "config-readable", "home-hidden"], writable
+    w.guest.run("mkdir -p /home/systest && echo private >/home/systest/notes")
+    try:
+        as_user = w.guest.run(
+            f"nsenter --target={pid} --mount runuser -u edge-agent -- sh -c "
+            f"'touch {STATE}/.systest && rm {STATE}/.systest && echo state-writable; "
+            "cat /etc/edge-agent/agent.toml >/dev/null && echo config-readable'",
+            check=False,
+        ).stdout.split()
+        assert as_user == ["state-writable", "config-readable"], as_user
+        probe = (
+            "for d in /etc /etc/edge-agent /usr /var/lib; do "
+            "touch $d/.systest 2>/dev/null && rm $d/.systest && echo $d:writable || echo $d:read-only; done; "
+            "cat /home/systest/notes 2>/dev/null || echo home:hidden"
+        )
+        outside = w.guest.run(probe, check=False).stdout.split()
+        assert outside == ["/etc:writable", "/etc/edge-agent:writable", "/usr:writable", "/var/lib:writable", "private"]
+        inside = w.guest.run(f"nsenter --target={pid} --mount sh -c '{probe}'", check=False).stdout.split()
+        sandboxed = ["/etc:read-only", "/etc/edge-agent:read-only", "/usr:read-only", "/var/lib:read-only"]
+        assert inside == [*sandboxed, "home:hidden"], inside
+    finally:
+        w.guest.run("rm -rf /home/systest")
     # the outbox lives in the state dir and the agent wrote it
     assert w.guest.out(f"find {STATE} -maxdepth 2 -user edge-agent -name '*outbox*' | head -n 1"), "no outbox file"
     # I2C and GPIO device nodes, 1-Wire sysfs: as far as this guest has them
