@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -382,6 +383,7 @@ class QemuGuest(Guest):
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
         subprocess.run([*self._ssh()[:-1], "-O", "exit", "root@127.0.0.1"], capture_output=True, check=False)
+        shutil.rmtree(self.control.parent, ignore_errors=True)
 
 
 def boot(image: Image, workdir: Path) -> Guest:
