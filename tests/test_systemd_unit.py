@@ -108,7 +108,9 @@ def test_service_contract() -> None:
     assert values("User") == ["edge-agent"] and values("SupplementaryGroups") == ["gpio i2c"]
     assert values("ExecStart") == ["/var/lib/edge-agent/current/bin/edge-agent run --config /etc/edge-agent/agent.toml"]
     assert values("StateDirectory") == ["edge-agent"] and values("RuntimeDirectory") == ["edge-agent"]
-    assert values("ConfigurationDirectory") == ["edge-agent"]
+    # ProtectSystem=strict leaves a ConfigurationDirectory= writable: /etc/edge-agent
+    # (made by install.sh) must stay read-only under the service
+    assert values("ConfigurationDirectory") == [] and values("ReadWritePaths") == []
     assert values("WorkingDirectory") == ["/run/edge-agent"]
     assert "LG_WD=/run/edge-agent" in values("Environment")[0].split()
     assert "MALLOC_ARENA_MAX=2" in " ".join(values("Environment")).split()
