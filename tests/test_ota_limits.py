@@ -209,3 +209,35 @@ def test_an_expanding_package_is_refused_before_it_is_unpacked(
     # which check refused it: the package's wheels together, or the one wheel's files
     assert ("zz_filler-1.0-py3-none-any.whl: " in detail) is inner, detail
     assert largest[0] <= 2 * bomb.size
+
+
+@pytest.mark.parametrize("fault", ["trickle", "trickle_headers"], ids=["body", "headers"])
+def test_the_real_agent_abandons_a_trickle_at_the_deadline_and_fetches_a_newer_offer(
+    broker: Any, cloud: Any, tmp_path: Path, package_server: PackageServer, ota_packages: Packages, fault: str
+) -> None:
+    """The same fault against the real ``edge-agent run`` process: its
+    ``[ota]`` table from the config file, the offer from the cloud over the
+    broker, the verdicts in its log."""
+    from tests.support.blynk import config_text
+    from tests.support.ota import fake_release_root
+    from tests.support.process import AgentProcess
+
+    root = fake_release_root(tmp_path / "state")
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        config_text(root, broker, sensor=False, relay=False)
+        + f'\n[ota]\nallowed_hosts = ["localhost"]\nattempts = 1\ndownload_timeout = 4.0\ntimeout = 60.0\n'
+        f'ca_file = "{package_server.ca_file}"\n'
+    )
+    slow = package_server.serve("slow-real.zip", ota_packages.good, fault=fault)
+    later = package_server.serve("later-real.zip", ota_packages.crash, fault="bad_sha")
+    cloud.subscribe("#")
+    with AgentProcess(config, tmp_path / "agent.log") as agent:
+        cloud.expect("info/mcu", timeout=30)
+        _offer(cloud, offer_for(ota_packages.good, slow))
+        abandoned = agent.wait_for("ota: update to ", timeout=60)
+        assert "not complete after 4 s" in abandoned[0], agent.tail()
+        _offer(cloud, offer_for(ota_packages.crash, later))
+        agent.wait_for("SHA-256 mismatch", timeout=60)
+        assert package_server.requests["later-real.zip"] == 1
+        assert agent.stop() == 0
