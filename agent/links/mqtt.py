@@ -43,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -177,7 +178,9 @@ class MqttLink(OutboxSink, CommandSource, StateSink):
         self.discovery = Discovery(
             node_id=self.node_id,
             topics=self.topics,
-            device=device_block(options.device_name or self.agent_name, version(), options.configuration_url),
+            device=device_block(
+                options.device_name or self.agent_name, version(), options.configuration_url or console_url(context)
+            ),
             json_payload=options.payload == "json",
             qos=options.states.qos,
             sw_version=version(),
@@ -554,6 +557,29 @@ def _text(value: Any) -> str:
     if isinstance(value, tuple | list):
         return ",".join(_text(v) for v in value)
     return str(value)
+
+
+def console_url(context: LinkContext) -> str | None:
+    """The local web console's address, for Home Assistant's device page,
+    when the config runs one that another machine can reach (a ``web`` link
+    listening beyond loopback): ``http(s)://<this host>:<port>/``."""
+    config = context.config
+    if config is None:
+        return None
+    for spec in config.links:
+        if spec.plugin.type != "web":
+            continue
+        options = spec.options
+        listen = str(getattr(options, "listen", "127.0.0.1"))
+        port = getattr(options, "port", 0)
+        if not port or listen in ("127.0.0.1", "localhost", "::1"):
+            return None
+        host = socket.getfqdn() if listen in ("0.0.0.0", "::", "") else listen
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if getattr(options, "tls_cert", None) else "http"
+        return f"{scheme}://{host}:{port}/"
+    return None
 
 
 __all__ = ["MqttLink", "MqttOptions"]
