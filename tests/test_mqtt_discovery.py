@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from tests.support.blynk import run, running, uid, until
 from tests.support.broker import Broker
 from tests.support.cloud import CloudClient
 from tests.support.ha_schema import problems
-from tests.support.mqtt_link import agent_header, mqtt_of, mqtt_table
+from tests.support.mqtt_link import agent_header, clear_retained, mqtt_of, mqtt_table
 
 HA_PYTHON = os.environ.get("EDGE_TEST_HA_PYTHON", "")
 VALIDATOR = Path(__file__).parent / "support" / "ha_validate.py"
@@ -105,6 +106,14 @@ type = "buzzer"
 pin = 26
 """
 ENTITIES = 'entities = { heater = "number", fan = "fan", bell = "button" }'
+
+
+@pytest.fixture(autouse=True)
+def _no_retained_message_left(broker: Broker, make_cloud: Any) -> Iterator[None]:
+    """Each test's retained states, availability and configs are deleted from
+    the shared broker afterwards: other tests subscribe to wildcards there."""
+    yield
+    clear_retained(make_cloud(broker))
 
 
 def every_type_config(tmp_path: Path, broker: Any, **options: Any) -> tuple[str, list[tuple[str, str, str]]]:
@@ -215,7 +224,7 @@ def test_discovery_on_a_broker(broker: Broker, tmp_path: Path) -> None:
     """Configs retained; HA's birth -> every config again; a stale entity
     removed; HA's commands reach the pins and the real state comes back."""
     node = f"pi_{uid()}"
-    prefix = f"t/{uid()}"
+    prefix = f"mqtt-test/{uid()}"
     disc = f"ha{uid()}"
     status = f"{disc}/status"
     text = (

@@ -17,6 +17,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +30,16 @@ from tests.support.agent_builder import make_agent
 from tests.support.blynk import config_text, points_in, run, running, uid, until
 from tests.support.broker import Broker
 from tests.support.cloud import CloudClient
-from tests.support.mqtt_link import RELAYS, agent_header, air_sensor, mqtt_of, mqtt_table
+from tests.support.mqtt_link import RELAYS, agent_header, air_sensor, clear_retained, mqtt_of, mqtt_table
 from tests.support.process import agent_env, spawn_agent
+
+
+@pytest.fixture(autouse=True)
+def _no_retained_message_left(broker: Broker, make_cloud: Any) -> Iterator[None]:
+    """Each test's retained states, availability and configs are deleted from
+    the shared broker afterwards: other tests subscribe to wildcards there."""
+    yield
+    clear_retained(make_cloud(broker))
 
 
 def states(cloud: CloudClient, prefix: str, actuator: str) -> list[str]:
@@ -101,7 +110,7 @@ def test_the_password_can_stay_out_of_the_file(
 
 def test_readings_commands_and_states_through_every_rule(broker: Broker, tmp_path: Path, caplog: Any) -> None:
     cloud = CloudClient(broker)
-    prefix = f"t/{uid()}"
+    prefix = f"mqtt-test/{uid()}"
     table = mqtt_table("lan", broker, topic_prefix=prefix, actuators=["pump", "fill", "drain", "compressor"])
     agent = make_agent(tmp_path, agent_header(tmp_path / "state") + table + air_sensor({"t": 'lan = "air/t"'}) + RELAYS)
     link = mqtt_of(agent, "lan")
@@ -156,7 +165,7 @@ def test_readings_commands_and_states_through_every_rule(broker: Broker, tmp_pat
     readings = [m for m in cloud.messages if m.topic == f"{prefix}/air/t"]
     assert all(isinstance(float(m.text), float) for m in readings)
     assert not any(m.retain for m in readings)  # readings are not retained by default
-    assert "command on t/" in caplog.text and "not an actuator this link drives" in caplog.text
+    assert "command on mqtt-test/" in caplog.text and "not an actuator this link drives" in caplog.text
     assert broker.token not in caplog.text
     # a clean stop publishes offline itself (a DISCONNECT suppresses the will)
     assert [m.text for m in cloud.messages if m.topic == f"{prefix}/status"][-1] == "offline"
@@ -166,7 +175,7 @@ def test_readings_commands_and_states_through_every_rule(broker: Broker, tmp_pat
 @pytest.mark.parametrize("scheme", ["mqtts", "ws", "wss"])
 def test_any_transport(broker: Broker, tmp_path: Path, scheme: str) -> None:
     cloud = CloudClient(broker)
-    prefix = f"t/{uid()}"
+    prefix = f"mqtt-test/{uid()}"
     table = mqtt_table("lan", broker, scheme, topic_prefix=prefix, payload="json")
     agent = make_agent(tmp_path, agent_header(tmp_path / "state") + table + air_sensor({"h": 'lan = "h"'}))
     cloud.subscribe(f"{prefix}/#")
@@ -186,7 +195,7 @@ def test_broker_away_for_a_minute_nothing_lost_times_kept(fresh_broker: Broker, 
     """JSON payload, QoS 1: every reading taken while the broker was down
     arrives afterwards with the time it was taken, none lost."""
     broker = fresh_broker
-    prefix = f"t/{uid()}"
+    prefix = f"mqtt-test/{uid()}"
     table = mqtt_table("lan", broker, topic_prefix=prefix, payload="json", backoff_max=1.0)
     agent = make_agent(
         tmp_path,
@@ -239,7 +248,7 @@ def test_two_mqtt_links_and_blynk_one_broker_down_slows_no_other(
     readings; while the cloud broker is down, every reading taken reaches the
     LAN broker and Blynk before it comes back."""
     with Broker() as lan_broker:
-        lan, far = f"t/{uid()}", f"t/{uid()}"
+        lan, far = f"mqtt-test/{uid()}", f"mqtt-test/{uid()}"
         blynk = config_text(tmp_path / "unused", broker, sensor=False, relay=False)
         blynk = blynk[blynk.index("[blynk]") :]
         routes = {"t": 'blynk = "Temperature", lan = "air/t", far = "air/t"', "h": 'far = "air/h"'}
@@ -306,7 +315,7 @@ def test_will_offline_when_killed_online_and_states_when_back(broker: Broker, tm
     ``offline`` at once (the socket closes); started again -> ``online`` and
     every state published again; frozen (SIGSTOP, as a Pi that vanished) ->
     the will once the broker's keepalive check gives up (1.5 x keepalive)."""
-    prefix = f"t/{uid()}"
+    prefix = f"mqtt-test/{uid()}"
     keepalive = 5
     cfg = tmp_path / "agent.toml"
     cfg.write_text(
@@ -361,7 +370,7 @@ def test_failsafe_watches_the_link_and_a_retained_command_is_a_restore(
     replays is a restore (applied under restore = "cloud" only); a live
     command is obeyed either way."""
     broker = fresh_broker
-    prefix = f"t/{uid()}"
+    prefix = f"mqtt-test/{uid()}"
     pump = f"""
 [[actuators]]
 id = "pump"
@@ -443,7 +452,7 @@ def test_client_certificate_login(tmp_path: Path) -> None:
     certificate's name as the user; without a certificate it refuses."""
     with CertBroker() as broker:
         crt, key = broker.client_cert("pi-7")
-        prefix = f"t/{uid()}"
+        prefix = f"mqtt-test/{uid()}"
         table = mqtt_table(
             "lan", broker, "mqtts", topic_prefix=prefix, username=None, password=None, client_cert=crt, client_key=key
         )
@@ -468,7 +477,7 @@ def test_client_certificate_login(tmp_path: Path) -> None:
 
 def test_a_reading_that_can_never_fit_is_dropped_not_retried(broker: Broker, tmp_path: Path, caplog: Any) -> None:
     cloud = CloudClient(broker)
-    prefix = f"t/{uid()}"
+    prefix = f"mqtt-test/{uid()}"
     long_target = "x" * 300
     table = mqtt_table("lan", broker, topic_prefix=prefix, max_message_bytes=256)
     routes = {"t": f'lan = "{long_target}"', "h": 'lan = "h"'}

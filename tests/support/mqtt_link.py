@@ -3,12 +3,17 @@ configs with ``[NAME] type = "mqtt"`` tables pointing at harness brokers."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 from agent.links.mqtt import MqttLink
 from agent.runtime import Agent
 from tests.support.blynk import toml_value, uid
+from tests.support.cloud import topic_matches
+
+#: every mqtt-link test's topic prefix starts here (other tests' wildcards never see it)
+TEST_ROOT = "mqtt-test"
 
 
 def mqtt_table(name: str, broker: Any, scheme: str = "mqtt", **options: Any) -> str:
@@ -22,7 +27,7 @@ def mqtt_table(name: str, broker: Any, scheme: str = "mqtt", **options: Any) -> 
         "password": broker.token,
         "ca_file": broker.ca_file,
         "client_id": f"{name}-{uid()}",
-        "topic_prefix": f"t/{uid()}",
+        "topic_prefix": f"{TEST_ROOT}/{uid()}",
         "backoff_initial": 0.05,
         "backoff_max": 0.5,
     }
@@ -99,3 +104,20 @@ def mqtt_of(agent: Agent, name: str) -> MqttLink:
     link = agent.link(name)
     assert isinstance(link, MqttLink), link
     return link
+
+
+def clear_retained(cloud: Any, topic_filter: str = f"{TEST_ROOT}/#") -> int:
+    """Delete every retained message under ``topic_filter`` from the broker
+    (an empty retained publish each), so that no later test on the shared
+    broker receives them. The broker sends the retained messages right after
+    the SUBACK, before a marker published afterwards: once the marker is
+    back, all of them are in."""
+    marker = f"{TEST_ROOT}/_marker/{uuid.uuid4().hex}"
+    cloud.subscribe(topic_filter, qos=1)
+    cloud.subscribe(marker, qos=1)
+    cloud.publish(marker, b"m", qos=1)
+    cloud.expect(marker, timeout=10)
+    topics = {m.topic for m in cloud.messages if m.retain and m.payload and topic_matches(topic_filter, m.topic)}
+    for topic in topics:
+        cloud.publish(topic, b"", qos=1, retain=True)
+    return len(topics)
