@@ -126,9 +126,12 @@ class _Deadline:
         self._timer.cancel()
 
 
-class _GuardedHTTPConnection(http.client.HTTPConnection):
-    """An HTTP connection whose connect waits no longer than the deadline
-    leaves, and whose socket the deadline can shut down."""
+class _Guarded:
+    """Mixed into an HTTP(S) connection: its connect (and TLS handshake) waits
+    no longer than the deadline leaves, and the deadline can shut its socket."""
+
+    timeout: Any
+    sock: Any
 
     def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -137,22 +140,16 @@ class _GuardedHTTPConnection(http.client.HTTPConnection):
     def connect(self) -> None:
         """Connect within the time left, then hand the socket to the deadline."""
         self.timeout = _within(self.timeout, self._deadline)
-        super().connect()
+        super().connect()  # type: ignore[misc]
         self._deadline.attach(self.sock)
 
 
-class _GuardedHTTPSConnection(http.client.HTTPSConnection):
-    """:class:`_GuardedHTTPConnection` over TLS (the handshake is inside the deadline too)."""
+class _GuardedHTTPConnection(_Guarded, http.client.HTTPConnection):
+    """A plain HTTP connection under the download's deadline."""
 
-    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._deadline = deadline
 
-    def connect(self) -> None:
-        """Connect and shake hands within the time left, then hand the socket to the deadline."""
-        self.timeout = _within(self.timeout, self._deadline)
-        super().connect()
-        self._deadline.attach(self.sock)
+class _GuardedHTTPSConnection(_Guarded, http.client.HTTPSConnection):
+    """An HTTPS connection under the download's deadline (the handshake too)."""
 
 
 def _within(timeout: Any, deadline: _Deadline) -> float:
