@@ -39,8 +39,12 @@ def ota_agent(tmp_path: Path, broker: Any, server: PackageServer, **ota: Any) ->
 Result = namedtuple("Result", "outcome detail log events")
 
 
-def offer_and_wait(agent: Any, cloud: Any, caplog: Any, offer: dict[str, Any] | bytes) -> Result:
-    """Send one offer; wait for the manager's verdict; the running release must be untouched."""
+def offer_and_wait(
+    agent: Any, cloud: Any, caplog: Any, offer: dict[str, Any] | bytes, expect_event: bool = False
+) -> Result:
+    """Send one offer; wait for the manager's verdict (and, with
+    ``expect_event``, for its Blynk event at the cloud: it leaves after the
+    verdict); the running release must be untouched."""
     root = agent.ota.root
     before = tree(root)
     cloud.subscribe("#")
@@ -52,6 +56,8 @@ def offer_and_wait(agent: Any, cloud: Any, caplog: Any, offer: dict[str, Any] | 
             cloud.publish("downlink/ota/json", payload)
             await until(lambda: agent.ota.outcomes, 30, "an OTA outcome")
             await until(lambda: agent.ota.active is None, 30, "the update task to end")
+            if expect_event:
+                await cloud.aexpect("event/ota", timeout=15)
             return agent.ota.outcomes[0]
 
     with caplog.at_level(logging.INFO, logger="agent"):
@@ -77,7 +83,7 @@ def test_bad_sha256_is_refused(
 ) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good, fault="bad_sha")
-    r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url))
+    r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url), expect_event=True)
     assert r.outcome == "failed" and "SHA-256 mismatch" in r.detail
     assert "update to 1.1.0 failed: download: SHA-256 mismatch" in one_line(r.log, "SHA-256 mismatch")
     assert package_server.requests["pkg.zip"] == 1, "a digest mismatch is not retried"
@@ -138,7 +144,7 @@ def test_wrong_type_is_refused_before_any_download(
 ) -> None:
     agent = ota_agent(tmp_path, broker, package_server)
     url = package_server.serve("pkg.zip", ota_packages.good)
-    r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url, type="TMPLother"))
+    r = offer_and_wait(agent, cloud, caplog, offer_for(ota_packages.good, url, type="TMPLother"), expect_event=True)
     assert r.outcome == "refused" and "package type 'TMPLother' is not this device's 'TMPLtest01'" in r.detail
     one_line(r.log, "refused: package type")
     assert package_server.requests["pkg.zip"] == 0
