@@ -35,6 +35,10 @@ def setup_logging(level: str = "info") -> None:
     # [SEND SUB] <topics>) without a link name; the session layer logs every
     # event once, with one. Set by name: the commands without MQTT never import gmqtt.
     logging.getLogger("gmqtt").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    # its protocol module also logs a lost connection as a warning with a full
+    # traceback ([EXC: CONN LOST]); the session logs that event itself, once, with
+    # the link name and the reason: a traceback in a field log means a bug
+    logging.getLogger("gmqtt.mqtt.protocol").setLevel(max(logging.ERROR, logging.getLevelName(level.upper())))
 
 
 def config_path(args: argparse.Namespace) -> Path:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from agent import __version__
 from tests.support.process import EXAMPLES, edge_agent, spawn_agent
@@ -134,3 +137,25 @@ def test_read_of_a_hanging_sensor_times_out(tmp_path):
 def test_version():
     result = edge_agent("version")
     assert result.stdout.strip() == f"edge-agent {__version__}"
+
+
+@pytest.mark.unit
+def test_gmqtt_lost_connection_tracebacks_stay_out_of_the_log() -> None:
+    """The session logs a lost connection once, with the link's name and the
+    reason; gmqtt's own warning with a full traceback is held back."""
+    from agent.cli_common import setup_logging
+
+    root = logging.getLogger()
+    saved = root.level, root.handlers[:]
+    loggers = [logging.getLogger(name) for name in ("gmqtt", "gmqtt.mqtt.protocol")]
+    levels = [logger.level for logger in loggers]
+    try:
+        setup_logging("debug")
+        assert not logging.getLogger("gmqtt.mqtt.protocol").isEnabledFor(logging.WARNING)
+        assert logging.getLogger("gmqtt.mqtt.protocol").isEnabledFor(logging.ERROR)
+        assert logging.getLogger("agent.mqtt.session").isEnabledFor(logging.WARNING)
+    finally:
+        root.setLevel(saved[0])
+        root.handlers[:] = saved[1]
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
