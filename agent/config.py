@@ -17,6 +17,7 @@ printed.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -955,11 +956,18 @@ def _relative_to(config_path: Path, options: BaseModel) -> BaseModel:
     return options.model_copy(update=update) if update else options
 
 
+@functools.cache
+def _target_adapter(info: PluginInfo) -> Any:
+    """The validator of a link type's ``target_type``, built once per type
+    (``check`` and ``run`` check every route target; building is the cost)."""
+    from pydantic import TypeAdapter
+
+    return TypeAdapter(info.cls.target_type)
+
+
 def _route_problems(source: Source, instances: Mapping[str, PluginInfo]) -> list[Located]:
     """Each route target against the target type of the link it names (routes
     to a link that is not configured are :mod:`agent.config_rules`' job)."""
-    from pydantic import TypeAdapter
-
     problems: list[Located] = []
     entries = source.data.get("sensors") if isinstance(source.data, Mapping) else None
     for i, entry in enumerate(entries if isinstance(entries, list) else []):
@@ -977,7 +985,7 @@ def _route_problems(source: Source, instances: Mapping[str, PluginInfo]) -> list
                     )
                     continue
                 try:
-                    TypeAdapter(target_type).validate_python(target)
+                    _target_adapter(info).validate_python(target)
                 except ValidationError as exc:
                     problems.extend(errors_to_problems(source, exc, loc, None))
     return problems

@@ -32,6 +32,7 @@ actuators, the hardware or the runtime.
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Mapping
@@ -99,9 +100,10 @@ class LinkContext:
     #: commands links sent so far, by ``(actuator, source, result)`` (metrics)
     command_counts: Callable[[], Mapping[tuple[str, str, str], int]] = field(default=dict)
 
-    @property
+    @functools.cached_property
     def actuators(self) -> Mapping[str, ActuatorEntry]:
-        """The configured, enabled actuators by id (their config entries)."""
+        """The configured, enabled actuators by id (their config entries;
+        made once: the config does not change while the agent runs)."""
         if self.config is None:
             return {}
         return {spec.entry.id: spec.entry for spec in self.config.actuators}
