@@ -177,9 +177,8 @@ class ConsoleServer:
                 wait,
             )
             return False, wait
-        users = self.link.users()
-        async with self._checks:
-            ok = await asyncio.to_thread(verify_user, users, user, password)
+        async with self._checks:  # the users file is read in the worker too: no file I/O on the loop
+            ok = await asyncio.to_thread(lambda: verify_user(self.link.users(), user, password))
         if ok:
             self.throttle.succeeded(addr)
             self.logins["ok"] += 1
