@@ -66,12 +66,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     decision = on_start()
     if decision.exit_code is not None:
         return decision.exit_code
-    from agent.config import ConfigError
+    config = None
+    if args.own_process and not args.check_in_process:
+        from agent import model
+        from agent.config_cache import load_plain
 
-    try:
-        config = _load(args, skip_broken=True, need_secrets=True)
-    except ConfigError as exc:
-        return print_config_error(exc)
+        if model.can_use_plain():
+            code, config = load_plain(config_path(args), args.plugin_dir)
+            if code != 0:
+                return code
+            if config is None and model.is_plain():  # a kept check failed half-way: start afresh
+                return _restart_checking_in_process()
+    if config is None:
+        from agent.config import ConfigError
+
+        try:
+            config = _load(args, skip_broken=True, need_secrets=True)
+        except ConfigError as exc:
+            return print_config_error(exc)
     from agent.redact import register_secrets, secrets_of
 
     register_secrets(secrets_of(config.settings))
@@ -79,6 +91,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         register_secrets(secrets_of(link.options))
     setup_logging(args.log_level or config.settings.agent.log_level)
     return asyncio.run(_run(config, print_readings=args.print_readings, decision=decision))
+
+
+def _restart_checking_in_process() -> int:
+    """Replace this process by ``run --check-in-process`` (same arguments)."""
+    log.warning("config: restarting to check the config in-process")
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "agent", *sys.argv[1:], "--check-in-process"])
+    return EXIT_FAILURE  # not reached
 
 
 async def _run(config: Config, print_readings: bool = False, decision: StartDecision | None = None) -> int:
@@ -639,6 +659,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     run = sub.add_parser("run", parents=[common], help="run the agent in the foreground")
     run.add_argument("--print-readings", action="store_true", help="print every reading on stdout")
+    run.add_argument(
+        "--check-in-process",
+        action="store_true",
+        help="check the config in this process (pydantic stays loaded) instead of a child's kept check",
+    )
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", parents=[common], help="validate a config (exit 0 or 2)")
     check.add_argument(
@@ -700,10 +725,16 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``edge-agent`` console script."""
+def main(argv: Sequence[str] | None = None, own_process: bool | None = None) -> int:
+    """Entry point of the ``edge-agent`` console script.
+
+    ``own_process`` (default: when ``argv`` is None, i.e. the console script
+    or ``python -m agent``): the process is this command's alone, so ``run``
+    may make its models plain (:mod:`agent.model`); a caller that runs the
+    command inside its own process (a test) keeps pydantic models."""
     words = list(sys.argv[1:] if argv is None else argv)
     args = build_parser(words[0] if words else None).parse_args(words)
+    args.own_process = argv is None if own_process is None else own_process
     if args.command not in ("run",):
         setup_logging(getattr(args, "log_level", None) or "warning")
     return int(args.func(args))

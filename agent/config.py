@@ -29,18 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    create_model,
-    field_validator,
-    model_validator,
-)
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
-
 from agent.config_locate import TomlPositions
 from agent.config_messages import (
     PATTERN_FIXES,
@@ -52,6 +40,20 @@ from agent.config_messages import (
     did_you_mean,
     explain,
     scrub,
+)
+from agent.model import (
+    BaseModel,
+    BaseSettings,
+    ConfigDict,
+    Field,
+    PydanticBaseSettingsSource,
+    SecretStr,
+    SettingsConfigDict,
+    SettingsError,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
 )
 from agent.pipeline import FilterSpec
 from agent.plugin import PluginInfo, PluginOptions, PluginRegistry
@@ -960,7 +962,7 @@ def _relative_to(config_path: Path, options: BaseModel) -> BaseModel:
 def _target_adapter(info: PluginInfo) -> Any:
     """The validator of a link type's ``target_type``, built once per type
     (``check`` and ``run`` check every route target; building is the cost)."""
-    from pydantic import TypeAdapter
+    from agent.model import TypeAdapter
 
     return TypeAdapter(info.cls.target_type)
 

@@ -15,8 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
 from agent.config import (
     ActuatorEntry,
     Config,
@@ -38,6 +36,7 @@ from agent.config import (
 )
 from agent.config_messages import Located, Source
 from agent.config_rules import cross_entry_problems
+from agent.model import ValidationError
 from agent.plugin import PluginRegistry, load_registry
 
 

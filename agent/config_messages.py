@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel
-
 from agent.config_locate import TomlPositions
+from agent.model import BaseModel
 
 #: Keys whose values are never shown.
 SECRET_KEYS = frozenset({"token", "password", "write_api_key", "api_key"})

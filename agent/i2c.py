@@ -19,9 +19,9 @@ import errno
 from collections.abc import Iterator
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field
 from smbus2 import i2c_msg
 
+from agent.model import Field
 from agent.plugin import PluginOptions, Sensor, SensorError
 
 #: A 7-bit I2C address a device may use (0x03..0x77; the rest are reserved).

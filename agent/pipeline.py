@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Annotated, Any, ClassVar, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from agent.model import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 log = logging.getLogger("agent.pipeline")
 

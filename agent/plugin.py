@@ -25,7 +25,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from agent.model import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from agent.hardware import Hardware

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
-from pydantic import BaseModel
+from agent.model import BaseModel
 
 _NAMES: dict[Any, str] = {
     int: "whole number",

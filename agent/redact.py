@@ -38,7 +38,7 @@ def register_secrets(values: Iterable[str]) -> None:
 def secrets_of(model: Any) -> list[str]:
     """Every ``SecretStr`` value inside a settings model (nested models, lists, dicts)."""
     # imported here: the filter itself is set up by every subcommand, and most need no pydantic
-    from pydantic import BaseModel, SecretStr
+    from agent.model import BaseModel, SecretStr
 
     found: list[str] = []
 

@@ -38,9 +38,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, field_validator
-
 from agent.i2c import I2COptions, I2CSensor
+from agent.model import AfterValidator, Field, field_validator
 from agent.plugin import PluginOptions, SensorError
 from sensors._episodes import Episodes
 

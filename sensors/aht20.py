@@ -31,9 +31,8 @@ import time
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from pydantic import field_validator
-
 from agent.i2c import I2CAddress, I2COptions, I2CSensor
+from agent.model import field_validator
 from agent.plugin import PluginOptions, SensorError
 from sensors._crc import crc8
 from sensors._limits import check_range

@@ -43,9 +43,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator
-
 from agent.i2c import I2COptions, I2CSensor
+from agent.model import Field, field_validator
 from agent.plugin import PluginOptions, SensorError
 from sensors._limits import check_range
 

@@ -34,8 +34,7 @@ from pathlib import Path
 from time import sleep
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, field_validator
-
+from agent.model import Field, field_validator
 from agent.plugin import PluginOptions, Sensor, SensorError
 
 IIO_DEVICES = "/sys/bus/iio/devices"

@@ -56,9 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import field_validator
-
 from agent.i2c import ChipAbsent
+from agent.model import field_validator
 from agent.plugin import PluginOptions, Sensor, SensorError
 from sensors._limits import within
 

@@ -19,9 +19,8 @@ import builtins
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import BeforeValidator, Field, model_validator
-
 from agent.debounce import Debouncer
+from agent.model import BeforeValidator, Field, model_validator
 from agent.plugin import PluginOptions, Sensor
 
 # ---------------------------------------------------------------------------

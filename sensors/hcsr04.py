@@ -27,8 +27,7 @@ import time
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, model_validator
-
+from agent.model import Field, model_validator
 from agent.plugin import PluginOptions, Sensor, SensorError
 from sensors.gpio_inputs import GPIOPin
 

@@ -39,9 +39,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
-
 from agent.i2c import I2COptions, I2CSensor
+from agent.model import Field, field_validator, model_validator
 from agent.plugin import PluginOptions, SensorError
 
 REG_CONFIG = 0x00

@@ -32,8 +32,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
-
+from agent.model import Field
 from agent.plugin import NoOptions, PluginOptions, Sensor, SensorError
 
 

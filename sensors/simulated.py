@@ -14,8 +14,7 @@ import time
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
-
+from agent.model import Field, model_validator
 from agent.plugin import PluginOptions, Sensor, SensorError
 
 

@@ -61,6 +61,12 @@ NOT_LOADED = {
     "WebSocket": ["agent.mqtt.websocket", "websockets"],
     "web console": ["agent.links.console", "agent.console_cli", "aiohttp"],
     "other subcommands": ["agent.ota.commands", "agent.scan", "agent.manual", "agent.plugin_docs"],
+    "pydantic (the config is checked by a child, or kept from its check)": [
+        "pydantic",
+        "pydantic_core",
+        "pydantic_settings",
+        "agent.config_child",
+    ],
 }
 
 

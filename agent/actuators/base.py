@@ -23,8 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
-
+from agent.model import Field
 from agent.plugin import Actuator
 
 #: BCM GPIO numbers on the 40-pin header.

@@ -7,8 +7,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import Field
-
 from agent import clock
 from agent.actuators.base import (
     BcmPin,
@@ -20,6 +18,7 @@ from agent.actuators.base import (
     parse_switch,
     text_of,
 )
+from agent.model import Field
 from agent.plugin import PluginOptions
 
 

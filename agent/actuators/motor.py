@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-
 from agent.actuators.base import (
     BcmPin,
     OutputActuator,
@@ -16,6 +14,7 @@ from agent.actuators.base import (
     number_text,
     parse_number,
 )
+from agent.model import Field, model_validator
 from agent.plugin import PluginOptions
 
 

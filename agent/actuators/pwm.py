@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import Field
-
 from agent.actuators.base import (
     OFF_WORDS,
     ON_WORDS,
@@ -18,6 +16,7 @@ from agent.actuators.base import (
     number_text,
     parse_number,
 )
+from agent.model import Field
 from agent.plugin import PluginOptions
 
 

@@ -6,8 +6,6 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-
 from agent.actuators.base import (
     OFF_WORDS,
     BcmPin,
@@ -20,6 +18,7 @@ from agent.actuators.base import (
     parse_number,
     text_of,
 )
+from agent.model import Field, model_validator
 from agent.plugin import PluginOptions
 
 

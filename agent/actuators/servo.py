@@ -6,8 +6,6 @@ import math
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import Field, model_validator
-
 from agent.actuators.base import (
     BcmPin,
     OutputActuator,
@@ -17,6 +15,7 @@ from agent.actuators.base import (
     number_text,
     parse_number,
 )
+from agent.model import Field, model_validator
 from agent.plugin import PluginOptions
 
 

@@ -40,9 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
-
 from agent.commands import Outcome, StateReport
+from agent.model import BaseModel, ConfigDict
 from agent.pipeline import Reading
 from agent.plugin import LINK_GROUP
 

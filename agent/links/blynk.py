@@ -56,8 +56,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
-
 from agent import clock
 from agent.aio import cancel_and_wait
 from agent.commands import StateReport
@@ -75,6 +73,7 @@ from agent.links.blynk_format import (
 from agent.links.ratelimit import SlidingWindowLimiter
 from agent.locks import InstanceLock, LockHeld
 from agent.logtext import LogLimiter, clean
+from agent.model import Field
 from agent.mqtt import MqttSession, parse_server_url
 from agent.mqtt.errors import AckTimeout, MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus

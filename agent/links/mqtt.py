@@ -48,8 +48,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, field_validator, model_validator
-
 from agent.aio import cancel_and_wait
 from agent.commands import StateReport
 from agent.config import Config
@@ -65,6 +63,7 @@ from agent.links.homeassistant import (
 )
 from agent.links.uplink import OutboxSink
 from agent.logtext import LogLimiter, clean
+from agent.model import AfterValidator, Field, SecretStr, field_validator, model_validator
 from agent.mqtt import MqttSession, Will, parse_server_url
 from agent.mqtt.errors import MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus

@@ -56,14 +56,13 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from pydantic import Field, SecretStr
-
 from agent import clock
 from agent.aio import cancel_and_wait
 from agent.config import ThingSpeakSection
 from agent.links.base import CommandSource, LinkContext, ReadingSink
 from agent.locks import InstanceLock, LockHeld
 from agent.logtext import clean
+from agent.model import Field, SecretStr
 from agent.mqtt import MqttSession, build_ssl_context
 from agent.mqtt.errors import MessageTooLarge, MqttSessionError, NotConnected
 from agent.mqtt.status import LinkState, LinkStatus

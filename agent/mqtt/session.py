@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import gmqtt
-from pydantic import SecretStr
 
 from agent import clock
 from agent.logtext import LogLimiter, clean
+from agent.model import SecretStr
 
 from ._gmqtt import GmqttClient, GmqttLogAdapter, close_client, connect_error_code
 from .backoff import Backoff, Jitter

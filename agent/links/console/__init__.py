@@ -33,13 +33,12 @@ from collections.abc import Collection
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
-
 from agent import clock
 from agent.commands import StateReport
 from agent.links.base import CommandSource, LinkContext, LinkOptions, ReadingSink, StateSink
 from agent.links.console.auth import HashError, check_hash, read_users_file
 from agent.links.console.model import ConsoleModel, outcome_record
+from agent.model import Field, SecretStr, field_validator, model_validator
 from agent.pipeline import Reading
 
 log = logging.getLogger("agent.links.console")
