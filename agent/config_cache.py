@@ -501,7 +501,14 @@ def _replay(records: Iterable[Any]) -> None:
 def ask_child(path: Path, plugin_dirs: Iterable[Path]) -> tuple[int, dict[str, Any] | None]:
     """Have ``python -m agent.config_child`` check the config: ``(exit code,
     answer)``; its problem lines go straight to our stderr."""
-    command = [sys.executable, "-m", "agent.config_child", "--config", str(path)]
+    import agent
+
+    # the very agent package this process runs, whatever the working directory holds
+    home = str(Path(agent.__file__).resolve().parent.parent)
+    start = (
+        f"import runpy, sys; sys.path.insert(0, {home!r}); runpy.run_module('agent.config_child', run_name='__main__')"
+    )
+    command = [sys.executable, "-c", start, "--config", str(path)]
     for directory in plugin_dirs:
         command += ["--plugin-dir", str(directory)]
     proc = subprocess.run(command, stdout=subprocess.PIPE, check=False)

@@ -9,7 +9,6 @@ echoes a value at a secret key or a URL (which may hold a password).
 
 from __future__ import annotations
 
-import difflib
 import re
 import types
 import typing
@@ -66,6 +65,8 @@ def did_you_mean(word: Any, candidates: Iterable[str]) -> str | None:
     lowered = {c.lower(): c for c in options}
     if word.lower() in lowered and lowered[word.lower()] != word:
         return f"did you mean {lowered[word.lower()]!r}?"
+    import difflib  # only a config with a mistake needs it: not imported by a running agent
+
     close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
     return f"did you mean {lowered[close[0]]!r}?" if close else None
 

@@ -22,6 +22,9 @@ and its effect in one thread, in order.
 
 from __future__ import annotations
 
+import importlib
+from typing import Any
+
 from agent.actuators.base import (
     BcmPin,
     OutputActuator,
@@ -31,15 +34,29 @@ from agent.actuators.base import (
     parse_switch,
     single,
 )
-from agent.actuators.buzzer import Buzzer
-from agent.actuators.motor import Motor
-from agent.actuators.pwm import Pwm
-from agent.actuators.relay import Relay
-from agent.actuators.rgb import Rgb
-from agent.actuators.servo import Servo
 
-#: The built-in types by name (the entry points list the same classes).
-BUILTIN: dict[str, type[OutputActuator]] = {cls.type: cls for cls in (Relay, Pwm, Servo, Buzzer, Rgb, Motor)}
+#: the built-in types, module and class: the running agent imports only the configured ones
+_BUILTIN_CLASSES = (
+    ("relay", "Relay"),
+    ("pwm", "Pwm"),
+    ("servo", "Servo"),
+    ("buzzer", "Buzzer"),
+    ("rgb", "Rgb"),
+    ("motor", "Motor"),
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name != "BUILTIN":
+        raise AttributeError(f"module 'agent.actuators' has no attribute {name!r}")
+    classes: list[type[OutputActuator]] = [
+        getattr(importlib.import_module(f"agent.actuators.{module}"), cls) for module, cls in _BUILTIN_CLASSES
+    ]
+    #: The built-in types by name (the entry points list the same classes).
+    builtin = {cls.type: cls for cls in classes}
+    globals()["BUILTIN"] = builtin
+    return builtin
+
 
 __all__ = [
     "BUILTIN",

@@ -8,9 +8,12 @@ the device's downgrade check (PEP 440 order, via :mod:`packaging`).
 
 from __future__ import annotations
 
-from packaging.version import InvalidVersion, Version
+from typing import TYPE_CHECKING
 
 from agent.ota.tag import TagError, check_value
+
+if TYPE_CHECKING:
+    from packaging.version import Version
 
 __all__ = ["VersionError", "is_newer", "package_version", "parse"]
 
@@ -21,6 +24,9 @@ class VersionError(ValueError):
 
 def parse(text: str) -> Version | None:
     """The PEP 440 version of ``text``, or None when it is not one."""
+    # imported at the first offer or package, not by every running agent
+    from packaging.version import InvalidVersion, Version
+
     try:
         return Version(str(text))
     except InvalidVersion:

@@ -13,21 +13,37 @@ import atexit
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from agent.hardware import Hardware
-from agent.sim.i2c import FakeI2C
+
+if TYPE_CHECKING:
+    from agent.sim.i2c import FakeI2C
 
 
 class SimulatedHardware(Hardware):
     """A :class:`Hardware` with fake I2C buses, fake sysfs and mock pins."""
 
     def __init__(self, root: Path | None = None) -> None:
-        self.i2c = FakeI2C()
+        self._i2c: FakeI2C | None = None
         self._own_root = root is None
         root = Path(tempfile.mkdtemp(prefix="edge-agent-sim-")) if root is None else Path(root)
-        super().__init__(pin_factory="mock", smbus_factory=self.i2c.open, sysfs_root=root)
+        super().__init__(pin_factory="mock", smbus_factory=self._open_bus, sysfs_root=root)
         if self._own_root:
             atexit.register(shutil.rmtree, root, True)
+
+    @property
+    def i2c(self) -> FakeI2C:
+        """The fake I2C buses, made when a chip is first added or a bus opened
+        (a config without I2C never loads the bus model, ctypes or smbus2)."""
+        if self._i2c is None:
+            from agent.sim.i2c import FakeI2C
+
+            self._i2c = FakeI2C()
+        return self._i2c
+
+    def _open_bus(self, bus: int | str) -> Any:
+        return self.i2c.open(bus)
 
     def write_file(self, absolute: str, text: str) -> Path:
         """Create or replace a fake kernel file (``/sys/...``, ``/proc/...``)."""
