@@ -5,8 +5,9 @@ Why: pydantic with pydantic-settings is about 12 MiB of a running agent and
 half of its start-up CPU, yet it is needed only to *check* a configuration.
 So ``run`` (as its own process) asks a child, ``python -m agent.config_child``,
 to check the config exactly as ``edge-agent check`` does; the child hands
-back the validated result as tagged JSON (:func:`encode`), and the agent
-rebuilds it with plain models (:mod:`agent.model`), never importing pydantic.
+back the validated result as tagged JSON (:class:`agent.config_child.Encoder`),
+and the agent rebuilds it with plain models (:func:`decode`,
+:mod:`agent.model`), never importing pydantic.
 
 The result is kept in the state dir (:data:`CACHE_FILE`), so the next start
 with the same inputs needs no child at all. The key covers every input of the
@@ -26,6 +27,7 @@ start then asks the child.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -37,6 +39,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -49,117 +52,10 @@ CACHE_FILE = "config-validated.json"
 FORMAT = 1
 ENV_PREFIX = "EDGE_AGENT_"
 DEFAULT_STATE_DIR = "/var/lib/edge-agent"
-#: the checks whose code decides what is valid (watched like the plugin files)
-_CHECK_MODULES = ("agent.config", "agent.config_check", "agent.config_rules", "agent.pipeline", "agent.plugin")
-
-
-class EncodeError(Exception):
-    """A validated value this encoding cannot carry (the agent then checks in-process)."""
 
 
 class CacheMiss(Exception):
     """The kept result does not fit the inputs (or is unreadable)."""
-
-
-# --------------------------------------------------------------------------
-# Encoding (in the validating child)
-
-
-def _class_ref(cls: type) -> dict[str, Any]:
-    module = sys.modules.get(cls.__module__)
-    found: Any = module
-    for part in cls.__qualname__.split("."):
-        found = getattr(found, part, None)
-    if found is not cls:
-        raise EncodeError(f"{cls.__module__}.{cls.__qualname__} cannot be imported by name")
-    ref: dict[str, Any] = {"m": cls.__module__, "q": cls.__qualname__}
-    if cls.__module__.startswith("edge_agent_plugins."):  # a drop-in file, loaded by path
-        ref["file"] = getattr(module, "__file__", None)
-    return ref
-
-
-class Encoder:
-    """Turns a validated config into tagged JSON, noting where each secret came from."""
-
-    def __init__(self, secret_sources: SecretSources) -> None:
-        self.sources = secret_sources
-        self.cacheable = True
-        self.modules: set[str] = set()
-        self.secrets: set[str] = set()
-
-    def encode(self, value: Any) -> Any:
-        """``value`` as JSON data; every non-JSON type is a one-key tagged object.
-
-        A plain string equal to a secret (a link's raw table, kept beside its
-        validated options) is carried like a secret too, and rebuilt as a string."""
-        self.secrets = set(_secret_values(value))
-        return self._encode(value)
-
-    def _secret(self, tag: str, secret: str) -> dict[str, Any]:
-        where = self.sources.find(secret)
-        if where is None:
-            self.cacheable = False
-        return {tag: {"where": where, "v": secret}}
-
-    def _encode(self, value: Any) -> Any:
-        from pydantic import BaseModel, SecretStr
-
-        if isinstance(value, str):
-            return self._secret("$sstr", value) if value in self.secrets else value
-        if value is None or isinstance(value, bool | int | float):
-            return value
-        if isinstance(value, SecretStr):
-            return self._secret("$secret", value.get_secret_value())
-        if isinstance(value, enum.Enum):
-            return {"$e": {"k": self._ref(type(value)), "v": self._encode(value.value)}}
-        if isinstance(value, Path):
-            return {"$p": str(value)}
-        if isinstance(value, type):
-            return {"$k": self._ref(value)}
-        if isinstance(value, BaseModel):
-            fields = {k: self._encode(v) for k, v in value.__dict__.items()}
-            extra = {k: self._encode(v) for k, v in (value.__pydantic_extra__ or {}).items()}
-            if getattr(value, "__pydantic_private__", None):
-                raise EncodeError(f"{type(value).__qualname__} has private attributes")
-            return {"$o": {"k": self._ref(type(value)), "f": fields, "x": extra}}
-        if dataclasses.is_dataclass(value):
-            fields = {f.name: self._encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-            return {"$c": {"k": self._ref(type(value)), "f": fields}}
-        if isinstance(value, list):
-            return [self._encode(v) for v in value]
-        if isinstance(value, tuple):
-            return {"$t": [self._encode(v) for v in value]}
-        if isinstance(value, frozenset | set):
-            return {"$fs" if isinstance(value, frozenset) else "$s": [self._encode(v) for v in value]}
-        if isinstance(value, dict):
-            return {"$d": [[self._encode(k), self._encode(v)] for k, v in value.items()]}
-        raise EncodeError(f"a {type(value).__qualname__} value cannot be carried")
-
-    def _ref(self, cls: type) -> dict[str, Any]:
-        self.modules.add(cls.__module__)
-        return _class_ref(cls)
-
-
-def _secret_values(value: Any, depth: int = 0) -> Iterable[str]:
-    """Every ``SecretStr`` value in a validated tree."""
-    from pydantic import BaseModel, SecretStr
-
-    if depth > 100:
-        raise EncodeError("nested too deeply")
-    children: Iterable[Any] = ()
-    if isinstance(value, SecretStr):
-        if value.get_secret_value():
-            yield value.get_secret_value()
-    elif isinstance(value, BaseModel):
-        children = [*value.__dict__.values(), *(value.__pydantic_extra__ or {}).values()]
-    elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        children = [getattr(value, f.name) for f in dataclasses.fields(value)]
-    elif isinstance(value, list | tuple | set | frozenset):
-        children = value
-    elif isinstance(value, dict):
-        children = [*value.keys(), *value.values()]
-    for child in children:
-        yield from _secret_values(child, depth + 1)
 
 
 # --------------------------------------------------------------------------
@@ -259,11 +155,14 @@ class SecretSources:
 
     @classmethod
     def current(cls, path: Path) -> SecretSources:
-        """The sources as they are now, for the config at ``path``."""
-        from agent.config import credentials_data, read_source
+        """The sources as they are now, for the config at ``path`` (raises
+        when the file is not TOML: the child then words the problem)."""
+        from agent.config import credentials_data
 
+        with path.open("rb") as fh:
+            text = fh.read(_MAX_INPUT_BYTES).decode("utf-8")
         return cls(
-            read_source(path).data,
+            tomllib.loads(text),
             {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)},
             credentials_data(os.environ.get("CREDENTIALS_DIRECTORY")),
         )
@@ -357,30 +256,12 @@ def input_key(path: Path, plugin_dirs: Iterable[Path]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def _stat(path: str) -> list[Any]:
+def file_stat(path: str) -> list[Any]:
     try:
         st = os.stat(path)
     except OSError:
         return [path, None, None]
     return [path, st.st_mtime_ns, st.st_size]
-
-
-def watched_files(modules: Iterable[str], plugin_dirs: Iterable[Path]) -> list[list[Any]]:
-    """``[path, mtime_ns, size]`` of each file the check's result depends on:
-    the modules it names and the check's own, every plugin directory and the
-    ``*.py`` files in it, and the import path's directories (a package
-    installed or removed changes them)."""
-    paths: set[str] = set()
-    for name in {*modules, *_CHECK_MODULES}:
-        file = getattr(sys.modules.get(name), "__file__", None)
-        if file:
-            paths.add(file)
-    for directory in plugin_dirs:
-        paths.add(str(directory))
-        if os.path.isdir(directory):
-            paths.update(str(p) for p in Path(directory).glob("*.py"))
-    paths.update(p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p))
-    return sorted(_stat(p) for p in paths)
 
 
 def state_dir_guess(path: Path, data: Mapping[str, Any]) -> Path:
@@ -406,7 +287,7 @@ def read_cache(cache: Path, key: str) -> dict[str, Any]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != key:
         raise CacheMiss("the file, environment, credentials or version changed")
     watched = doc.get("watch")
-    if not isinstance(watched, list) or any(not isinstance(w, list) or not w or _stat(w[0]) != w for w in watched):
+    if not isinstance(watched, list) or any(not isinstance(w, list) or not w or file_stat(w[0]) != w for w in watched):
         raise CacheMiss("a plugin or module file changed")
     text = doc.get("config")
     if not isinstance(text, str) or hashlib.sha256(text.encode()).hexdigest() != doc.get("digest"):
@@ -468,7 +349,7 @@ def write_cache(cache: Path, key: str, result: Mapping[str, Any]) -> None:
                 os.fsync(fh.fileno())
             os.replace(tmp, cache)
         except BaseException:
-            with _suppress_os_error():
+            with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
     except OSError as exc:
@@ -477,14 +358,6 @@ def write_cache(cache: Path, key: str, result: Mapping[str, Any]) -> None:
             cache.parent,
             exc.strerror,
         )
-
-
-class _suppress_os_error:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: Any, *_: Any) -> bool:
-        return kind is not None and issubclass(kind, OSError)
 
 
 # --------------------------------------------------------------------------

@@ -50,9 +50,14 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.release_layout import CURRENT, MARKER, RELEASES, current_release, fsync_dir
+
 log = logging.getLogger("agent.releases")
 
 __all__ = [
+    "CURRENT",
+    "MARKER",
+    "RELEASES",
     "ReleaseError",
     "ReleaseInfo",
     "build_release",
@@ -70,9 +75,6 @@ __all__ = [
     "wheel_version",
 ]
 
-RELEASES = "releases"
-CURRENT = "current"
-MARKER = "release.json"
 LOCK = ".releases.lock"
 #: what a release name may look like (a PEP 440 version, maybe with +local)
 _NAME = re.compile(r"^[0-9A-Za-z][0-9A-Za-z.+_-]{0,79}$")
@@ -155,15 +157,6 @@ def _check_name(version: str) -> str:
 # -- the current link -----------------------------------------------------------
 
 
-def current_release(state_dir: Path) -> str | None:
-    """The release ``current`` points at, or None if there is none yet."""
-    try:
-        target = os.readlink(Path(state_dir) / CURRENT)
-    except (FileNotFoundError, OSError):
-        return None
-    return Path(target).name
-
-
 def flip_current(state_dir: Path, version: str) -> str | None:
     """Point ``current`` at ``releases/<version>`` atomically; return the
     release it pointed at before (None if none).
@@ -207,16 +200,6 @@ def built_from(release: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return value if isinstance(value, str) else None
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename or a new entry in ``path`` durable (best effort)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 # -- listing and pruning --------------------------------------------------------

@@ -120,3 +120,11 @@ def test_version_imports_neither_pydantic_nor_gmqtt(tmp_path: Path) -> None:
     modules = set(json.loads(dump.read_text()))
     assert "agent.cli" in modules
     assert loaded_of(modules, ["pydantic", "pydantic_core", "gmqtt", "agent.config", "agent.ota.commands"]) == []
+
+
+def test_the_version_read_from_the_metadata_text_is_the_installed_version() -> None:
+    from importlib.metadata import version
+
+    import agent
+
+    assert agent.__version__ == version("pi-edge-agent")

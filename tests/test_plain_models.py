@@ -26,8 +26,9 @@ from typing import Any
 
 import pytest
 
-from agent.config_cache import Encoder, SecretSources, _without_secret_values, secret_places
+from agent.config_cache import SecretSources, _without_secret_values, secret_places
 from agent.config_check import check_config
+from agent.config_child import Encoder
 from agent.links.console.auth import hash_password
 from tests.support.canonical import canonical, first_difference
 from tests.support.process import EXAMPLES, ROOT

@@ -36,7 +36,7 @@ from agent.locks import InstanceLock, LockHeld
 from agent.logtext import LogLimiter, clean
 from agent.ota.offer import Offer, OfferError, OfferPolicy, blynk_domain, host_allowed, parse_offer, safe_url
 from agent.ota.trial import StartDecision, Trial, commit, load_state, roll_back, save_state
-from agent.releases import current_release
+from agent.release_layout import current_release
 from agent.status_file import age_text
 from agent.version import version as running_version
 

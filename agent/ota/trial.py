@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agent import EXIT_RESTART
-from agent.releases import MARKER, RELEASES, ReleaseError, current_release, flip_current, fsync_dir
+from agent.release_layout import MARKER, RELEASES, current_release, fsync_dir
 
 log = logging.getLogger("agent.ota")
 
@@ -243,6 +243,8 @@ def roll_back(root: Path, reason: str, state: OtaState | None = None) -> bool:
     key = f"{trial.version}|{trial.build}"
     state.failed[key] = {"at": time.time(), "reason": f"rolled back: {reason}"}
     save_state(root, state)
+    from agent.releases import ReleaseError, flip_current  # only a rollback needs it
+
     try:
         flip_current(root, previous)
     except (ReleaseError, OSError) as exc:
