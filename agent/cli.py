@@ -7,7 +7,6 @@ Exit codes: 0 success, 1 a runtime failure (a sensor that cannot be read),
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
@@ -26,6 +25,8 @@ from agent.cli_common import config_path, print_config_error, setup_logging
 # `ota keygen` never load pydantic and the config models, and `run` never
 # loads the modules of the other subcommands.
 if TYPE_CHECKING:
+    import argparse
+
     from agent.config import Config
     from agent.ota.trial import StartDecision
     from agent.plugin import PluginInfo, PluginRegistry
@@ -643,6 +644,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     (:mod:`agent.ota.commands`, :mod:`agent.console_cli`) are left out, so
     ``run`` never imports them; for anything else (``ota``, ``console``,
     ``--help``, a typo) every subcommand is there to parse, list or suggest."""
+    import argparse
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", help=f"config file (default: $EDGE_AGENT_CONFIG or {DEFAULT_CONFIG})")
     common.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="override agent.log_level")
@@ -725,6 +728,56 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+#: ``run``'s options that take a value, and where argparse puts it
+_RUN_VALUES = {"--config": "config", "-c": "config", "--log-level": "log_level", "--plugin-dir": "plugin_dir"}
+#: ``run``'s flags
+_RUN_FLAGS = {"--print-readings": "print_readings", "--check-in-process": "check_in_process"}
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def run_words(words: Sequence[str]) -> Any:
+    """``run``'s command line as :func:`build_parser` parses it, read without
+    argparse: the service's ``edge-agent run --config FILE`` then never loads
+    argparse (0.18 MiB of a running agent). Only the plain spellings are read
+    here (``--config FILE``, ``--config=FILE``, ``-c FILE``, the flags); for
+    anything else (``--help``, an abbreviation, a mistake) None, and argparse
+    parses and words it as always."""
+    if not words or words[0] != "run":
+        return None
+    import types
+
+    args = types.SimpleNamespace(
+        command="run",
+        func=cmd_run,
+        config=None,
+        log_level=None,
+        plugin_dir=[],
+        print_readings=False,
+        check_in_process=False,
+    )
+    rest = list(words[1:])
+    while rest:
+        word = rest.pop(0)
+        if word in _RUN_FLAGS:
+            setattr(args, _RUN_FLAGS[word], True)
+            continue
+        name, equals, value = word.partition("=")
+        if equals and name.startswith("--") and name in _RUN_VALUES:
+            pass
+        elif word in _RUN_VALUES and rest and not rest[0].startswith("-"):
+            name, value = word, rest.pop(0)
+        else:
+            return None
+        key = _RUN_VALUES[name]
+        if key == "log_level" and value not in _LOG_LEVELS:
+            return None
+        if key == "plugin_dir":
+            args.plugin_dir.append(Path(value))
+        else:
+            setattr(args, key, value)
+    return args
+
+
 def main(argv: Sequence[str] | None = None, own_process: bool | None = None) -> int:
     """Entry point of the ``edge-agent`` console script.
 
@@ -733,7 +786,7 @@ def main(argv: Sequence[str] | None = None, own_process: bool | None = None) -> 
     may make its models plain (:mod:`agent.model`); a caller that runs the
     command inside its own process (a test) keeps pydantic models."""
     words = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(words[0] if words else None).parse_args(words)
+    args = run_words(words) or build_parser(words[0] if words else None).parse_args(words)
     args.own_process = argv is None if own_process is None else own_process
     if args.command not in ("run",):
         setup_logging(getattr(args, "log_level", None) or "warning")

@@ -7,7 +7,6 @@ ota``) can use it without importing the command line that imports them.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -17,6 +16,8 @@ from typing import TYPE_CHECKING
 from agent import DEFAULT_CONFIG, EXIT_CONFIG
 
 if TYPE_CHECKING:
+    import argparse
+
     from agent.config import ConfigError
 
 

@@ -159,3 +159,42 @@ def test_gmqtt_lost_connection_tracebacks_stay_out_of_the_log() -> None:
         root.handlers[:] = saved[1]
         for logger, level in zip(loggers, levels):
             logger.setLevel(level)
+
+
+RUN_LINES = [
+    ["run"],
+    ["run", "--config", "/etc/edge-agent/agent.toml"],
+    ["run", "--config=/etc/a b.toml", "--print-readings"],
+    ["run", "-c", "x.toml", "--log-level", "debug", "--plugin-dir", "p1", "--plugin-dir=p2", "--check-in-process"],
+    ["run", "--log-level=error", "--config", "a.toml", "--config", "b.toml"],
+    ["run", "--config="],
+    ["run", "--print-readings", "--print-readings", "--plugin-dir", "a=b"],
+]
+ARGPARSE_ONLY = [
+    ["run", "--help"],
+    ["run", "--conf", "x.toml"],  # an abbreviation argparse accepts
+    ["run", "-cx.toml"],
+    ["run", "--log-level", "loud"],
+    ["run", "--config"],
+    ["run", "--config", "-x"],
+    ["run", "stray"],
+    ["run", "--print-readings=yes"],
+    ["check", "--config", "x.toml"],
+    [],
+]
+
+
+@pytest.mark.parametrize("words", RUN_LINES, ids=" ".join)
+def test_run_words_read_without_argparse_as_argparse_reads_them(words: list[str]) -> None:
+    from agent.cli import build_parser, run_words
+
+    fast = run_words(words)
+    assert fast is not None
+    assert vars(fast) == vars(build_parser("run").parse_args(words))
+
+
+@pytest.mark.parametrize("words", ARGPARSE_ONLY, ids=lambda w: " ".join(w) or "(none)")
+def test_anything_else_is_left_to_argparse(words: list[str]) -> None:
+    from agent.cli import run_words
+
+    assert run_words(words) is None

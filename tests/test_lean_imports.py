@@ -61,6 +61,13 @@ NOT_LOADED = {
     "WebSocket": ["agent.mqtt.websocket", "websockets"],
     "web console": ["agent.links.console", "agent.console_cli", "aiohttp"],
     "other subcommands": ["agent.ota.commands", "agent.scan", "agent.manual", "agent.plugin_docs"],
+    "argparse (run's own command line is read without it)": ["argparse"],
+    "the release builder and the OTA offer code (only a rollback or an offer needs them)": [
+        "agent.releases",
+        "agent.ota.offer",
+        "agent.ota.versions",
+        "packaging",
+    ],
     "pydantic (the config is checked by a child, or kept from its check)": [
         "pydantic",
         "pydantic_core",

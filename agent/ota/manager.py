@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import shutil
 import threading
@@ -34,7 +35,6 @@ from agent.aio import cancel_and_wait
 from agent.config import BlynkSection, OtaSection
 from agent.locks import InstanceLock, LockHeld
 from agent.logtext import LogLimiter, clean
-from agent.ota.offer import Offer, OfferError, OfferPolicy, blynk_domain, host_allowed, parse_offer, safe_url
 from agent.ota.trial import StartDecision, Trial, commit, load_state, roll_back, save_state
 from agent.release_layout import current_release
 from agent.status_file import age_text
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     # the download, package, install and signature code is imported when an
     # offer is taken, not by every agent that merely could take one
     from agent.ota.keys import KeyRing
+    from agent.ota.offer import Offer, OfferPolicy
     from agent.ota.package import PackageInfo
 
 log = logging.getLogger("agent.ota")
@@ -105,8 +106,6 @@ class OtaManager:
         #: whether the cloud link is up (the trial needs it); set by the builder
         self.connected: Callable[[], bool] = lambda: False
         self.fw_type = blynk.firmware_type or blynk.template_id
-        host = urlsplit(blynk.server).hostname or ""
-        self.allowed_hosts = tuple(settings.allowed_hosts) or (blynk_domain(host),)
         #: the offer being worked on
         self.active: Offer | None = None
         #: this release's trial, when it is on one
@@ -128,9 +127,22 @@ class OtaManager:
         self._peer_log = LogLimiter(log)
 
     # -- offers --------------------------------------------------------------
+    # (agent.ota.offer, with the version order and the tag format, is imported
+    # at the first offer, not by every running agent)
+
+    @functools.cached_property
+    def allowed_hosts(self) -> tuple[str, ...]:
+        """Where a package may come from: ``[ota] allowed_hosts``, else the
+        Blynk server's domain."""
+        from agent.ota.offer import blynk_domain
+
+        host = urlsplit(self.blynk.server).hostname or ""
+        return tuple(self.settings.allowed_hosts) or (blynk_domain(host),)
 
     def policy(self) -> OfferPolicy:
         """The rules an offer is held to right now."""
+        from agent.ota.offer import OfferPolicy
+
         s = self.settings
         return OfferPolicy(
             fw_type=self.fw_type,
@@ -145,6 +157,8 @@ class OtaManager:
 
     def offer(self, payload: str | bytes) -> None:
         """One ``downlink/ota/json`` message (called on the loop; never raises)."""
+        from agent.ota.offer import OfferError, parse_offer
+
         try:
             offer = parse_offer(payload)
         except OfferError as exc:
@@ -246,6 +260,8 @@ class OtaManager:
             return "not a URL"
         if scheme != "https" and not (scheme == "http" and self.settings.allow_http):
             return f"scheme {scheme!r} (only https{' and http' if self.settings.allow_http else ''})"
+        from agent.ota.offer import host_allowed
+
         if not host_allowed(host, self.allowed_hosts):
             return f"host {host!r} is not allowed"
         return None
@@ -331,6 +347,7 @@ class OtaManager:
         """Download (bounded attempts) and verify; the package, or None after
         the failure was recorded."""
         from agent.ota.download import DownloadError, download, verify_headers
+        from agent.ota.offer import safe_url
         from agent.ota.package import PackageError, open_package
 
         s = self.settings
