@@ -1,5 +1,6 @@
 """What every ``edge-agent`` subcommand shares: logging set-up, the config
-path it reads, and config errors printed as one line each.
+path it reads, the one-pass check, config errors printed as one line each,
+and how a reading's time is shown.
 
 Kept apart from :mod:`agent.cli` so that subcommand modules (``edge-agent
 ota``) can use it without importing the command line that imports them.
@@ -18,7 +19,7 @@ from agent import DEFAULT_CONFIG, EXIT_CONFIG
 if TYPE_CHECKING:
     import argparse
 
-    from agent.config import ConfigError
+    from agent.config import Config, ConfigError
 
 
 def setup_logging(level: str = "info") -> None:
@@ -52,3 +53,25 @@ def print_config_error(exc: ConfigError) -> int:
     for line in exc.lines:
         print(line, file=sys.stderr)
     return EXIT_CONFIG
+
+
+def load_checked(args: argparse.Namespace, skip_broken: bool = False, need_secrets: bool = False) -> Config:
+    """The config, checked in one pass; ConfigError with every problem.
+
+    Only ``run`` needs the secrets; the other commands validate without them."""
+    from agent.config import ConfigError
+    from agent.config_check import check_config
+
+    result = check_config(
+        config_path(args), getattr(args, "plugin_dir", []), need_secrets=need_secrets, skip_broken=skip_broken
+    )
+    if result.config is None:
+        raise ConfigError(result.errors)
+    return result.config
+
+
+def human_time(ts: float) -> str:
+    """``2026-12-03 12:30:01.250`` in local time: what ``--print-readings`` shows."""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) + f".{int(ts % 1 * 1000):03d}"

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import pytest
 from pydantic import Field
 
-from agent.cli import human_time
+from agent.cli_common import human_time
 from agent.plugin_docs import describe_default, describe_type
 from tests.support.process import EXAMPLES, edge_agent
 

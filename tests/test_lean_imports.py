@@ -60,7 +60,13 @@ NOT_LOADED = {
     "HTTP client": ["http.client", "urllib.request"],
     "WebSocket": ["agent.mqtt.websocket", "websockets"],
     "web console": ["agent.links.console", "agent.console_cli", "aiohttp"],
-    "other subcommands": ["agent.ota.commands", "agent.scan", "agent.manual", "agent.plugin_docs"],
+    "other subcommands": [
+        "agent.cli_commands",
+        "agent.ota.commands",
+        "agent.scan",
+        "agent.manual",
+        "agent.plugin_docs",
+    ],
     "argparse (run's own command line is read without it)": ["argparse"],
     "the release builder and the OTA offer code (only a rollback or an offer needs them)": [
         "agent.releases",

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.cli import _status_lines
+from agent.cli_commands import _status_lines
 from tests.support.broker import free_port
 from tests.support.process import ROOT, agent_env, edge_agent
 from tests.support.waiting import until

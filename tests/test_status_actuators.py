@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from agent.actuators.relay import Relay
-from agent.cli import _status_lines
+from agent.cli_commands import _status_lines
 from agent.config import ActuatorEntry, ActuatorSpec
 from agent.hardware import Hardware
 from agent.plugin import PluginInfo

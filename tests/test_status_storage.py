@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli import _status_lines
+from agent.cli_commands import _status_lines
 
 pytestmark = pytest.mark.unit
 
