@@ -22,6 +22,8 @@ from agent.model import BaseModel
 
 #: Keys whose values are never shown.
 SECRET_KEYS = frozenset({"token", "password", "write_api_key", "api_key"})
+#: Endings of further keys that hold secrets (a link's ``password_hash``, a plugin's ``api_token``).
+SECRET_KEY_ENDINGS = ("password", "_token", "password_hash", "_secret")
 #: Keys whose values may carry a secret (user:password@ in a URL).
 URL_KEYS = frozenset({"server", "api_url"})
 #: Lists whose entries are named by their ``id`` in messages.
@@ -107,9 +109,15 @@ def keys_at(model: type[BaseModel], path: Sequence[Any]) -> list[str]:
     return keys
 
 
+def is_secret_key(key: Any) -> bool:
+    """Whether a config key holds a secret (its value is never shown)."""
+    name = str(key).lower()
+    return name in SECRET_KEYS or name.endswith(SECRET_KEY_ENDINGS)
+
+
 def is_sensitive(loc: Iterable[Any]) -> bool:
     """Whether a value at ``loc`` must not be shown."""
-    return any(str(p) in SECRET_KEYS or str(p) in URL_KEYS for p in loc)
+    return any(is_secret_key(p) or str(p) in URL_KEYS for p in loc)
 
 
 def _number_text(value: str) -> str | None:
@@ -272,7 +280,7 @@ def collect_secrets(data: Any, out: set[str]) -> set[str]:
     """Every secret value in raw config data (and URL passwords), for scrubbing."""
     if isinstance(data, Mapping):
         for k, v in data.items():
-            if str(k).lower() in SECRET_KEYS and isinstance(v, (str, int)):
+            if is_secret_key(k) and isinstance(v, (str, int)):
                 out.add(str(v))
             elif str(k).lower() in URL_KEYS and isinstance(v, str):
                 match = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://([^/@]*)@", v)

@@ -54,3 +54,19 @@ def test_commands_other_than_run_need_no_secret(tmp_path):
     assert "blynk.token: required key is missing — put the device's auth token in" in strict.stderr
     run = edge_agent("run", "--config", str(path), env=env)
     assert run.returncode == 2 and "blynk.token: required key is missing" in run.stderr
+
+
+def test_a_damaged_password_hash_is_never_shown(tmp_path):
+    """The console's password hashes are secrets too: a damaged one is
+    reported by key, its value masked (it was shown before)."""
+    hashed = "scrypt$16384$8$1$c2FsdHNhbHQ$notbase64hashvalue!!"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        '[agent]\npin_factory = "mock"\nplugin_dirs = []\n\n'
+        f'[console]\ntype = "web"\npassword_hash = "{hashed}"\nviewer_password_hash = "{hashed}x"\n'
+    )
+    done = edge_agent("check", "--config", str(config))
+    assert done.returncode == 2, done.stderr
+    assert "console.password_hash" in done.stderr
+    assert hashed not in done.stderr + done.stdout
+    assert "notbase64" not in done.stderr + done.stdout
