@@ -348,6 +348,9 @@ def write_cache(cache: Path, key: str, result: Mapping[str, Any]) -> None:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, cache)
+            for stale in cache.parent.glob(".config-validated.*"):  # left by a start killed while writing
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -96,6 +96,11 @@ def test_the_second_start_uses_the_kept_check_which_holds_no_secret(setup: dict[
     assert str(cache) in line(second, KEPT)
     assert CHECKED not in second
     assert "agent first: started" in second
+    # a half-written copy left by a start killed while writing is cleared by the next write
+    (cache.parent / ".config-validated.abc123").write_text("{")
+    cache.unlink()
+    start(setup, "third")
+    assert sorted(p.name for p in cache.parent.glob("*config-validated*")) == [CACHE_FILE]
 
 
 @pytest.mark.parametrize("change", ["config", "credential", "plugin file", "hostname env"])
