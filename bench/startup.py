@@ -1,6 +1,7 @@
 """Start-up cost and memory of the agent, each beside a baseline.
 
-(a) import time: wall time of a fresh ``python -c "import agent.cli, agent.runtime"``
+(a) import time: wall time of a fresh ``python -c "from agent import model; model.use_plain(); import agent.cli, agent.runtime"``
+    (what the run process imports: its models plain, no pydantic)
     minus a fresh ``python -c "pass"`` (median of --runs each, interleaved);
     the dependencies alone are shown too, and one ``-X importtime`` run says
     which packages the time goes to.
@@ -48,7 +49,8 @@ FIRST_LINE_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 MIB = 1024 * 1024
 
-CORE_IMPORT = "import agent.cli, agent.runtime"
+#: what ``edge-agent run`` imports: the models plain (agent.model), as the run process makes them
+CORE_IMPORT = "from agent import model; model.use_plain(); import agent.cli, agent.runtime"
 DEPS_IMPORT = "import gmqtt, gpiozero, pydantic, pydantic_settings, smbus2"
 COLD_BASELINE = "import gmqtt, gpiozero, pydantic; print(1)"
 RSS_BASELINE_IMPORTS = "import gmqtt, gpiozero, pydantic_settings, smbus2"
