@@ -392,8 +392,8 @@ def ask_child(path: Path, plugin_dirs: Iterable[Path]) -> tuple[int, dict[str, A
         return proc.returncode, None
     try:
         answer = json.loads(proc.stdout)
-    except ValueError:
-        return 2, None
+    except (ValueError, RecursionError):  # the caller then checks in-process, and says so
+        return 0, {"plain": False, "reason": "the check's answer was not JSON"}
     return 0, answer if isinstance(answer, dict) else None
 
 
