@@ -72,12 +72,11 @@ def _load_class(ref: Mapping[str, Any], kind: type) -> Any:
     if module is None:
         file = ref.get("file")
         if name.startswith("edge_agent_plugins.") and isinstance(file, str) and file.endswith(".py"):
-            from agent.plugin import PluginRegistry
+            from agent.plugin import import_plugin_file
 
-            PluginRegistry().load_file(Path(file))
-            module = sys.modules.get(name)
-            if module is None:
-                raise CacheMiss(f"plugin file {file} no longer loads")
+            module = import_plugin_file(Path(file))
+            if module.__name__ != name:
+                raise CacheMiss(f"plugin file {file} is not the module {name}")
         else:
             module = importlib.import_module(name)
     found: Any = module

@@ -309,21 +309,10 @@ class PluginRegistry:
 
     def load_file(self, path: Path) -> list[PluginInfo]:
         """Import one plugin file by path and register the plugins it defines."""
-        path = path.resolve()
-        digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-        module_name = f"edge_agent_plugins.{path.stem}_{digest}"
         found: list[PluginInfo] = []
         try:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            if spec is None or spec.loader is None:
-                raise ImportError("not a loadable Python file")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module
-            try:
-                spec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(module_name, None)
-                raise
+            module = import_plugin_file(path)
+            module_name = module.__name__
             for cls in _plugin_classes(vars(module).values(), module_name):
                 found.append(self.register(cls, str(path)))
             if not found:
@@ -336,6 +325,25 @@ class PluginRegistry:
         error = _describe(exc)
         self.failures.append(PluginFailure(kind, name, origin, error))
         log.error("plugin %s: failed to load from %s: %s", name, origin, error)
+
+
+def import_plugin_file(path: Path) -> Any:
+    """Import a drop-in plugin file by path, under a module name made from the
+    path (the same in every process: a checked config names its classes so)."""
+    path = path.resolve()
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    module_name = f"edge_agent_plugins.{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError("not a loadable Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
 
 
 def _plugin_classes(objects: Iterable[Any], module_name: str) -> Iterable[type]:

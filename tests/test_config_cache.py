@@ -249,3 +249,41 @@ def test_options_that_are_not_data_run_with_pydantic_in_a_fresh_process(setup: d
     line(text, "restarting to check the config in-process")
     assert "Traceback" not in text
     assert not setup["cache"].exists()
+
+
+PYDANTIC_PLUGIN = """
+from pydantic import BaseModel, ConfigDict, Field
+
+from agent.plugin import Sensor
+
+
+class CountOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    start: int = Field(3, ge=0)
+
+
+class Count(Sensor):
+    type = "count_up"
+    Options = CountOptions
+    quantities = {"n": ""}
+
+    def read(self) -> dict[str, int]:
+        return {"n": self.options.start}
+"""
+
+
+def test_a_plugin_that_declares_its_options_with_pydantic_itself_runs_from_the_kept_check(
+    setup: dict[str, Path],
+) -> None:
+    """Such a plugin brings pydantic back into the run process, and works: its
+    options are rebuilt as its own pydantic model, with no load error."""
+    (setup["dir"] / "plugins" / "count.py").write_text(PYDANTIC_PLUGIN)
+    setup["config"].write_text(CONFIG.format(name="first") + '\n[[sensors]]\nid = "c"\ntype = "count_up"\nstart = 7\n')
+    env = {"CREDENTIALS_DIRECTORY": str(setup["creds"])}
+    for name in ("first", "second"):
+        log = setup["dir"] / f"{name}.log"
+        with AgentProcess(setup["config"], log, env=env, args=("--print-readings",)) as agent:
+            agent.wait_for("c.n = 7", timeout=60)
+        text = log.read_text()
+        assert "failed to load" not in text and "Traceback" not in text, text
+    line(text, KEPT)
