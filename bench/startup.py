@@ -44,7 +44,7 @@ from _common import ROOT, loadavg, median, table, toml_document, write_json
 NAME = "startup"
 PY = sys.executable
 DEMO = ROOT / "examples" / "demo.toml"
-READING_LINE = re.compile(r"^\d+\.\d{3} \S+\.\S+ = ")
+READING_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \S+\.\S+ = ")  # agent.cli_common.human_time
 FIRST_LINE_TIMEOUT = 60.0
 STOP_TIMEOUT = 10.0
 MIB = 1024 * 1024
