@@ -154,15 +154,19 @@ class SecretSources:
 
     @classmethod
     def current(cls, path: Path) -> SecretSources:
-        """The sources as they are now, for the config at ``path`` (raises
-        when the file is not TOML: the child then words the problem)."""
+        """The sources as they are now, for the config at ``path``."""
+        return cls.of(read_config(path))
+
+    @classmethod
+    def of(cls, raw: bytes) -> SecretSources:
+        """The sources for a config file's bytes ``raw`` (already read), the
+        environment and the credential files as they are now. Raises when
+        the file is not TOML: the child then words the problem."""
         from agent.config import credentials_data
 
-        with path.open("rb") as fh:
-            text = fh.read(_MAX_INPUT_BYTES).decode("utf-8")
         return cls(
-            tomllib.loads(text),
-            {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)},
+            tomllib.loads(raw.decode("utf-8")),
+            _agent_environment(),
             credentials_data(os.environ.get("CREDENTIALS_DIRECTORY")),
         )
 
@@ -222,16 +226,27 @@ def _find_leaf(tree: Any, value: str, path: tuple[Any, ...] = ()) -> list[Any] |
 _MAX_INPUT_BYTES = 1_000_001
 
 
+def read_config(path: Path) -> bytes:
+    """The config file's bytes, bounded as the check reads it (``/dev/zero``)."""
+    with path.open("rb") as fh:
+        return fh.read(_MAX_INPUT_BYTES)
+
+
 def _file_digest(path: Path) -> str:
     try:
-        with path.open("rb") as fh:  # /dev/zero, a FIFO: bounded, as the check reads it
-            return hashlib.sha256(fh.read(_MAX_INPUT_BYTES)).hexdigest()
+        return hashlib.sha256(read_config(path)).hexdigest()
     except OSError as exc:
         return f"unreadable: {exc.errno}"
 
 
-def input_key(path: Path, plugin_dirs: Iterable[Path]) -> str:
-    """A digest of every input of the check that is not a watched file."""
+def _agent_environment() -> dict[str, str]:
+    """The ``EDGE_AGENT_*`` variables: overrides of the config's keys."""
+    return {k: v for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)}
+
+
+def input_key(path: Path, plugin_dirs: Iterable[Path], raw: bytes) -> str:
+    """A digest of every input of the check that is not a watched file
+    (``raw``: the config file's bytes, read once by the caller)."""
     import agent
 
     creds = os.environ.get("CREDENTIALS_DIRECTORY") or ""
@@ -245,8 +260,8 @@ def input_key(path: Path, plugin_dirs: Iterable[Path]) -> str:
         "python": sys.version,
         "executable": sys.executable,
         "config": str(path.resolve()),
-        "config_bytes": _file_digest(path),
-        "env": sorted([k, v] for k, v in os.environ.items() if k.upper().startswith(ENV_PREFIX)),
+        "config_bytes": hashlib.sha256(raw).hexdigest(),
+        "env": sorted(_agent_environment().items()),
         "credentials_dir": creds,
         "credentials": cred_files,
         "host": socket.gethostname(),
@@ -412,8 +427,9 @@ def load_plain(path: Path, plugin_dirs: Iterable[Path] = ()) -> tuple[int, Any]:
     plugin_dirs = list(plugin_dirs)
     reason = "no kept check"
     try:
-        key = input_key(path, plugin_dirs)
-        sources: SecretSources | None = SecretSources.current(path)
+        raw = read_config(path)  # once: for the key and for the secrets' places
+        key = input_key(path, plugin_dirs, raw)
+        sources: SecretSources | None = SecretSources.of(raw)
     except Exception as exc:  # noqa: BLE001 - an unreadable input: the child words it
         key, sources, reason = "", None, f"inputs unreadable: {type(exc).__name__}"
     cache = state_dir_guess(path, sources.toml if sources else {}) / CACHE_FILE

@@ -22,6 +22,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, SecretStr  # the check's own process: it validates
+
 from agent.config_cache import SecretSources, file_stat
 
 #: the checks whose code decides what is valid (watched like the plugin files)
@@ -73,8 +75,6 @@ class Encoder:
         return {tag: {"where": where, "v": secret}}
 
     def _encode(self, value: Any) -> Any:
-        from pydantic import BaseModel, SecretStr
-
         if isinstance(value, str):
             return self._secret("$sstr", value) if value in self.secrets else value
         if value is None or isinstance(value, bool | int | float):
@@ -113,8 +113,6 @@ class Encoder:
 
 def _secret_values(value: Any, depth: int = 0) -> Iterable[str]:
     """Every ``SecretStr`` value in a validated tree."""
-    from pydantic import BaseModel, SecretStr
-
     if depth > 100:
         raise EncodeError("nested too deeply")
     children: Iterable[Any] = ()

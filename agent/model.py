@@ -235,13 +235,17 @@ class PlainModel:
         extra: dict[str, Any] = object.__getattribute__(self, "_plain_extra")
         return extra if type(self).model_config.get("extra") == "allow" else None
 
+    def __copy__(self) -> Any:
+        return type(self).from_validated(vars(self), object.__getattribute__(self, "_plain_extra"))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        extra = object.__getattribute__(self, "_plain_extra")
+        return type(self).from_validated(copy.deepcopy(vars(self), memo), copy.deepcopy(extra, memo))
+
     def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any:
         """A copy with some fields replaced (not checked: the caller's values are)."""
         clone = copy.deepcopy(self) if deep else copy.copy(self)
-        data = dict(vars(self))
-        data.update(update or {})
-        object.__setattr__(clone, "__dict__", data)
-        object.__setattr__(clone, "_plain_extra", dict(object.__getattribute__(self, "_plain_extra")))
+        object.__setattr__(clone, "__dict__", {**vars(clone), **(update or {})})
         return clone
 
     def model_dump(self, **_: Any) -> dict[str, Any]:

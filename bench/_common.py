@@ -9,7 +9,7 @@ import os
 import platform
 import statistics
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,28 @@ def percentile(values: Sequence[float], p: float) -> float:
     lo = math.floor(pos)
     hi = math.ceil(pos)
     return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+
+
+def round_trip_figures(rtts: Sequence[float]) -> dict[str, Any]:
+    """p50/p90/p99/max in ms, and every round trip (ms, 4 decimals), of round trips in seconds."""
+    return {
+        "p50_ms": percentile(rtts, 50) * 1000,
+        "p90_ms": percentile(rtts, 90) * 1000,
+        "p99_ms": percentile(rtts, 99) * 1000,
+        "max_ms": max(rtts, default=float("nan")) * 1000,
+        "rtt_ms": [round(r * 1000, 4) for r in rtts],
+    }
+
+
+def run_async_bench(name: str, main: Coroutine[Any, Any, int]) -> int:
+    """Run a benchmark's coroutine; a failure is one line and exit code 2."""
+    import asyncio
+
+    try:
+        return asyncio.run(main)
+    except Exception as exc:
+        print(f"{name}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
 
 
 def median(values: Iterable[float]) -> float:

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, ensure_importable, percentile, table, toml_document, write_json
+from _common import ROOT, ensure_importable, round_trip_figures, run_async_bench, table, toml_document, write_json
 
 ensure_importable()
 
@@ -138,12 +138,8 @@ async def measure(client: Any, cloud: Cloud, n: int, interval: float, qos: int) 
         "qos": qos,
         "commands": n,
         "lost": lost,
-        "p50_ms": percentile(rtts, 50) * 1000,
-        "p90_ms": percentile(rtts, 90) * 1000,
-        "p99_ms": percentile(rtts, 99) * 1000,
-        "max_ms": max(rtts, default=float("nan")) * 1000,
+        **round_trip_figures(rtts),
         "stalls_over_30ms": sum(1 for r in rtts if r > STALL_S),
-        "rtt_ms": [round(r * 1000, 4) for r in rtts],
     }
 
 
@@ -289,11 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child == "paho":
         child_paho(args.url, args.token)
         return 0
-    try:
-        return asyncio.run(main_async(args))
-    except Exception as exc:
-        print(f"{NAME}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    return run_async_bench(NAME, main_async(args))
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, ensure_importable, table, write_json
+from _common import ROOT, ensure_importable, run_async_bench, table, write_json
 
 ensure_importable()
 
@@ -369,11 +369,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             asyncio.run(child_paho(args, limited=args.child == "paho-limited"))
         return 0
-    try:
-        return asyncio.run(main_async(args))
-    except Exception as exc:
-        print(f"{NAME}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    return run_async_bench(NAME, main_async(args))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, ensure_importable, percentile, table, toml_document, write_json
+from _common import ROOT, ensure_importable, round_trip_figures, run_async_bench, table, toml_document, write_json
 
 ensure_importable()
 
@@ -90,11 +90,7 @@ async def measure(client: Any, cloud: Cloud, path: str, n: int, interval: float,
         "qos": qos,
         "commands": n,
         "lost": lost,
-        "p50_ms": percentile(rtts, 50) * 1000,
-        "p90_ms": percentile(rtts, 90) * 1000,
-        "p99_ms": percentile(rtts, 99) * 1000,
-        "max_ms": max(rtts, default=float("nan")) * 1000,
-        "rtt_ms": [round(r * 1000, 4) for r in rtts],
+        **round_trip_figures(rtts),
     }
 
 
@@ -207,11 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     args, _unknown = parser.parse_known_args(argv)
     if args.commands is None:
         args.commands = 300 if args.quick else 1000
-    try:
-        return asyncio.run(main_async(args))
-    except Exception as exc:
-        print(f"{NAME}: failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
+    return run_async_bench(NAME, main_async(args))
 
 
 if __name__ == "__main__":

@@ -255,3 +255,37 @@ def test_the_mode_cannot_change_once_a_model_is_declared() -> None:
     assert not model.can_use_plain()
     with pytest.raises(model.ModeError):
         model.use_plain()
+
+
+COPY = """
+import json, sys
+from agent import model
+if sys.argv[1] == "plain":
+    model.use_plain()
+from agent.model import BaseModel, ConfigDict
+
+class Inner(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    n: int = 0
+
+class Outer(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+    inner: Inner = Inner()
+    items: list[int] = []
+
+a = Outer(inner=Inner(n=1), items=[1], more=2) if sys.argv[1] == "pydantic" else Outer.from_validated(
+    {"inner": Inner.from_validated({"n": 1}), "items": [1]}, {"more": 2})
+b = a.model_copy(update={"items": [3]})
+c = a.model_copy(deep=True)
+print(json.dumps([b.items, a.items, b.model_extra, c.items == a.items, c.items is a.items,
+                  a.model_copy().items is a.items, c.inner.n, c.inner is a.inner]))
+"""
+
+
+def test_a_frozen_plain_model_copies_as_a_pydantic_one() -> None:
+    out = {}
+    for mode in ("pydantic", "plain"):
+        proc = subprocess.run([sys.executable, "-c", COPY, mode], capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        out[mode] = json.loads(proc.stdout)
+    assert out["plain"] == out["pydantic"]
