@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.config_check import check_config
-from tests.support.actuators import levels, timeline
+from tests.support.actuators import RULE_RELAYS, levels, timeline
 from tests.support.agent_builder import make_agent
 from tests.support.blynk import run, running, until
 from tests.support.process import spawn_agent
@@ -59,26 +59,7 @@ pin = 17
 failsafe_after = 0.5
 max_on = 1.0
 
-[[actuators]]
-id = "fill"
-type = "relay"
-pin = 22
-interlock = ["drain"]
-on_disconnect = "keep"
-
-[[actuators]]
-id = "drain"
-type = "relay"
-pin = 27
-on_disconnect = "keep"
-
-[[actuators]]
-id = "compressor"
-type = "relay"
-pin = 23
-min_switch_interval = 0.5
-on_disconnect = "keep"
-"""
+{RULE_RELAYS}"""
     return text, files
 
 

@@ -143,3 +143,28 @@ def is_subsequence(part: list[str], whole: list[str]) -> bool:
     """Whether ``part`` is ``whole`` with some items left out (order kept)."""
     it = iter(whole)
     return all(any(x == y for y in it) for x in part)
+
+
+#: Three relays for the rules a command meets whichever link sends it: an
+#: interlock (fill / drain) and a minimum switch interval (compressor).
+RULE_RELAYS = """
+[[actuators]]
+id = "fill"
+type = "relay"
+pin = 22
+interlock = ["drain"]
+on_disconnect = "keep"
+
+[[actuators]]
+id = "drain"
+type = "relay"
+pin = 27
+on_disconnect = "keep"
+
+[[actuators]]
+id = "compressor"
+type = "relay"
+pin = 23
+min_switch_interval = 0.5
+on_disconnect = "keep"
+"""

@@ -9,6 +9,7 @@ from typing import Any
 
 from agent.links.mqtt import MqttLink
 from agent.runtime import Agent
+from tests.support.actuators import RULE_RELAYS
 from tests.support.blynk import toml_value, uid
 from tests.support.cloud import topic_matches
 
@@ -70,33 +71,17 @@ def air_sensor(routes: dict[str, str], interval: float = 0.2, sensor_id: str = "
     return "\n".join(lines) + "\n\n"
 
 
-RELAYS = """
+RELAYS = (
+    """
 [[actuators]]
 id = "pump"
 type = "relay"
 pin = 17
 on_disconnect = "keep"
 
-[[actuators]]
-id = "fill"
-type = "relay"
-pin = 22
-interlock = ["drain"]
-on_disconnect = "keep"
-
-[[actuators]]
-id = "drain"
-type = "relay"
-pin = 27
-on_disconnect = "keep"
-
-[[actuators]]
-id = "compressor"
-type = "relay"
-pin = 23
-min_switch_interval = 0.5
-on_disconnect = "keep"
 """
+    + RULE_RELAYS
+)
 
 
 def mqtt_of(agent: Agent, name: str) -> MqttLink:
